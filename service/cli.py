@@ -1,0 +1,51 @@
+"""`bertserve` command line: serve, store, train, pretrain, bootstrap. Heavy imports happen inside commands."""
+
+from __future__ import annotations
+
+import typer
+
+from service.store.cli import store_app
+from service.training.cli import register_training_commands
+
+app = typer.Typer(
+    help="bertserve: BERT classification and fill-mask REST service with a versioned model store.",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(store_app, name="store", help="Inspect and change the versioned model store.")
+register_training_commands(app)
+
+
+@app.command()
+def serve(
+    store: str = typer.Option(None, help="Model store root [BERTSERVE_STORE]."),
+    host: str = typer.Option(None, help="Interface to listen on [BERTSERVE_HOST]."),
+    port: int = typer.Option(None, help="HTTP port [BERTSERVE_PORT]."),
+    workers: int = typer.Option(None, help="Inference workers per endpoint [BERTSERVE_WORKERS]."),
+    api_servers: int = typer.Option(None, help="HTTP server processes, 0 = workers [BERTSERVE_API_SERVERS]."),
+    torch_threads: int = typer.Option(None, help="Torch threads per worker, 0 = auto [BERTSERVE_TORCH_THREADS]."),
+    models: str = typer.Option(None, help="Model refs to load, '*' = all [BERTSERVE_MODELS]."),
+    default_classify_model: str = typer.Option(None, help="[BERTSERVE_DEFAULT_CLASSIFY_MODEL]"),
+    default_fill_mask_model: str = typer.Option(None, help="[BERTSERVE_DEFAULT_FILL_MASK_MODEL]"),
+    backend: str = typer.Option(None, help="fp32 | bf16 | int8 | onnx | onnx-int8 | auto [BERTSERVE_BACKEND]."),
+    max_batch_size: int = typer.Option(None, help="Most sequences per forward [BERTSERVE_MAX_BATCH_SIZE]."),
+    max_batch_tokens: int = typer.Option(None, help="Most padded tokens per forward [BERTSERVE_MAX_BATCH_TOKENS]."),
+    batch_timeout: float = typer.Option(None, help="Seconds to wait for more requests [BERTSERVE_BATCH_TIMEOUT]."),
+    max_inputs: int = typer.Option(None, help="Most inputs per request [BERTSERVE_MAX_INPUTS]."),
+    max_input_chars: int = typer.Option(None, help="Most characters per input [BERTSERVE_MAX_INPUT_CHARS]."),
+    max_body_bytes: int = typer.Option(None, help="Largest body in bytes [BERTSERVE_MAX_BODY_BYTES]."),
+    max_queue: int = typer.Option(None, help="Most queued requests per endpoint [BERTSERVE_MAX_QUEUE]."),
+    request_timeout: float = typer.Option(None, help="Seconds before 504 [BERTSERVE_REQUEST_TIMEOUT]."),
+    log_level: str = typer.Option(None, help="HTTP server log level [BERTSERVE_LOG_LEVEL]."),
+) -> None:
+    """Serve the store's models over HTTP (POST /v1/classify, /v1/fill-mask; GET /v1/models, /health, /metrics)."""
+    from service.config import Settings
+    from service.server import run_server
+
+    overrides = {key: value for key, value in locals().items() if value is not None and key != "Settings"}
+    overrides.pop("run_server", None)
+    run_server(Settings(**overrides))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,55 @@
+"""One Settings object for the whole service: CLI flags override BERTSERVE_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Backend = Literal["auto", "fp32", "bf16", "int8", "onnx", "onnx-int8"]
+
+
+class Settings(BaseSettings):
+    """Every knob of `bertserve serve`; each field is also BERTSERVE_<FIELD> in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="BERTSERVE_", extra="ignore")
+
+    store: Path = Field(Path("model_store"), description="Model store root folder.")
+    host: str = Field("127.0.0.1", description="Interface to listen on (0.0.0.0 in containers).")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
+    workers: int = Field(1, ge=1, le=32, description="Inference worker processes per endpoint.")
+    api_servers: int = Field(0, ge=0, le=32, description="HTTP server processes (0: same as workers).")
+    torch_threads: int = Field(
+        0, ge=0, description="Torch intra-op threads per worker (0: CPU count / inference workers)."
+    )
+    models: str = Field(
+        "*",
+        description="Comma-separated model refs to load (name, name@V, name:alias); '*' loads every version.",
+    )
+    default_classify_model: str = Field("sentiment", description="Model used by /v1/classify when absent.")
+    default_fill_mask_model: str = Field("mlm", description="Model used by /v1/fill-mask when absent.")
+    backend: Backend = Field("fp32", description="Inference backend for every served model.")
+    max_batch_size: int = Field(32, ge=1, le=1024, description="Most sequences in one forward pass.")
+    max_batch_tokens: int = Field(
+        16384, ge=64, description="Most padded tokens (sequences x longest) in one forward pass."
+    )
+    batch_timeout: float = Field(
+        0.0, ge=0.0, le=1.0, description="Seconds a batch may wait for more requests (0: take what is queued)."
+    )
+    max_inputs: int = Field(64, ge=1, description="Most inputs in one request (413 above).")
+    max_input_chars: int = Field(20000, ge=1, description="Most characters in one input text (413 above).")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body in bytes (413 above).")
+    max_queue: int = Field(1024, ge=1, description="Most requests waiting per endpoint before 503.")
+    request_timeout: float = Field(30.0, gt=0, description="Seconds before a request answers 504.")
+    api_key: str | None = Field(None, description="When set, POST endpoints need 'Authorization: Bearer <key>'.")
+    log_level: str = Field("info", description="Log level of the HTTP server.")
+
+    def resolved_torch_threads(self) -> int:
+        """Threads per worker: share the cores among both endpoints' workers unless set explicitly."""
+        if self.torch_threads:
+            return self.torch_threads
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, cpus // self.workers)

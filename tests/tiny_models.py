@@ -1,0 +1,80 @@
+"""Tiny random BERT checkpoints in real Hugging Face folders, for fast tests that still use the real loaders.
+
+The weights use a large initializer_range so the outputs are far from uniform: a parity test against
+transformers can then actually fail when our code computes something different.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertTokenizerFast
+
+WORDS = (
+    "the a an of to and in is was it that this for on with as at by from be are were not no but or "
+    "i you he she we they my your his her our their me him us them what which who when where why how "
+    "good bad great terrible okay fine awful excellent love hate like dislike happy sad angry calm "
+    "drug pill tablet dose doctor pain headache nausea sleep side effects worked work works helped help "
+    "took take taking day days week weeks month months year years time first after before never always "
+    "capital france paris london city country river big small new old very really much more most less "
+    "movie film book story music food water coffee tea dog cat house car road tree sun moon"
+).split()
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+PUNCT = list(".,!?;:'\"()-")
+SUFFIXES = ["##s", "##ed", "##ing", "##ly", "##er", "##est"]
+
+
+def write_tokenizer(folder: Path) -> BertTokenizerFast:
+    """A real WordPiece tokenizer (fast, uncased) over a small English vocabulary."""
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = SPECIAL + PUNCT + sorted(set(WORDS)) + SUFFIXES + [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=True, model_max_length=64)
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def tiny_config(vocab_size: int, **overrides) -> BertConfig:
+    params = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        type_vocab_size=2,
+        initializer_range=0.5,
+    )
+    params.update(overrides)
+    return BertConfig(**params)
+
+
+def build_classifier(
+    folder: Path,
+    labels: tuple[str, ...] = ("negative", "neutral", "positive"),
+    multi_label: bool = False,
+    seed: int = 0,
+) -> Path:
+    """Save a tiny BertForSequenceClassification folder with id2label set."""
+    tokenizer = write_tokenizer(folder)
+    torch.manual_seed(seed)
+    config = tiny_config(
+        len(tokenizer),
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        problem_type="multi_label_classification" if multi_label else "single_label_classification",
+    )
+    model = BertForSequenceClassification(config).eval()
+    model.save_pretrained(folder)
+    return folder
+
+
+def build_masked_lm(folder: Path, seed: int = 0) -> Path:
+    """Save a tiny BertForMaskedLM folder (decoder tied to the word embeddings, as BERT's)."""
+    tokenizer = write_tokenizer(folder)
+    torch.manual_seed(seed)
+    model = BertForMaskedLM(tiny_config(len(tokenizer))).eval()
+    model.save_pretrained(folder)
+    return folder
