@@ -1,4 +1,4 @@
-"""`bertserve` command line: serve, store, train, pretrain, bootstrap. Heavy imports happen inside commands."""
+"""`bertserve` command line: serve, store, train, pretrain, bootstrap. Heavy imports stay inside commands."""
 
 from __future__ import annotations
 
@@ -23,28 +23,41 @@ def serve(
     port: int = typer.Option(None, help="HTTP port [BERTSERVE_PORT]."),
     workers: int = typer.Option(None, help="Inference workers per endpoint [BERTSERVE_WORKERS]."),
     api_servers: int = typer.Option(None, help="HTTP server processes, 0 = workers [BERTSERVE_API_SERVERS]."),
-    torch_threads: int = typer.Option(None, help="Torch threads per worker, 0 = auto [BERTSERVE_TORCH_THREADS]."),
+    torch_threads: int = typer.Option(
+        None, help="Torch threads per worker, 0 = auto [BERTSERVE_TORCH_THREADS]."
+    ),
     models: str = typer.Option(None, help="Model refs to load, '*' = all [BERTSERVE_MODELS]."),
     default_classify_model: str = typer.Option(None, help="[BERTSERVE_DEFAULT_CLASSIFY_MODEL]"),
     default_fill_mask_model: str = typer.Option(None, help="[BERTSERVE_DEFAULT_FILL_MASK_MODEL]"),
-    backend: str = typer.Option(None, help="fp32 | bf16 | int8 | onnx | onnx-int8 | auto [BERTSERVE_BACKEND]."),
+    backend: str = typer.Option(
+        None, help="fp32 | bf16 | int8 | onnx | onnx-int8 | auto [BERTSERVE_BACKEND]."
+    ),
     max_batch_size: int = typer.Option(None, help="Most sequences per forward [BERTSERVE_MAX_BATCH_SIZE]."),
-    max_batch_tokens: int = typer.Option(None, help="Most padded tokens per forward [BERTSERVE_MAX_BATCH_TOKENS]."),
-    batch_timeout: float = typer.Option(None, help="Seconds to wait for more requests [BERTSERVE_BATCH_TIMEOUT]."),
+    max_batch_tokens: int = typer.Option(
+        None, help="Most padded tokens per forward [BERTSERVE_MAX_BATCH_TOKENS]."
+    ),
+    batch_timeout: float = typer.Option(
+        None, help="Seconds to wait for more requests [BERTSERVE_BATCH_TIMEOUT]."
+    ),
     max_inputs: int = typer.Option(None, help="Most inputs per request [BERTSERVE_MAX_INPUTS]."),
     max_input_chars: int = typer.Option(None, help="Most characters per input [BERTSERVE_MAX_INPUT_CHARS]."),
     max_body_bytes: int = typer.Option(None, help="Largest body in bytes [BERTSERVE_MAX_BODY_BYTES]."),
     max_queue: int = typer.Option(None, help="Most queued requests per endpoint [BERTSERVE_MAX_QUEUE]."),
     request_timeout: float = typer.Option(None, help="Seconds before 504 [BERTSERVE_REQUEST_TIMEOUT]."),
+    drain_seconds: float = typer.Option(
+        None, help="Grace for in-flight requests on SIGTERM [BERTSERVE_DRAIN_SECONDS]."
+    ),
     log_level: str = typer.Option(None, help="HTTP server log level [BERTSERVE_LOG_LEVEL]."),
 ) -> None:
-    """Serve the store's models over HTTP (POST /v1/classify, /v1/fill-mask; GET /v1/models, /health, /metrics)."""
-    from service.config import Settings
+    """Serve the store's models: POST /v1/classify, /v1/fill-mask; GET /v1/models, /health, /metrics."""
+    overrides = {key: value for key, value in locals().items() if value is not None}
+    from service.config import Settings, prepare_metrics_dir
+
+    settings = Settings(**overrides)
+    prepare_metrics_dir()  # before service.metrics is imported anywhere
     from service.server import run_server
 
-    overrides = {key: value for key, value in locals().items() if value is not None and key != "Settings"}
-    overrides.pop("run_server", None)
-    run_server(Settings(**overrides))
+    run_server(settings)
 
 
 if __name__ == "__main__":

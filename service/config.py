@@ -37,14 +37,24 @@ class Settings(BaseSettings):
         16384, ge=64, description="Most padded tokens (sequences x longest) in one forward pass."
     )
     batch_timeout: float = Field(
-        0.0, ge=0.0, le=1.0, description="Seconds a batch may wait for more requests (0: take what is queued)."
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Seconds a batch may wait for more requests (0: take what is queued).",
     )
     max_inputs: int = Field(64, ge=1, description="Most inputs in one request (413 above).")
     max_input_chars: int = Field(20000, ge=1, description="Most characters in one input text (413 above).")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body in bytes (413 above).")
     max_queue: int = Field(1024, ge=1, description="Most requests waiting per endpoint before 503.")
     request_timeout: float = Field(30.0, gt=0, description="Seconds before a request answers 504.")
-    api_key: str | None = Field(None, description="When set, POST endpoints need 'Authorization: Bearer <key>'.")
+    api_key: str | None = Field(
+        None, description="When set, POST endpoints need 'Authorization: Bearer <key>'."
+    )
+    drain_seconds: float = Field(
+        25.0,
+        ge=0,
+        description="On SIGTERM: /health answers 503 and in-flight requests get this long to finish.",
+    )
     log_level: str = Field("info", description="Log level of the HTTP server.")
 
     def resolved_torch_threads(self) -> int:
@@ -53,3 +63,18 @@ class Settings(BaseSettings):
             return self.torch_threads
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         return max(1, cpus // self.workers)
+
+
+def prepare_metrics_dir() -> Path:
+    """Give all processes of this server one fresh multiprocess-metrics folder (before prometheus_client).
+
+    A folder set by the operator (PROMETHEUS_MULTIPROC_DIR, e.g. an emptyDir) is emptied of stale files."""
+    import tempfile
+
+    configured = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    folder = Path(configured) if configured else Path(tempfile.mkdtemp(prefix="bertserve-metrics-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    return folder

@@ -22,7 +22,24 @@ from prometheus_client import (
 PREFIX = "bertserve"
 
 # Buckets chosen for a CPU BERT: a short forward is ~1-10 ms, a long batch ~0.1-2 s.
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 TOKEN_BUCKETS = (16, 64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
@@ -48,9 +65,9 @@ IN_FLIGHT = Gauge(
 )
 QUEUE_DEPTH = Gauge(
     f"{PREFIX}_queue_depth",
-    "Requests submitted to the inference workers and not yet taken into a batch.",
+    "Requests waiting for an inference worker, sampled by the workers at every batch.",
     ["endpoint"],
-    multiprocess_mode="livesum",
+    multiprocess_mode="livemax",
 )
 QUEUE_DURATION = Histogram(
     f"{PREFIX}_queue_duration_seconds",

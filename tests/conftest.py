@@ -17,7 +17,9 @@ def tiny_classifier_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_multilabel_dir(tmp_path_factory) -> Path:
     return build_classifier(
-        tmp_path_factory.mktemp("hf") / "tiny-multilabel", labels=("pain", "sleep", "nausea"), multi_label=True
+        tmp_path_factory.mktemp("hf") / "tiny-multilabel",
+        labels=("pain", "sleep", "nausea"),
+        multi_label=True,
     )
 
 
@@ -31,3 +33,9 @@ def store_root(tmp_path) -> Path:
     root = tmp_path / "model_store"
     root.mkdir()
     return root
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    """A run that collects nothing is a broken run, not a green one."""
+    if not items and not config.getoption("collectonly"):
+        raise pytest.UsageError("no tests collected: check the paths and -k/-m filters")

@@ -1,0 +1,1 @@
+"""LitServe APIs: decode_request -> predict -> encode_response, kept thin; the work lives in runtime/."""

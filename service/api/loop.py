@@ -1,0 +1,111 @@
+"""The batching loop each inference worker runs (replaces LitServe's BatchedLoop).
+
+Differences that matter for a BERT service:
+- the batch budget counts sequences, not requests: a request with N inputs is N toward max_batch_size;
+- each request is validated and tokenized on its own, so a bad one gets its 4xx and its batch-mates go on;
+- no waiting when nothing waits: block for the first request, then take what is already queued (and wait at
+  most batch_timeout for more); under load, requests pile up while the model runs and form big batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from queue import Empty, Queue
+from typing import Any
+
+from litserve.loops.base import _SENTINEL_VALUE, DefaultLoop
+from litserve.utils import LitAPIStatus, LoopResponseType
+from litserve.utils import PickleableHTTPException as WorkerHTTPException
+
+from service.errors import ClientError, error_body
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Queued:
+    response_queue_id: int
+    uid: str
+    submitted_at: float
+    prepared: Any
+
+
+class SequenceBatchingLoop(DefaultLoop):
+    def __call__(
+        self, lit_api, device, worker_id, request_queue, transport, workers_setup_status, callback_runner
+    ):
+        carried: Queued | None = None
+        while True:
+            batch, carried, stop = self._collect(lit_api, request_queue, transport, carried)
+            if batch:
+                self._answer(lit_api, transport, batch)
+            if stop:
+                return
+
+    def _reply(self, transport, item: Queued | tuple, payload: Any, ok: bool) -> None:
+        response_queue_id, uid = (item.response_queue_id, item.uid) if isinstance(item, Queued) else item
+        status = LitAPIStatus.OK if ok else LitAPIStatus.ERROR
+        self.put_response(transport, response_queue_id, uid, payload, status, LoopResponseType.REGULAR)
+
+    def _admit(self, lit_api, transport, entry) -> Queued | None:
+        """Decode one request; answer it at once if it is bad or waited past its timeout."""
+        response_queue_id, uid, submitted_at, payload = entry
+        if (
+            lit_api.request_timeout not in (-1, False)
+            and time.monotonic() - submitted_at > lit_api.request_timeout
+        ):
+            error = WorkerHTTPException(504, error_body("timeout", "request timed out waiting for a worker"))
+            self._reply(transport, (response_queue_id, uid), error, ok=False)
+            return None
+        try:
+            return Queued(response_queue_id, uid, submitted_at, lit_api.decode_request(payload))
+        except ClientError as exc:
+            self._reply(transport, (response_queue_id, uid), exc.to_http(), ok=False)
+        except Exception:
+            logger.exception("could not prepare request %s", uid)
+            error = WorkerHTTPException(
+                500, error_body("internal_error", "the request could not be prepared")
+            )
+            self._reply(transport, (response_queue_id, uid), error, ok=False)
+        return None
+
+    def _collect(self, lit_api, request_queue: Queue, transport, carried: Queued | None):
+        batch: list[Queued] = [carried] if carried else []
+        sequences = carried.prepared.sequences if carried else 0
+        deadline = time.monotonic() + lit_api.batch_timeout
+        while sequences < lit_api.max_batch_size:
+            try:
+                if not batch:
+                    entry = request_queue.get()
+                    deadline = time.monotonic() + lit_api.batch_timeout
+                else:
+                    remaining = deadline - time.monotonic()
+                    entry = (
+                        request_queue.get(timeout=remaining) if remaining > 0 else request_queue.get_nowait()
+                    )
+            except Empty:
+                break
+            if entry == _SENTINEL_VALUE:
+                return batch, None, True
+            item = self._admit(lit_api, transport, entry)
+            if item is None:
+                continue
+            if batch and sequences + item.prepared.sequences > lit_api.max_batch_size:
+                return batch, item, False
+            batch.append(item)
+            sequences += item.prepared.sequences
+        return batch, None, False
+
+    def _answer(self, lit_api, transport, batch: list[Queued]) -> None:
+        lit_api.observe_queue([(item.prepared, item.submitted_at) for item in batch])
+        try:
+            outputs = lit_api.predict([item.prepared for item in batch])
+            for item, output in zip(batch, outputs, strict=True):
+                self._reply(transport, item, lit_api.encode_response(output), ok=True)
+        except Exception:
+            logger.exception("batch of %d requests failed", len(batch))
+            error = WorkerHTTPException(500, error_body("internal_error", "the model failed on this batch"))
+            for item in batch:
+                self._reply(transport, item, error, ok=False)

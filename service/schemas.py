@@ -1,0 +1,120 @@
+"""The HTTP contract (api.md v1) as pydantic models: they validate requests and generate /docs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("text must not be empty or only whitespace")
+    return text
+
+
+Text = Annotated[str, AfterValidator(_not_blank)]
+TextPair = Annotated[tuple[Text, Text], Field(description="A sentence pair: [CLS] a [SEP] b [SEP].")]
+ClassifyInput = Text | TextPair
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(
+        None,
+        description="'name', 'name@version' or 'name:alias'; absent: the server's default for this task.",
+        examples=["sentiment", "sentiment@2", "sentiment:production"],
+    )
+
+
+class ClassifyRequest(_Request):
+    inputs: Text | Annotated[list[ClassifyInput], Field(min_length=1)] = Field(
+        ...,
+        description="One text, a list of texts, or a list of [text_a, text_b] pairs.",
+        examples=["I took the pill and my headache went away."],
+    )
+    top_k: int | None = Field(
+        None, ge=1, description="Only the k best labels; null: every label, best first."
+    )
+    truncate: bool = Field(True, description="Cut inputs longer than the model's limit; false: 422 instead.")
+
+    def as_list(self) -> list[str | tuple[str, str]]:
+        return [self.inputs] if isinstance(self.inputs, str) else list(self.inputs)
+
+
+class FillMaskRequest(_Request):
+    inputs: Text | Annotated[list[Text], Field(min_length=1)] = Field(
+        ...,
+        description="Text(s) holding one or more mask tokens.",
+        examples=["The capital of France is [MASK]."],
+    )
+    top_k: int = Field(5, ge=1, le=100, description="Candidates per mask, best first.")
+    targets: Annotated[list[Text], Field(min_length=1)] | None = Field(
+        None, description="Restrict candidates to these words (each one vocabulary token)."
+    )
+    truncate: bool = Field(True, description="Cut inputs longer than the model's limit; false: 422 instead.")
+
+    def as_list(self) -> list[str]:
+        return [self.inputs] if isinstance(self.inputs, str) else list(self.inputs)
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    version: str
+    predictions: list[list[LabelScore]] = Field(description="One list per input, in input order, best first.")
+
+
+class MaskCandidate(BaseModel):
+    token: int
+    token_str: str
+    score: float
+    sequence: str
+
+
+class FillMaskResponse(BaseModel):
+    model: str
+    version: str
+    predictions: list[list[list[MaskCandidate]]] = Field(
+        description="Nesting: input -> mask (left to right) -> candidate (best first)."
+    )
+
+
+class ModelVersionInfo(BaseModel):
+    version: str
+    served: bool
+    backend: str | None = None
+    encoder: str | None = None
+    base_model: str | None = None
+    labels: list[str] | None = None
+    problem_type: str | None = None
+    max_length: int | None = None
+    metrics: dict[str, Any] = {}
+    created_at: str | None = None
+
+
+class ModelInfo(BaseModel):
+    name: str
+    task: Literal["classification", "fill-mask"]
+    versions: list[ModelVersionInfo]
+    aliases: dict[str, str]
+    default_version: str | None = Field(description="The version a request naming only the model gets.")
+    default_for: list[str] = Field(description="Endpoints using this model when the request names none.")
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

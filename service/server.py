@@ -1,0 +1,263 @@
+"""Assembles the LitServer: the task APIs, /v1/models, /metrics, the error handlers, the middleware.
+
+Process layout (LitServe's): the main process supervises; `api_servers` uvicorn processes (forked) parse
+HTTP and hand requests to `workers` inference processes per endpoint (spawned) through a queue; the
+inference workers batch, run the model and send answers back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import litserve as ls
+from fastapi import FastAPI
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import metrics
+from service.api.base import TaskAPI
+from service.api.classify import ClassifyAPI
+from service.api.fill_mask import FillMaskAPI
+from service.config import Settings
+from service.errors import error_response, install_error_handlers
+from service.runtime.selection import model_tasks, served_versions
+from service.schemas import ModelInfo, ModelsResponse, ModelVersionInfo
+from service.store.errors import StoreError
+from service.store.layout import ModelStore
+
+logger = logging.getLogger("bertserve")
+
+INSTRUMENTED = {"/v1/classify": "classify", "/v1/fill-mask": "fill-mask", "/v1/models": "models"}
+
+
+class ServiceMiddleware:
+    """Pure ASGI (cheap): auth, body limit, queue admission, timeout, and the HTTP-side metrics."""
+
+    def __init__(self, app: ASGIApp, settings: Settings, queues: dict, in_flight, drain_flag: Path) -> None:
+        self.app = app
+        self.settings = settings
+        self.queues = queues
+        self.in_flight = in_flight
+        self.drain_flag = drain_flag
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = INSTRUMENTED.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if endpoint is None:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        seen = {"status": 500, "model": "", "version": ""}
+
+        async def send_and_observe(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                seen["status"] = message["status"]
+                for key, value in message.get("headers", ()):
+                    if key == b"x-model-version":
+                        seen["model"], _, seen["version"] = value.decode().partition("@")
+            await send(message)
+
+        metrics.IN_FLIGHT.labels(endpoint).inc()
+        with self.in_flight.get_lock():
+            self.in_flight.value += 1
+        try:
+            rejection = self._reject(scope)
+            if rejection is not None:
+                await rejection(scope, receive, send_and_observe)
+            else:
+                await self._call_with_limits(scope, receive, send_and_observe)
+        finally:
+            with self.in_flight.get_lock():
+                self.in_flight.value -= 1
+            metrics.IN_FLIGHT.labels(endpoint).dec()
+            labels = (endpoint, seen["model"], seen["version"], str(seen["status"]))
+            metrics.REQUESTS.labels(*labels).inc()
+            metrics.REQUEST_DURATION.labels(*labels).observe(time.perf_counter() - started)
+
+    def _reject(self, scope: Scope) -> Response | None:
+        if scope["method"] != "POST":
+            return None
+        headers = dict(scope.get("headers", ()))
+        if self.settings.api_key:
+            given = headers.get(b"authorization", b"").decode()
+            token = given.removeprefix("Bearer ").strip() or headers.get(b"x-api-key", b"").decode()
+            if token != self.settings.api_key:
+                return error_response(401, "missing or wrong API key (Authorization: Bearer <key>)")
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.settings.max_body_bytes:
+            return error_response(
+                413, f"body of {int(length)} bytes; the limit is {self.settings.max_body_bytes}"
+            )
+        queue = self.queues.get(scope["path"])
+        if queue is not None and queue.qsize() >= self.settings.max_queue:
+            return error_response(503, "server busy: request queue is full", headers={"Retry-After": "1"})
+        if self.drain_flag.exists():
+            return error_response(503, "server is shutting down", headers={"Retry-After": "1"})
+        return None
+
+    async def _call_with_limits(self, scope: Scope, receive: Receive, send: Send) -> None:
+        received = 0
+        limit = self.settings.max_body_bytes
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await asyncio.wait_for(
+                self.app(scope, counting_receive, tracking_send), self.settings.request_timeout
+            )
+        except _BodyTooLarge:
+            if not started:
+                await error_response(413, f"body over the limit of {limit} bytes")(scope, receive, send)
+        except TimeoutError:
+            if not started:
+                message = f"no answer within {self.settings.request_timeout:g} s"
+                await error_response(504, message)(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def describe_models(store: ModelStore, settings: Settings, backend: str) -> ModelsResponse:
+    """GET /v1/models, from the store's manifests (read fresh: aliases may have moved)."""
+    served = served_versions(store, settings.models)
+    defaults = {"classify": settings.default_classify_model, "fill-mask": settings.default_fill_mask_model}
+    models = []
+    for name in store.models():
+        manifests = [store.read_manifest(name, v) for v in store.versions(name)]
+        aliases = store.aliases(name)
+        try:
+            from service.store.resolve import resolve
+
+            default_version = resolve(store, name)[1]
+        except StoreError:
+            default_version = None
+        versions = [
+            ModelVersionInfo(
+                version=m.version,
+                served=m.version in served.get(name, []),
+                backend=backend if m.version in served.get(name, []) else None,
+                encoder=m.encoder,
+                base_model=m.base_model,
+                labels=m.labels,
+                problem_type=m.problem_type,
+                max_length=m.max_length,
+                metrics=m.metrics,
+                created_at=m.created_at,
+            )
+            for m in manifests
+        ]
+        models.append(
+            ModelInfo(
+                name=name,
+                task=manifests[-1].task,
+                versions=versions,
+                aliases=aliases,
+                default_version=default_version,
+                default_for=[ep for ep, ref in defaults.items() if ref.split("@")[0].split(":")[0] == name],
+            )
+        )
+    return ModelsResponse(models=models)
+
+
+def _add_routes(app: FastAPI, store: ModelStore, settings: Settings) -> None:
+    @app.get("/v1/models", response_model=ModelsResponse, tags=["models"])
+    def list_models() -> ModelsResponse:
+        """Every model in the store: versions, aliases, which are served, labels, encoder, metrics."""
+        return describe_models(store, settings, settings.backend)
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        body, content_type = metrics.render_latest()
+        return Response(body, media_type=content_type)
+
+
+def build_server(settings: Settings, drain_flag: Path, in_flight) -> ls.LitServer:
+    store = ModelStore(settings.store)
+    served = served_versions(store, settings.models)
+    if not served:
+        raise StoreError(
+            f"no model to serve in {store.root}: run `bertserve bootstrap` or `bertserve store import`"
+        )
+    tasks = set(model_tasks(store, served).values())
+    apis: list[TaskAPI] = [api(settings) for api in (ClassifyAPI, FillMaskAPI) if api.task in tasks]
+    for api in apis:
+        api.drain_flag = drain_flag
+    server = ls.LitServer(
+        apis,
+        accelerator="cpu",
+        workers_per_device=settings.workers,
+        timeout=settings.request_timeout,
+        track_requests=False,
+        fast_queue=False,
+    )
+    queues: dict = {}
+    server.middlewares = []
+    server.app.user_middleware.clear()
+    server.app.add_middleware(
+        ServiceMiddleware, settings=settings, queues=queues, in_flight=in_flight, drain_flag=drain_flag
+    )
+    server._bertserve_queues = queues
+    install_error_handlers(server.app)
+    _add_routes(server.app, store, settings)
+    server.app.title = "bertserve"
+    server.app.description = "BERT text classification and fill-mask, from a versioned model store."
+    return server
+
+
+def _drain_then_stop(server: ls.LitServer, drain_flag: Path, in_flight, settings: Settings) -> None:
+    """SIGTERM: fail /health at once (load balancers stop sending), let in-flight requests finish, stop."""
+    drain_flag.touch()
+    deadline = time.monotonic() + settings.drain_seconds
+    while time.monotonic() < deadline and in_flight.value > 0:
+        time.sleep(0.1)
+    logger.info("drained (%d requests still in flight); shutting down", in_flight.value)
+    if server._shutdown_event is not None:
+        server._shutdown_event.set()
+
+
+def run_server(settings: Settings) -> None:
+    metrics_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    drain_flag = metrics_dir / "draining"
+    drain_flag.unlink(missing_ok=True)
+    in_flight = mp.get_context("fork").Value("i", 0)
+    server = build_server(settings, drain_flag, in_flight)
+
+    original_run = server._start_server
+
+    def start_with_queues(*args, **kwargs):
+        server._bertserve_queues.update(server.litapi_request_queues)
+        return original_run(*args, **kwargs)
+
+    server._start_server = start_with_queues
+    signal.signal(
+        signal.SIGTERM,
+        lambda *_: threading.Thread(
+            target=_drain_then_stop, args=(server, drain_flag, in_flight, settings), daemon=True
+        ).start(),
+    )
+    server.run(
+        host=settings.host,
+        port=settings.port,
+        num_api_servers=settings.api_servers or None,
+        log_level=settings.log_level,
+        generate_client_file=False,
+    )

@@ -1,0 +1,36 @@
+"""One tiny store and one real server process shared by the HTTP tests of a module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.store.layout import ModelStore
+from service.store.publish import import_hf_folder, set_alias
+from tests.server_process import running_server
+from tests.tiny_models import build_classifier, build_masked_lm
+
+
+def build_tiny_store(root: Path, scratch: Path) -> ModelStore:
+    """sentiment v1/v2 (production -> 1), topics (multi-label) and mlm, all tiny random BERTs."""
+    store = ModelStore(root)
+    import_hf_folder(store, build_classifier(scratch / "s1", seed=1), "sentiment")
+    import_hf_folder(store, build_classifier(scratch / "s2", seed=2), "sentiment")
+    set_alias(store, "sentiment", "production", "1")
+    labels = ("pain", "sleep", "nausea")
+    import_hf_folder(store, build_classifier(scratch / "t1", labels=labels, multi_label=True), "topics")
+    import_hf_folder(store, build_masked_lm(scratch / "m1"), "mlm")
+    return store
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory) -> ModelStore:
+    base = tmp_path_factory.mktemp("store")
+    return build_tiny_store(base / "model_store", base / "hf")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_store) -> str:
+    with running_server(tiny_store.root, "--batch-timeout", "0.02") as base:
+        yield base

@@ -1,0 +1,77 @@
+"""Start a real `bertserve serve` process on 127.0.0.1 and wait until /health says it is ready."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(
+    store: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 180
+) -> Iterator[str]:
+    """Yield the base URL of a server on `store`; stop it (SIGTERM, then SIGKILL) afterwards."""
+    port = free_port()
+    log = Path(store).parent / f"server-{port}.log"
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("BERTSERVE_")}
+    environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    environment.update({"BERTSERVE_DRAIN_SECONDS": "2", "BERTSERVE_TORCH_THREADS": "1", **(env or {})})
+    command = [
+        sys.executable,
+        "-m",
+        "service.cli",
+        "serve",
+        "--store",
+        str(store),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        *args,
+    ]
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            command, stdout=output, stderr=subprocess.STDOUT, env=environment, start_new_session=True
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server not healthy after {timeout} s:\n{log.read_text()[-4000:]}")
+            time.sleep(0.5)
+        yield base
+    finally:
+        stop(process)
+
+
+def stop(process: subprocess.Popen, grace: float = 20) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(grace)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # workers too
+    process.wait()
