@@ -1,0 +1,278 @@
+"""`bertserve train` on tiny random checkpoints: the published version loads, serves and says what it is."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from typer.testing import CliRunner
+
+from service.store.layout import ModelStore
+from service.training.classify import ClassifyOptions
+from service.training.data import load_examples, sha256_file, stratified_split
+from service.training.jobs import Columns, train_job
+
+GOOD, BAD, MEH = (
+    ("good", "great", "love", "helped"),
+    ("bad", "awful", "hate", "pain"),
+    ("okay", "fine", "day"),
+)
+FILLER = ["the", "pill", "i", "took", "this", "week", "was", "for", "my", "headache"]
+
+
+def _review(rng: random.Random, words: tuple[str, ...]) -> str:
+    return " ".join([*rng.sample(FILLER, 4), rng.choice(words), *rng.sample(FILLER, 3)])
+
+
+def _rows(count: int = 48, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    classes = (("positive", GOOD), ("negative", BAD), ("neutral", MEH))
+    return [
+        {"text": _review(rng, words), "other": rng.choice(FILLER), "label": label}
+        for i in range(count)
+        for label, words in [classes[i % 3]]
+    ]
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        return path
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(
+            handle, fieldnames=list(rows[0]), delimiter="\t" if path.suffix == ".tsv" else ","
+        )
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _options(encoder: str, **overrides) -> ClassifyOptions:
+    params = dict(encoder=encoder, epochs=2, batch_size=8, max_length=32, bf16=False, threads=2, seed=1)
+    params.update(overrides)
+    return ClassifyOptions(**params)
+
+
+@pytest.fixture()
+def reviews_csv(tmp_path) -> Path:
+    return _write(tmp_path / "reviews.csv", _rows())
+
+
+def _logits(folder: Path, text: str, pair: str | None = None) -> torch.Tensor:
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    with torch.inference_mode():
+        return model(**tokenizer(text, pair, return_tensors="pt")).logits
+
+
+def test_fine_tune_publishes_a_version_that_loads_and_reports(
+    store_root, tiny_classifier_dir, reviews_csv, tmp_path
+):
+    test_file = _write(tmp_path / "test.csv", _rows(12, seed=5))
+    manifest = train_job(
+        store_root,
+        "toy",
+        str(tiny_classifier_dir),
+        reviews_csv,
+        Columns(),
+        _options("fine-tune"),
+        test_file=test_file,
+        progress=False,
+    )
+    store = ModelStore(store_root)
+    folder = Path(store.version_dir("toy", manifest.version))
+    saved = store.read_manifest("toy", manifest.version)
+    assert saved.task == "classification" and saved.problem_type == "single_label"
+    assert saved.labels == ["negative", "neutral", "positive"]
+    assert saved.encoder == "fine-tuned" and saved.max_length == 32
+    assert saved.base_model == str(tiny_classifier_dir.resolve())
+    training = saved.training
+    assert training["data"]["train"]["sha256"] == sha256_file(reviews_csv)
+    assert training["data"]["test"]["sha256"] == sha256_file(test_file)
+    assert training["split_sizes"] == {"train": 42, "eval": 6, "test": 12}  # 15% of each class of 16
+    assert training["hyperparameters"]["learning_rate"] == 1e-4 and training["duration_s"] >= 0
+    for metrics in (saved.metrics, saved.metrics["test"]):
+        assert {"accuracy", "macro_f1", "per_class"} <= set(metrics)
+        assert set(metrics["per_class"]) == set(saved.labels)
+        assert {"precision", "recall", "f1", "support"} <= set(metrics["per_class"]["neutral"])
+    assert (folder / "confusion_matrix.png").stat().st_size > 1000
+    assert (folder / "training_curve.png").stat().st_size > 1000
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    assert [model.config.id2label[i] for i in range(3)] == saved.labels
+    assert model.config.problem_type == "single_label_classification"
+    assert _logits(folder, "the pill helped").shape == (1, 3)
+
+
+def test_frozen_encoder_is_bit_identical_and_head_trains(store_root, tiny_classifier_dir, reviews_csv):
+    manifest = train_job(
+        store_root,
+        "toy",
+        str(tiny_classifier_dir),
+        reviews_csv,
+        Columns(),
+        _options("frozen", epochs=5),
+        progress=False,
+    )
+    assert manifest.encoder == "frozen"
+    base = load_file(tiny_classifier_dir / "model.safetensors")
+    trained = load_file(
+        Path(ModelStore(store_root).version_dir("toy", manifest.version)) / "model.safetensors"
+    )
+    encoder = [k for k in base if k.startswith(("bert.embeddings.", "bert.encoder."))]
+    assert len(encoder) > 10
+    assert all(torch.equal(base[k], trained[k]) for k in encoder), "frozen encoder tensors changed"
+    assert not torch.equal(base["classifier.weight"], trained["classifier.weight"]), "the head did not train"
+
+
+def test_pairs_from_tsv_and_seeded_runs_repeat(store_root, tiny_classifier_dir, tmp_path):
+    data = _write(tmp_path / "pairs.tsv", _rows(24))
+    columns = Columns(text="text", pair="other", label="label")
+    first = train_job(
+        store_root,
+        "pairs",
+        str(tiny_classifier_dir),
+        data,
+        columns,
+        _options("fine-tune", epochs=1),
+        progress=False,
+    )
+    second = train_job(
+        store_root,
+        "pairs",
+        str(tiny_classifier_dir),
+        data,
+        columns,
+        _options("fine-tune", epochs=1),
+        progress=False,
+    )
+    store = ModelStore(store_root)
+    folders = [Path(store.version_dir("pairs", m.version)) for m in (first, second)]
+    assert torch.equal(_logits(folders[0], "good day", "pill"), _logits(folders[1], "good day", "pill"))
+    assert first.metrics["macro_f1"] == second.metrics["macro_f1"]
+
+
+def test_multi_label_from_jsonl_lists(store_root, tiny_multilabel_dir, tmp_path):
+    rng = random.Random(3)
+    names = ("nausea", "pain", "sleep")
+    rows = []
+    for i in range(40):
+        labels = [name for j, name in enumerate(names) if (i >> j) & 1] or ["pain"]
+        rows.append({"text": " ".join(labels + rng.sample(FILLER, 4)), "label": labels})
+    data = _write(tmp_path / "multi.jsonl", rows)
+    manifest = train_job(
+        store_root,
+        "symptoms",
+        str(tiny_multilabel_dir),
+        data,
+        Columns(multi_label=True),
+        _options("fine-tune", epochs=1),
+        progress=False,
+    )
+    assert manifest.problem_type == "multi_label"
+    assert manifest.labels == sorted(names)
+    assert {"micro_f1", "macro_f1", "per_class"} <= set(manifest.metrics)
+    folder = Path(ModelStore(store_root).version_dir("symptoms", manifest.version))
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    assert model.config.problem_type == "multi_label_classification"
+    assert _logits(folder, "pain and sleep").shape == (1, 3)
+
+
+def test_multi_label_cells_split_on_delimiter(tmp_path):
+    data = _write(
+        tmp_path / "cells.csv", [{"text": "a b", "label": "pain|sleep"}, {"text": "c", "label": "sleep"}]
+    )
+    examples = load_examples(data, "text", "label", multi_label=True)
+    assert examples.labels == [["pain", "sleep"], ["sleep"]]
+
+
+def test_ctrl_c_publishes_nothing(store_root, tiny_classifier_dir, reviews_csv):
+    def interrupt(step: int, loss: float) -> None:
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_job(
+            store_root,
+            "toy",
+            str(tiny_classifier_dir),
+            reviews_csv,
+            Columns(),
+            _options("fine-tune"),
+            progress=False,
+            callback=interrupt,
+        )
+    store = ModelStore(store_root)
+    assert "toy" not in store.models() or store.versions("toy") == []
+    assert not [p for p in store_root.rglob("*") if p.is_file()], "files left behind in the store"
+
+
+def test_base_from_store_ref(store_root, tiny_classifier_dir, reviews_csv):
+    first = train_job(
+        store_root,
+        "toy",
+        str(tiny_classifier_dir),
+        reviews_csv,
+        Columns(),
+        _options("frozen", epochs=1),
+        progress=False,
+    )
+    second = train_job(
+        store_root,
+        "toy",
+        f"toy@{first.version}",
+        reviews_csv,
+        Columns(),
+        _options("frozen", epochs=1),
+        progress=False,
+    )
+    assert second.base_model == f"toy@{first.version}"
+    assert ModelStore(store_root).versions("toy") == [first.version, second.version]
+
+
+def test_stratified_split_is_seeded_and_keeps_every_class(tmp_path):
+    examples = load_examples(_write(tmp_path / "d.csv", _rows(30)), "text", "label")
+    a_train, a_eval = stratified_split(examples, 0.2, seed=7)
+    _, b_eval = stratified_split(examples, 0.2, seed=7)
+    assert a_eval.texts == b_eval.texts and len(a_train) + len(a_eval) == 30
+    assert {ls[0] for ls in a_eval.labels} == {"negative", "neutral", "positive"}
+
+
+def test_cli_commands_have_help():
+    from service.cli import app
+
+    runner = CliRunner()
+    for command in ("train", "pretrain", "bootstrap"):
+        result = runner.invoke(app, [command, "--help"])
+        assert result.exit_code == 0, result.output
+        assert "--store" in result.output
+
+
+def test_cli_train(store_root, tiny_classifier_dir, reviews_csv):
+    from service.cli import app
+
+    args = [
+        "train",
+        str(reviews_csv),
+        "--name",
+        "cli",
+        "--base",
+        str(tiny_classifier_dir),
+        "--store",
+        str(store_root),
+        "--encoder",
+        "frozen",
+        "--epochs",
+        "2",
+        "--max-length",
+        "32",
+        "--no-progress",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "published cli@" in result.output and "macro_f1=" in result.output
