@@ -1,0 +1,77 @@
+"""The real bootstrap path (PyPI downloads, sha256 checks, training, publishing, promotion) on a small budget.
+
+`bootstrap(..., budget="quick")` trains on a few dozen reviews for a step or two: the numbers are not
+the point here, the path is. The full budget's numbers are in the README (training section)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
+
+from service.store.layout import ModelStore
+from service.store.resolve import resolve
+from service.training.bootstrap import bootstrap
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def built_store(tmp_path_factory) -> tuple[Path, dict]:
+    """One quick bootstrap shared by the tests here (the HTTP tests can reuse it the same way)."""
+    root = tmp_path_factory.mktemp("bootstrap") / "model_store"
+    return root, bootstrap(root, budget="quick", progress=False)
+
+
+def test_bootstrap_builds_the_default_models(built_store):
+    root, summary = built_store
+    store = ModelStore(root)
+    assert store.versions("sentiment") == ["1", "2"] and store.versions("mlm") == ["1"]
+    first, second = (store.read_manifest("sentiment", v) for v in ("1", "2"))
+    assert (first.encoder, second.encoder) == ("frozen", "fine-tuned")
+    for manifest in (first, second):
+        assert manifest.labels == ["negative", "neutral", "positive"]
+        assert {"accuracy", "macro_f1", "per_class", "test"} <= set(manifest.metrics)
+        assert manifest.training["data"]["train"]["sha256"]
+    better = max(("1", "2"), key=lambda v: store.read_manifest("sentiment", v).metrics["macro_f1"])
+    assert resolve(store, "sentiment:production") == ("sentiment", better)
+    mlm = store.read_manifest("mlm", "1")
+    assert mlm.task == "fill-mask" and {"top1", "top5"} <= set(mlm.metrics)
+    assert summary["sentiment"]["aliases"]["production"] == better
+
+
+def test_published_versions_load(built_store):
+    root, _ = built_store
+    store = ModelStore(root)
+    classifier = AutoModelForSequenceClassification.from_pretrained(store.version_dir("sentiment", "2"))
+    assert classifier.config.id2label == {0: "negative", 1: "neutral", 2: "positive"}
+    masked_lm = AutoModelForMaskedLM.from_pretrained(store.version_dir("mlm", "1"))
+    assert masked_lm.get_output_embeddings().weight is masked_lm.get_input_embeddings().weight
+
+
+def test_second_run_is_a_no_op(built_store):
+    root, summary = built_store
+    again = bootstrap(root, budget="quick", progress=False)
+    assert {k: v for k, v in again.items() if k != "seconds"} == {
+        k: v for k, v in summary.items() if k != "seconds"
+    }
+    assert again["seconds"] < 30
+
+
+def test_served_defaults_answer_over_http(built_store):
+    """The bootstrapped store served as `make serve` serves it: defaults need no `model` field."""
+    import httpx
+
+    from tests.server_process import running_server
+
+    root, summary = built_store
+    with running_server(root) as base_url:
+        classified = httpx.post(f"{base_url}/v1/classify", json={"inputs": ["It worked, no side effects."]})
+        assert classified.status_code == 200, classified.text
+        body = classified.json()
+        assert (body["model"], body["version"]) == ("sentiment", summary["sentiment"]["aliases"]["production"])
+        assert {s["label"] for s in body["predictions"][0]} == {"negative", "neutral", "positive"}
+        filled = httpx.post(f"{base_url}/v1/fill-mask", json={"inputs": ["I took the [MASK] for my pain."]})
+        assert filled.status_code == 200, filled.text
+        assert filled.json()["model"] == "mlm" and len(filled.json()["predictions"][0][0]) == 5
