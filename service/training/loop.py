@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from transformers import get_linear_schedule_with_warmup
 
+from service.runtime.cpu import native_bf16
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
 
@@ -43,8 +45,8 @@ def use_threads(threads: int = 0) -> int:
 
 
 def bf16_supported() -> bool:
-    """bf16 autocast pays off only where the CPU has native bf16 (AVX-512 BF16 / AMX); elsewhere fp32."""
-    return bool(getattr(torch.backends, "cpu", None) and torch.backends.cpu.get_cpu_capability() != "DEFAULT")
+    """bf16 autocast only where the CPU has native bf16 (see service.runtime.cpu); elsewhere fp32."""
+    return native_bf16()
 
 
 def autocast(enabled: bool) -> contextlib.AbstractContextManager:
