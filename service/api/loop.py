@@ -9,6 +9,7 @@ Differences that matter for a BERT service:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from litserve.loops.base import _SENTINEL_VALUE, DefaultLoop
 from litserve.utils import LitAPIStatus, LoopResponseType
 from litserve.utils import PickleableHTTPException as WorkerHTTPException
 
+from service import metrics
 from service.errors import ClientError, error_body
 
 logger = logging.getLogger(__name__)
@@ -96,7 +98,14 @@ class SequenceBatchingLoop(DefaultLoop):
                 return batch, item, False
             batch.append(item)
             sequences += item.prepared.sequences
+        self._sample_depth(lit_api, request_queue)
         return batch, None, False
+
+    @staticmethod
+    def _sample_depth(lit_api, request_queue: Queue) -> None:
+        """What is still waiting once a batch is taken: the queue-saturation signal operators alert on."""
+        with contextlib.suppress(NotImplementedError):  # qsize() is unavailable on macOS
+            metrics.QUEUE_DEPTH.labels(lit_api.endpoint).set(request_queue.qsize())
 
     def _answer(self, lit_api, transport, batch: list[Queued]) -> None:
         lit_api.observe_queue([(item.prepared, item.submitted_at) for item in batch])

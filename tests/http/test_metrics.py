@@ -60,6 +60,10 @@ def test_counts_are_exact_and_batches_form_under_concurrency(server):
     assert delta("bertserve_batch_tokens_sum", **model) >= 120 * 4
     assert delta("bertserve_model_duration_seconds_count", **model) == batches
     assert total(after, "bertserve_requests_in_flight", endpoint="classify") == 0
+    depth = [
+        v for (n, lbl), v in after.items() if n == "bertserve_queue_depth" and ("endpoint", "classify") in lbl
+    ]
+    assert len(depth) == 1 and 0 <= depth[0] < 60, "the workers sample what is still queued at every batch"
 
 
 def test_two_workers_share_the_load_and_keep_exact_counts(tiny_store):
