@@ -37,5 +37,12 @@ format: $(BIN)/.installed  ## apply ruff's formatting and safe fixes
 bench: $(BIN)/.installed  ## throughput/latency benchmark: ceiling vs served vs backends (writes bench/results/)
 	$(BIN)/python -m bench.run --store $(STORE)
 
+deploy-check: $(BIN)/.installed  ## render k8s overlays, validate them offline (schemas, policies, checkov), promtool
+	scripts/install-ci-tools.sh
+	scripts/check-manifests.sh
+
+image-test: $(BIN)/.installed  ## build the Dockerfile with buildah and serve from the image (root, ~15 min; not in `make test`)
+	scripts/image-test.sh
+
 clean:  ## remove the virtual environment and caches (not the model store)
 	rm -rf $(VENV) .pytest_cache .ruff_cache
