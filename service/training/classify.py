@@ -26,6 +26,7 @@ from service.training.loop import (
     copy_tokenizer,
     length_batches,
     optimizer_and_schedule,
+    optimizer_step,
     pad,
     seed_everything,
     use_threads,
@@ -300,16 +301,11 @@ class ClassifierTrainer:
                         else:
                             logits = self.model(**self.train.batch(rows, self.pad_id)).logits
                     loss = self.loss_fn(logits.float(), targets)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(
-                        [p for p in self.model.parameters() if p.requires_grad], options.max_grad_norm
-                    )
-                    optimizer.step()
-                    schedule.step()
-                    optimizer.zero_grad(set_to_none=True)
+                    trainable = [p for p in self.model.parameters() if p.requires_grad]
+                    loss_value = optimizer_step(loss, trainable, options.max_grad_norm, optimizer, schedule)
                     step += 1
                     history["step"].append(step)
-                    history["loss"].append(float(loss.detach()))
+                    history["loss"].append(loss_value)
                     bar.update(1)
                     bar.set_postfix(loss=f"{history['loss'][-1]:.3f}", epoch=epoch + 1)
                     if callback is not None:

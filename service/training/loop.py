@@ -108,3 +108,13 @@ def copy_tokenizer(source: Path, target: Path) -> None:
     for name in TOKENIZER_FILES:
         if (source / name).is_file():
             shutil.copy2(source / name, target / name)
+
+
+def optimizer_step(loss: torch.Tensor, params: list, max_grad_norm: float, optimizer, schedule) -> float:
+    """Backward, clip, step, advance the schedule, clear gradients; returns the loss as a float."""
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    schedule.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach())

@@ -20,6 +20,7 @@ from service.training.loop import (
     bf16_supported,
     copy_tokenizer,
     optimizer_and_schedule,
+    optimizer_step,
     seed_everything,
     use_threads,
 )
@@ -209,14 +210,10 @@ class MaskedLMTrainer:
                 with autocast(options.bf16):
                     logits = masked_logits(self.model, inputs, labels)
                 loss = loss_fn(logits.float(), labels[labels != -100])
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(trainable, options.max_grad_norm)
-                optimizer.step()
-                schedule.step()
-                optimizer.zero_grad(set_to_none=True)
+                loss_value = optimizer_step(loss, trainable, options.max_grad_norm, optimizer, schedule)
                 step += 1
                 history["step"].append(step)
-                history["loss"].append(float(loss.detach()))
+                history["loss"].append(loss_value)
                 bar.update(1)
                 bar.set_postfix(loss=f"{history['loss'][-1]:.3f}")
                 if callback is not None:
