@@ -70,7 +70,10 @@ def test_served_defaults_answer_over_http(built_store):
         classified = httpx.post(f"{base_url}/v1/classify", json={"inputs": ["It worked, no side effects."]})
         assert classified.status_code == 200, classified.text
         body = classified.json()
-        assert (body["model"], body["version"]) == ("sentiment", summary["sentiment"]["aliases"]["production"])
+        assert (body["model"], body["version"]) == (
+            "sentiment",
+            summary["sentiment"]["aliases"]["production"],
+        )
         assert {s["label"] for s in body["predictions"][0]} == {"negative", "neutral", "positive"}
         filled = httpx.post(f"{base_url}/v1/fill-mask", json={"inputs": ["I took the [MASK] for my pain."]})
         assert filled.status_code == 200, filled.text
