@@ -48,6 +48,9 @@ def serve(
         None, help="Grace for in-flight requests on SIGTERM [BERTSERVE_DRAIN_SECONDS]."
     ),
     log_level: str = typer.Option(None, help="HTTP server log level [BERTSERVE_LOG_LEVEL]."),
+    reload_interval: float = typer.Option(
+        None, help="Least seconds between store checks, 0 = every batch [BERTSERVE_RELOAD_INTERVAL]."
+    ),
 ) -> None:
     """Serve the store's models: POST /v1/classify, /v1/fill-mask; GET /v1/models, /health, /metrics."""
     overrides = {key: value for key, value in locals().items() if value is not None}

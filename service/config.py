@@ -56,6 +56,12 @@ class Settings(BaseSettings):
         description="On SIGTERM: /health answers 503 and in-flight requests get this long to finish.",
     )
     log_level: str = Field("info", description="Log level of the HTTP server.")
+    reload_interval: float = Field(
+        0.0,
+        ge=0,
+        description="Least seconds between two store checks for moved aliases and new versions, which are "
+        "swapped in without downtime (0: check before every batch, a few stat calls).",
+    )
 
     def resolved_torch_threads(self) -> int:
         """Threads per worker: share the cores among both endpoints' workers unless set explicitly."""

@@ -115,6 +115,16 @@ PREDICTION_SCORE = Histogram(
     ["model", "version", "label"],
     buckets=SCORE_BUCKETS,
 )
+EXPIRED = Counter(
+    f"{PREFIX}_expired_requests",
+    "Requests a worker dropped uncomputed (answered 504): they waited in the queue past request_timeout.",
+    ["endpoint"],
+)
+WORKER_RESTARTS = Counter(
+    f"{PREFIX}_worker_restarts",
+    "Inference worker processes that died and were replaced; their in-flight requests were answered 503.",
+    ["endpoint"],
+)
 MODEL_INFO = Gauge(
     f"{PREFIX}_model_info",
     "1 for every model version loaded by a worker.",

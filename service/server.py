@@ -23,8 +23,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
 from service.api.base import TaskAPI
+from service.api.buffer import ExpiringResponseBuffer
 from service.api.classify import ClassifyAPI
 from service.api.fill_mask import FillMaskAPI
+from service.api.supervisor import WorkerSupervisor
 from service.config import Settings
 from service.errors import error_response, install_error_handlers
 from service.runtime.selection import model_tasks, served_versions
@@ -201,6 +203,7 @@ def build_server(settings: Settings, drain_flag: Path, in_flight) -> ls.LitServe
     apis: list[TaskAPI] = [api(settings) for api in (ClassifyAPI, FillMaskAPI) if api.task in tasks]
     for api in apis:
         api.drain_flag = drain_flag
+        api.claims_dir = drain_flag.parent  # supervisor.py reads a dead worker's claims there
     server = ls.LitServer(
         apis,
         accelerator="cpu",
@@ -216,6 +219,7 @@ def build_server(settings: Settings, drain_flag: Path, in_flight) -> ls.LitServe
         ServiceMiddleware, settings=settings, queues=queues, in_flight=in_flight, drain_flag=drain_flag
     )
     server._bertserve_queues = queues
+    server.response_buffer = ExpiringResponseBuffer(settings.request_timeout + 10)
     install_error_handlers(server.app)
     _add_routes(server.app, store, settings)
     server.app.title = "bertserve"
@@ -242,9 +246,11 @@ def run_server(settings: Settings) -> None:
     server = build_server(settings, drain_flag, in_flight)
 
     original_run = server._start_server
+    supervisor = WorkerSupervisor(server, metrics_dir)
 
     def start_with_queues(*args, **kwargs):
         server._bertserve_queues.update(server.litapi_request_queues)
+        supervisor.start()
         return original_run(*args, **kwargs)
 
     server._start_server = start_with_queues
@@ -261,3 +267,5 @@ def run_server(settings: Settings) -> None:
         log_level=settings.log_level,
         generate_client_file=False,
     )
+    if supervisor.failed:
+        raise SystemExit("an inference worker failed its setup; exiting for the orchestrator to restart us")

@@ -15,6 +15,14 @@ from pathlib import Path
 import httpx
 
 
+class ServerURL(str):
+    """The base URL; `.process` is the server's Popen, for tests that signal it or read its exit code;
+    `.log` the file holding its stdout and stderr."""
+
+    process: subprocess.Popen
+    log: Path
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -24,7 +32,7 @@ def free_port() -> int:
 @contextlib.contextmanager
 def running_server(
     store: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 180
-) -> Iterator[str]:
+) -> Iterator[ServerURL]:
     """Yield the base URL of a server on `store`; stop it (SIGTERM, then SIGKILL) afterwards."""
     port = free_port()
     log = Path(store).parent / f"server-{port}.log"
@@ -50,7 +58,9 @@ def running_server(
         process = subprocess.Popen(
             command, stdout=output, stderr=subprocess.STDOUT, env=environment, start_new_session=True
         )
-    base = f"http://127.0.0.1:{port}"
+    base = ServerURL(f"http://127.0.0.1:{port}")
+    base.process = process
+    base.log = log
     try:
         deadline = time.monotonic() + timeout
         while True:

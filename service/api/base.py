@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -15,10 +14,6 @@ from service import metrics
 from service.api.loop import SequenceBatchingLoop
 from service.config import Settings
 from service.errors import ClientError
-from service.runtime.selection import model_tasks, pick_version, served_versions
-from service.store.layout import ModelStore
-
-logger = logging.getLogger(__name__)
 
 
 class TaskAPI(ls.LitAPI):
@@ -51,34 +46,20 @@ class TaskAPI(ls.LitAPI):
     def setup(self, device: str) -> None:
         import torch
 
-        from service.runtime.loaded import LoadedModel
-        from service.store.publish import verify_version
+        from service.runtime.registry import ModelRegistry
 
         torch.set_num_threads(self.settings.resolved_torch_threads())
-        self.store = ModelStore(self.settings.store)
-        self.served = served_versions(self.store, self.settings.models)
-        self.tasks = model_tasks(self.store, self.served)
-        self.models = {}
-        for name, versions in self.served.items():
-            if self.tasks[name] != self.task:
-                continue
-            for version in versions:
-                verify_version(self.store, name, version)
-                model = LoadedModel(
-                    self.store.read_manifest(name, version),
-                    self.store.version_dir(name, version),
-                    self.settings.backend,
-                )
-                model.warm_up()
-                self.models[(name, version)] = model
-                metrics.MODEL_INFO.labels(self.endpoint, name, version, self.task, model.backend.name).set(1)
-                logger.info("%s: loaded %s (%s)", self.endpoint, model.ref, model.backend.name)
+        self.registry = ModelRegistry(self.settings, self.task, self.endpoint)
+        self.registry.load_initial()
+
+    def refresh(self) -> None:
+        """Between batches: let the registry pick up alias moves and new versions (see registry.py)."""
+        self.registry.refresh()
 
     # ---- per request -----------------------------------------------------------------------------
 
     def model_for(self, ref: str | None):
-        name, version = pick_version(self.store, self.served, self.tasks, ref or self.default_ref, self.task)
-        return self.models[(name, version)]
+        return self.registry.pick(ref or self.default_ref)
 
     def check_limits(self, inputs: Sequence[str | tuple[str, str]]) -> None:
         if len(inputs) > self.settings.max_inputs:

@@ -4,18 +4,25 @@ Differences that matter for a BERT service:
 - the batch budget counts sequences, not requests: a request with N inputs is N toward max_batch_size;
 - each request is validated and tokenized on its own, so a bad one gets its 4xx and its batch-mates go on;
 - no waiting when nothing waits: block for the first request, then take what is already queued (and wait at
-  most batch_timeout for more); under load, requests pile up while the model runs and form big batches.
+  most batch_timeout for more); under load, requests pile up while the model runs and form big batches;
+- a request that waited past request_timeout is answered 504 and never computed (its client already got 504);
+- before each batch the worker lets its model registry look for store changes (hot swap, registry.py); as it
+  takes each request it rewrites the list of requests it holds (claims file), so that if it dies the
+  supervisor can answer them at once (supervisor.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from queue import Empty, Queue
 from typing import Any
 
+import orjson
 from litserve.loops.base import _SENTINEL_VALUE, DefaultLoop
 from litserve.utils import LitAPIStatus, LoopResponseType
 from litserve.utils import PickleableHTTPException as WorkerHTTPException
@@ -24,6 +31,13 @@ from service import metrics
 from service.errors import ClientError, error_body
 
 logger = logging.getLogger(__name__)
+
+IDLE_POLL_SECONDS = 0.5  # an idle worker still looks at the store this often
+
+
+def claims_path(folder: Path, pid: int) -> Path:
+    """Where worker `pid` lists the requests it holds (read by supervisor.py when the worker dies)."""
+    return folder / f"claims-{pid}.json"
 
 
 @dataclass
@@ -46,6 +60,19 @@ class SequenceBatchingLoop(DefaultLoop):
             if stop:
                 return
 
+    @staticmethod
+    def _claim(lit_api, batch: list[Queued], entry: tuple) -> None:
+        """Record (atomically) which requests this worker holds, before it decodes the newest one; requests
+        answered since are harmless leftovers (LitServe ignores answers to requests no longer waiting)."""
+        folder = getattr(lit_api, "claims_dir", None)
+        if folder is None:
+            return
+        held = [[item.response_queue_id, item.uid] for item in batch] + [[entry[0], entry[1]]]
+        path = claims_path(folder, os.getpid())
+        scratch = path.with_suffix(".tmp")
+        scratch.write_bytes(orjson.dumps(held))
+        scratch.replace(path)
+
     def _reply(self, transport, item: Queued | tuple, payload: Any, ok: bool) -> None:
         response_queue_id, uid = (item.response_queue_id, item.uid) if isinstance(item, Queued) else item
         status = LitAPIStatus.OK if ok else LitAPIStatus.ERROR
@@ -60,6 +87,7 @@ class SequenceBatchingLoop(DefaultLoop):
         ):
             error = WorkerHTTPException(504, error_body("timeout", "request timed out waiting for a worker"))
             self._reply(transport, (response_queue_id, uid), error, ok=False)
+            metrics.EXPIRED.labels(lit_api.endpoint).inc()
             return None
         try:
             return Queued(response_queue_id, uid, submitted_at, lit_api.decode_request(payload))
@@ -80,7 +108,7 @@ class SequenceBatchingLoop(DefaultLoop):
         while sequences < lit_api.max_batch_size:
             try:
                 if not batch:
-                    entry = request_queue.get()
+                    entry = self._first_request(lit_api, request_queue)
                     deadline = time.monotonic() + lit_api.batch_timeout
                 else:
                     remaining = deadline - time.monotonic()
@@ -91,6 +119,7 @@ class SequenceBatchingLoop(DefaultLoop):
                 break
             if entry == _SENTINEL_VALUE:
                 return batch, None, True
+            self._claim(lit_api, batch, entry)
             item = self._admit(lit_api, transport, entry)
             if item is None:
                 continue
@@ -100,6 +129,17 @@ class SequenceBatchingLoop(DefaultLoop):
             sequences += item.prepared.sequences
         self._sample_depth(lit_api, request_queue)
         return batch, None, False
+
+    @staticmethod
+    def _first_request(lit_api, request_queue: Queue):
+        """Block for a batch's first request; look at the store while idle and just before decoding it."""
+        while True:
+            lit_api.refresh()
+            with contextlib.suppress(Empty):
+                entry = request_queue.get(timeout=IDLE_POLL_SECONDS)
+                if entry != _SENTINEL_VALUE:
+                    lit_api.refresh()
+                return entry
 
     @staticmethod
     def _sample_depth(lit_api, request_queue: Queue) -> None:

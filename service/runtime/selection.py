@@ -3,10 +3,15 @@ the HTTP processes use it for /v1/models, the workers for every request."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from service.errors import ClientError
 from service.store.errors import StoreError
 from service.store.layout import ModelStore
 from service.store.resolve import parse_ref, resolve
+
+if TYPE_CHECKING:
+    from service.runtime.registry import StoreSnapshot
 
 Served = dict[str, list[str]]
 
@@ -37,9 +42,9 @@ def model_tasks(store: ModelStore, served: Served) -> dict[str, str]:
 
 
 def pick_version(
-    store: ModelStore, served: Served, tasks: dict[str, str], ref: str, task: str
+    store: ModelStore | StoreSnapshot, served: Served, tasks: dict[str, str], ref: str, task: str
 ) -> tuple[str, str]:
-    """Resolve a request's model ref against the store *now* (aliases may have moved) and the loaded set."""
+    """Resolve a request's model ref against the worker's store snapshot (see registry.py) and loaded set."""
     try:
         parsed = parse_ref(ref)
     except ValueError as exc:

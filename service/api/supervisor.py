@@ -1,0 +1,103 @@
+"""Replaces a dead inference worker and answers the requests it held (runs in the main process).
+
+LitServe's own monitor either shuts the whole server down when a worker dies, or (restart_workers) restarts
+it but fails the in-flight requests only in the main process's response buffer, which is empty: the HTTP
+servers are separate processes, so their clients would wait for request_timeout. Here every worker lists the
+requests it holds in a claims file before each batch (loop.py); when it dies, those requests are answered
+503 + Retry-After at once through the response queues, its stale metric files are retired, and a fresh
+worker is started on the same request queue (requests still queued wait for it). A worker that dies during
+setup is not restarted: the server stops and exits non-zero, for the orchestrator to restart it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from pathlib import Path
+
+import orjson
+from litserve.utils import LitAPIStatus, LoopResponseType, WorkerSetupStatus
+from litserve.utils import PickleableHTTPException as WorkerHTTPException
+from prometheus_client import multiprocess
+
+from service import metrics
+from service.api.loop import claims_path
+from service.errors import error_body
+
+logger = logging.getLogger("bertserve")
+
+POLL_SECONDS = 0.5
+
+
+class WorkerSupervisor:
+    def __init__(self, server, claims_dir: Path) -> None:
+        self.server = server
+        self.claims_dir = claims_dir
+        self.failed = False
+        # LitServe starts workers API by API, each API's workers in order: the same order here.
+        self.slots = [
+            (api, worker_id)
+            for api in server.litapi_connector
+            for worker_id in range(len(server._inference_workers_config_for_api(api.api_path)))
+        ]
+
+    def start(self) -> None:
+        self.server._monitor_workers = False  # ours replaces LitServe's monitor thread
+        threading.Thread(target=self._watch, daemon=True, name="bertserve-supervisor").start()
+
+    def _watch(self) -> None:
+        try:
+            while not self.server._shutdown_event.is_set():
+                for index, process in enumerate(self.server.inference_workers):
+                    if not process.is_alive():
+                        self._replace(index, process)
+                time.sleep(POLL_SECONDS)
+        except (EOFError, OSError, BrokenPipeError):
+            return  # the manager is gone: the server is shutting down
+
+    def _replace(self, index: int, process) -> None:
+        api, worker_id = self.slots[index]
+        endpoint = api.api_path.rsplit("/", 1)[-1]
+        failed_setup = (
+            self.server.workers_setup_status.get(f"{endpoint}_{worker_id}") == WorkerSetupStatus.ERROR
+        )
+        held = self._fail_claimed(process.pid, worker_id)
+        multiprocess.mark_process_dead(process.pid)
+        logger.error(
+            "inference worker %s of %s (pid %s) died with exit code %s; %d in-flight requests answered 503",
+            worker_id,
+            api.api_path,
+            process.pid,
+            process.exitcode,
+            held,
+        )
+        if self.server._shutdown_event.is_set():
+            return
+        if failed_setup:
+            logger.error("worker %s of %s failed its setup: stopping the server", worker_id, api.api_path)
+            self.failed = True
+            self.server._shutdown_event.set()
+            return
+        metrics.WORKER_RESTARTS.labels(endpoint).inc()
+        self.server.inference_workers[index] = self.server.launch_single_inference_worker(api, worker_id)
+        logger.warning("started a new inference worker %s of %s", worker_id, api.api_path)
+
+    def _fail_claimed(self, pid: int, worker_id: int) -> int:
+        """Answer every request the dead worker held; ones it already answered are ignored by LitServe."""
+        path = claims_path(self.claims_dir, pid)
+        try:
+            claims = orjson.loads(path.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return 0
+        error = WorkerHTTPException(
+            503, error_body("worker_lost", "the inference worker handling this request died; retry it")
+        )
+        for response_queue_id, uid in claims:
+            with contextlib.suppress(Exception):
+                self.server._transport.send(
+                    (uid, (error, LitAPIStatus.ERROR, LoopResponseType.REGULAR, worker_id)), response_queue_id
+                )
+        path.unlink(missing_ok=True)
+        return len(claims)

@@ -1,0 +1,108 @@
+"""Faults: an inference worker SIGKILLed mid-batch is replaced and its in-flight requests get 503 at once (not
+a hang); SIGTERM fails readiness first, lets in-flight requests finish with 200, then exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import httpx
+import pytest
+
+from tests.reliability.conftest import (
+    HEAVY,
+    LIGHT,
+    burst,
+    classify_store,
+    closed_loop,
+    metric_sum,
+    scrape,
+    statuses,
+    worker_pids,
+)
+from tests.server_process import running_server
+
+pytestmark = pytest.mark.slow
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        time.sleep(0.1)
+
+
+def test_worker_killed_mid_batch_is_replaced_and_its_requests_fail_fast(tmp_path, classifier_dirs):
+    store = classify_store(tmp_path / "model_store", classifier_dirs)
+    # request_timeout far above the client's: a request lost with the worker would show as a client timeout.
+    args = ("--workers", "1", "--max-batch-size", "32", "--request-timeout", "60")
+    with running_server(store.root, *args) as base:
+        url = f"{base}/v1/classify"
+        (worker,) = worker_pids(base.process.pid)
+
+        async def load_then_kill() -> list:
+            stop = asyncio.Event()
+            clients = asyncio.create_task(closed_loop(url, HEAVY, clients=6, stop=stop, client_timeout=30))
+            await asyncio.sleep(1.5)  # the worker is busy: six clients, one 32-input forward pass at a time
+            os.kill(worker, signal.SIGKILL)
+            await asyncio.sleep(0.5)
+            # keep the load on until the new worker has answered (bounded by the clients' timeout)
+            while not stop.is_set():
+                replaced = [p for p in worker_pids(base.process.pid) if p != worker]
+                ready = httpx.get(f"{base}/health", timeout=5).status_code == 200
+                if replaced and ready:
+                    stop.set()
+                await asyncio.sleep(0.2)
+            return await clients
+
+        outcomes = asyncio.run(load_then_kill())
+        counts = statuses(outcomes)
+        print(f"\nworker {worker} killed under load: {dict(counts)}")
+        assert set(counts) <= {200, 503}, f"an error or an answer for every request, never a hang: {counts}"
+        lost = [o for o in outcomes if o.status == 503]
+        assert lost, "the request the worker was computing is answered 503"
+        assert all(o.body["error"]["code"] == "worker_lost" for o in lost)
+
+        (new_worker,) = worker_pids(base.process.pid)
+        assert new_worker != worker
+        assert httpx.post(url, json=LIGHT, timeout=10).status_code == 200
+        samples = scrape(base)
+        assert metric_sum(samples, "bertserve_worker_restarts_total", endpoint="classify") == 1
+        assert metric_sum(samples, "bertserve_requests_total", endpoint="classify", code="503") == len(lost)
+
+
+def test_sigterm_fails_readiness_finishes_in_flight_requests_then_exits_zero(tmp_path, classifier_dirs):
+    store = classify_store(tmp_path / "model_store", classifier_dirs)
+    args = ("--workers", "1", "--max-batch-size", "32", "--request-timeout", "60")
+    with running_server(store.root, *args, env={"BERTSERVE_DRAIN_SECONDS": "30"}) as base:
+        url = f"{base}/v1/classify"
+        sent = 64  # ~2 s of work for one worker
+
+        async def terminate_under_load() -> tuple[list, list, list]:
+            in_flight = asyncio.create_task(burst(url, HEAVY, sent, client_timeout=60))
+            health, late = [], []
+            async with httpx.AsyncClient(timeout=10) as client:
+                wait = time.monotonic() + 10
+                while time.monotonic() < wait:
+                    text = (await client.get(f"{base}/metrics")).text
+                    if f'bertserve_requests_in_flight{{endpoint="classify"}} {sent}.0' in text:
+                        break
+                    await asyncio.sleep(0.02)
+                base.process.send_signal(signal.SIGTERM)
+                while not in_flight.done():
+                    try:
+                        health.append((await client.get(f"{base}/health")).status_code)
+                        late.append((await client.post(url, json=LIGHT)).status_code)
+                    except httpx.TransportError:
+                        break  # it finished and stopped listening between two checks
+                    await asyncio.sleep(0.05)
+            return await in_flight, health, late
+
+        outcomes, health, late = asyncio.run(terminate_under_load())
+        print(f"\nin flight at SIGTERM: {dict(statuses(outcomes))}; /health meanwhile: {set(health)}")
+        assert statuses(outcomes) == {200: sent}, "every request in flight at SIGTERM is answered"
+        assert health and set(health) == {503}, "readiness fails as soon as the drain starts"
+        assert set(late) == {503}, "new requests during the drain are turned away"
+        assert base.process.wait(timeout=60) == 0

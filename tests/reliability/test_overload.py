@@ -1,0 +1,123 @@
+"""Overload: a bounded queue answers 503 + Retry-After past it, requests that outlive their timeout get 504
+and are never computed, and the server serves normally afterwards.
+
+Statuses and metric counts are asserted, never times; the latencies are printed for the closing note."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+
+import httpx
+import pytest
+
+from service.api.buffer import ExpiringResponseBuffer
+from tests.reliability.conftest import (
+    HEAVY,
+    LIGHT,
+    burst,
+    classify_store,
+    closed_loop,
+    metric_sum,
+    open_loop,
+    scrape,
+    statuses,
+)
+from tests.server_process import running_server
+
+pytestmark = pytest.mark.slow
+
+
+def measure_capacity(url: str, seconds: float = 2.0) -> float:
+    """Requests per second the server completes with a few clients keeping it busy."""
+
+    async def run() -> float:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(seconds, stop.set)
+        outcomes = await closed_loop(url, HEAVY, clients=4, stop=stop)
+        assert statuses(outcomes) == {200: len(outcomes)}
+        return len(outcomes) / seconds
+
+    return asyncio.run(run())
+
+
+def wait_idle(base: str, timeout: float = 30) -> dict:
+    """Metrics once nothing is in flight any more (bounded)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = scrape(base)
+        if metric_sum(samples, "bertserve_requests_in_flight") == 0 or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.2)
+
+
+def test_four_times_capacity_gets_fast_503s_no_500s_and_the_server_recovers(tmp_path, classifier_dirs):
+    store = classify_store(tmp_path / "model_store", classifier_dirs)
+    args = ("--workers", "1", "--max-batch-size", "32", "--max-queue", "4", "--request-timeout", "5")
+    with running_server(store.root, *args) as base:
+        url = f"{base}/v1/classify"
+        capacity = measure_capacity(url)
+        before = scrape(base)
+        outcomes = asyncio.run(open_loop(url, HEAVY, rate=4 * capacity, duration=4, client_timeout=20))
+        counts = statuses(outcomes)
+        print(f"\ncapacity {capacity:.1f} req/s; {len(outcomes)} sent at 4x that: {dict(counts)}")
+
+        assert set(counts) <= {200, 503, 504}, f"only 200/503/504, no 500 and no hung connection: {counts}"
+        assert counts[503] > 0 and counts[200] > 0, counts
+        rejected = [o for o in outcomes if o.status == 503]
+        assert all(o.headers.get("retry-after") == "1" for o in rejected)
+        assert all(o.body["error"]["code"] == "unavailable" for o in rejected)
+        for code, group in (("200", 200), ("503", 503)):
+            took = sorted(o.received - o.sent for o in outcomes if o.status == group)
+            p99 = took[int(0.99 * (len(took) - 1))]
+            print(f"{code}: median {statistics.median(took) * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
+
+        after = wait_idle(base)
+        for code, count in counts.items():
+            sent = metric_sum(after, "bertserve_requests_total", endpoint="classify", code=str(code))
+            sent -= metric_sum(before, "bertserve_requests_total", endpoint="classify", code=str(code))
+            assert sent == count, f"/metrics counts every {code} exactly"
+
+        assert httpx.get(f"{base}/health", timeout=5).status_code == 200
+        recovered = [httpx.post(url, json=LIGHT, timeout=10).status_code for _ in range(20)]
+        assert recovered == [200] * 20, "after the burst every request is served again"
+        assert measure_capacity(url) > 0
+
+
+def test_requests_past_their_timeout_get_504_and_are_dropped_not_computed(tmp_path, classifier_dirs):
+    store = classify_store(tmp_path / "model_store", classifier_dirs)
+    args = ("--workers", "1", "--max-batch-size", "32", "--max-queue", "1000", "--request-timeout", "0.5")
+    sent = 48
+    with running_server(store.root, *args) as base:
+        url = f"{base}/v1/classify"
+        outcomes = asyncio.run(burst(url, HEAVY, sent))
+        counts = statuses(outcomes)
+        assert set(counts) <= {200, 504}, counts
+        assert counts[504] > 0 and counts[200] > 0, counts
+        assert all(o.body["error"]["code"] == "timeout" for o in outcomes if o.status == 504)
+
+        # Every request reaches the worker once: it either computes it or drops it as expired.
+        deadline = time.monotonic() + 30
+        while True:
+            samples = scrape(base)
+            computed = metric_sum(samples, "bertserve_batch_requests_count", endpoint="classify")
+            dropped = metric_sum(samples, "bertserve_expired_requests_total", endpoint="classify")
+            if computed + dropped >= sent or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        print(f"\n{dict(counts)}; worker computed {computed:.0f}, dropped {dropped:.0f} expired requests")
+        assert computed + dropped == sent
+        assert dropped > 0 and computed < sent, "expired requests are dropped before the forward pass"
+        assert computed >= counts[200]
+        assert httpx.post(url, json=LIGHT, timeout=10).status_code == 200
+
+
+def test_response_buffer_forgets_requests_the_middleware_already_answered_504():
+    """LitServe's handler, cancelled by the 504, never pops its entry: the buffer drops it after its ttl."""
+    buffer = ExpiringResponseBuffer(ttl=0.05)
+    buffer["answered-504"] = "late answer"
+    time.sleep(0.1)
+    buffer["waiting"] = "pending"
+    assert list(buffer) == ["waiting"] and list(buffer.born) == ["waiting"]
+    assert buffer.pop("waiting") == "pending" and not buffer.born

@@ -1,0 +1,151 @@
+"""Model swaps without downtime: `store alias`, `store rollback` and a newly published version are picked up
+by a running server under continuous load, with zero failed requests; every response names the version that
+produced it (its scores are that checkpoint's), the old version before the switch and the new one after."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from service.runtime.loaded import LoadedModel, Prepared
+from service.store.layout import ModelStore
+from service.store.publish import import_hf_folder, set_alias
+from tests.reliability.conftest import (
+    LIGHT,
+    Outcome,
+    classify_store,
+    closed_loop,
+    metric_sum,
+    scrape,
+    statuses,
+)
+from tests.server_process import running_server
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Switch:
+    """One store command and the moment the first response from the version it names came back."""
+
+    command: float
+    switched: float
+    version: str
+
+
+def store_cli(store: ModelStore, *args: str) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "service.cli", "store", *args, "--store", str(store.root)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+
+
+def expected_scores(store: ModelStore) -> dict[str, list[dict]]:
+    """What each version answers for LIGHT, computed here in the test process."""
+    scores = {}
+    for version in store.versions("sentiment"):
+        model = LoadedModel(
+            store.read_manifest("sentiment", version), store.version_dir("sentiment", version)
+        )
+        request = Prepared(model, model.encode(LIGHT["inputs"], truncate=True))
+        scores[version] = model.classify([request], 32, 4096)[0]
+    return scores
+
+
+async def swaps_under_load(base: str, steps: list[tuple[Callable[[], object], str]]):
+    """Run each store change while 4 clients keep sending; wait for its version to answer before the next."""
+    stop = asyncio.Event()
+    outcomes: list[Outcome] = []
+    load = asyncio.create_task(closed_loop(f"{base}/v1/classify", LIGHT, clients=4, stop=stop))
+    switches = []
+    try:
+        await asyncio.sleep(1)
+        async with httpx.AsyncClient(timeout=10) as client:
+            for change, version in steps:
+                command = time.monotonic()
+                await asyncio.to_thread(change)
+                deadline = time.monotonic() + 60
+                while (await client.post(f"{base}/v1/classify", json=LIGHT)).json().get("version") != version:
+                    assert time.monotonic() < deadline, f"version {version} not served within 60 s"
+                    await asyncio.sleep(0.05)
+                switches.append(Switch(command, time.monotonic(), version))
+                await asyncio.sleep(1)
+    finally:
+        stop.set()
+        outcomes = await load
+    return outcomes, switches
+
+
+def flat(predictions: list[list[dict]]) -> dict[str, float]:
+    return {
+        f"{i}:{item['label']}": item["score"] for i, ranking in enumerate(predictions) for item in ranking
+    }
+
+
+def check_versions(outcomes: list[Outcome], first: str, switches: list[Switch], scores: dict) -> None:
+    """Old version before each command, new version for every request sent after the switch was seen,
+    either of the two in between; and each response's scores are those of the version it names."""
+    assert statuses(outcomes) == {200: len(outcomes)}, "zero failed requests during the swaps"
+    bounds = [Switch(0.0, 0.0, first), *switches, Switch(float("inf"), float("inf"), "")]
+    for outcome in outcomes:
+        version = outcome.body["version"]
+        assert outcome.headers["x-model-version"] == f"sentiment@{version}"
+        assert flat(outcome.body["predictions"]) == pytest.approx(flat(scores[version]), abs=1e-5)
+        for index in range(len(bounds) - 1):
+            current, following = bounds[index], bounds[index + 1]
+            if outcome.sent >= current.switched and outcome.received < following.command:
+                assert version == current.version, f"sent after {current.version} took over, got {version}"
+            if index and current.command <= outcome.received and outcome.sent < current.switched:
+                assert version in (bounds[index - 1].version, current.version)
+
+
+def model_loaded(base: str, version: str) -> float:
+    return metric_sum(scrape(base), "bertserve_model_info", model="sentiment", version=version)
+
+
+def test_alias_rollback_and_new_version_swap_a_configured_ref_without_downtime(tmp_path, classifier_dirs):
+    store = classify_store(tmp_path / "model_store", classifier_dirs)
+    env = {"BERTSERVE_RELOAD_INTERVAL": "0.2"}
+    with running_server(store.root, "--workers", "1", "--models", "sentiment:production", env=env) as base:
+        assert (model_loaded(base, "1"), model_loaded(base, "2")) == (1, 0), "only what the ref names loads"
+        steps = [
+            (lambda: store_cli(store, "alias", "sentiment", "production", "2"), "2"),
+            (lambda: store_cli(store, "rollback", "sentiment"), "1"),
+            (
+                lambda: store_cli(
+                    store, "import", str(classifier_dirs[2]), "--name", "sentiment", "--alias", "production"
+                ),
+                "3",
+            ),
+        ]
+        outcomes, switches = asyncio.run(swaps_under_load(base, steps))
+        print(f"\n{len(outcomes)} requests during 3 swaps: {dict(statuses(outcomes))}")
+        check_versions(outcomes, "1", switches, expected_scores(store))
+        assert [model_loaded(base, v) for v in ("1", "2", "3")] == [0, 0, 1], "the old versions are unloaded"
+
+
+def test_every_version_server_loads_a_newly_published_version_before_moving_traffic(
+    tmp_path, classifier_dirs
+):
+    store = classify_store(tmp_path / "model_store", classifier_dirs)
+    with running_server(store.root, "--workers", "1") as base:  # --models '*', checks before every batch
+
+        def publish_and_promote() -> None:  # what `store import --alias production` does, in-process (faster)
+            manifest = import_hf_folder(store, classifier_dirs[2], "sentiment")
+            set_alias(store, "sentiment", "production", manifest.version)
+
+        outcomes, switches = asyncio.run(swaps_under_load(base, [(publish_and_promote, "3")]))
+        print(f"\n{len(outcomes)} requests during the publish: {dict(statuses(outcomes))}")
+        check_versions(outcomes, "1", switches, expected_scores(store))
+        assert [model_loaded(base, v) for v in ("1", "2", "3")] == [1, 1, 1], "'*' keeps every version"
+        pinned = httpx.post(f"{base}/v1/classify", json={**LIGHT, "model": "sentiment@1"}, timeout=10)
+        assert pinned.json()["version"] == "1"
