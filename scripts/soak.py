@@ -210,6 +210,9 @@ def soak(base: str, pid: int, duration: float, rate: float, max_rss_growth_mb: f
             "after_warmup": round(sum(rss.get("start", rss["end"]).values()), 1),
             "end": round(sum(rss["end"].values()), 1),
             "growth": round(growth, 1),
+            "growth_by_pid": {
+                pid: round(end - rss.get("start", {}).get(pid, 0), 1) for pid, end in rss["end"].items()
+            },
         },
         "checks": checks,
         "ok": all(checks.values()),

@@ -266,6 +266,9 @@ def run_server(settings: Settings) -> None:
         num_api_servers=settings.api_servers or None,
         log_level=settings.log_level,
         generate_client_file=False,
+        # Outlive clients' and load balancers' idle timeouts (httpx 5 s, cloud LBs 60 s): a server closing an
+        # idle connection just as a client reuses it makes that request fail with a connection reset.
+        timeout_keep_alive=75,
     )
     if supervisor.failed:
         raise SystemExit("an inference worker failed its setup; exiting for the orchestrator to restart us")

@@ -57,17 +57,17 @@ class SequenceBatchingLoop(DefaultLoop):
             batch, carried, stop = self._collect(lit_api, request_queue, transport, carried)
             if batch:
                 self._answer(lit_api, transport, batch)
+                self._claim(lit_api, [(carried.response_queue_id, carried.uid)] if carried else [])
             if stop:
                 return
 
     @staticmethod
-    def _claim(lit_api, batch: list[Queued], entry: tuple) -> None:
-        """Record (atomically) which requests this worker holds, before it decodes the newest one; requests
-        answered since are harmless leftovers (LitServe ignores answers to requests no longer waiting)."""
+    def _claim(lit_api, held: list[tuple[int, str]]) -> None:
+        """Record (atomically) the (response queue, uid) of every request this worker holds: rewritten as
+        each request is taken (before it is decoded) and after each batch is answered."""
         folder = getattr(lit_api, "claims_dir", None)
         if folder is None:
             return
-        held = [[item.response_queue_id, item.uid] for item in batch] + [[entry[0], entry[1]]]
         path = claims_path(folder, os.getpid())
         scratch = path.with_suffix(".tmp")
         scratch.write_bytes(orjson.dumps(held))
@@ -119,7 +119,7 @@ class SequenceBatchingLoop(DefaultLoop):
                 break
             if entry == _SENTINEL_VALUE:
                 return batch, None, True
-            self._claim(lit_api, batch, entry)
+            self._claim(lit_api, [(i.response_queue_id, i.uid) for i in batch] + [(entry[0], entry[1])])
             item = self._admit(lit_api, transport, entry)
             if item is None:
                 continue

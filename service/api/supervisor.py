@@ -48,14 +48,19 @@ class WorkerSupervisor:
         threading.Thread(target=self._watch, daemon=True, name="bertserve-supervisor").start()
 
     def _watch(self) -> None:
-        try:
-            while not self.server._shutdown_event.is_set():
-                for index, process in enumerate(self.server.inference_workers):
-                    if not process.is_alive():
+        while True:
+            try:
+                if self.server._shutdown_event.is_set():
+                    return
+            except (EOFError, OSError):
+                return  # the manager is gone: the server is shutting down
+            for index, process in enumerate(self.server.inference_workers):
+                if not process.is_alive():
+                    try:
                         self._replace(index, process)
-                time.sleep(POLL_SECONDS)
-        except (EOFError, OSError, BrokenPipeError):
-            return  # the manager is gone: the server is shutting down
+                    except Exception:
+                        logger.exception("could not replace inference worker %s; trying again", index)
+            time.sleep(POLL_SECONDS)
 
     def _replace(self, index: int, process) -> None:
         api, worker_id = self.slots[index]

@@ -37,15 +37,16 @@ def store_fingerprint(store: ModelStore) -> Fingerprint:
     before every batch by default). Each of those is a rename inside a model folder (model-store.md), which
     bumps the folder's mtime; the new alias file's inode also tells apart two moves in one mtime tick."""
     marks = []
-    with contextlib.suppress(FileNotFoundError), os.scandir(store.root) as entries:
+    with contextlib.suppress(OSError), os.scandir(store.root) as entries:
         for entry in entries:
             if entry.name.startswith(".") or not entry.is_dir():
                 continue
             try:
                 aliases = os.stat(os.path.join(entry.path, ALIASES_NAME)).st_ino
-            except FileNotFoundError:
+            except OSError:
                 aliases = 0
-            marks.append((entry.name, entry.stat().st_mtime_ns, aliases))
+            with contextlib.suppress(OSError):  # removed while scanned: it is missing from the marks
+                marks.append((entry.name, entry.stat().st_mtime_ns, aliases))
     return tuple(sorted(marks))
 
 

@@ -106,3 +106,14 @@ def test_sigterm_fails_readiness_finishes_in_flight_requests_then_exits_zero(tmp
         assert health and set(health) == {503}, "readiness fails as soon as the drain starts"
         assert set(late) == {503}, "new requests during the drain are turned away"
         assert base.process.wait(timeout=60) == 0
+
+
+def test_a_worker_that_cannot_come_back_makes_the_server_exit_non_zero(tmp_path, classifier_dirs):
+    """The replacement worker finds every version corrupt: the server stops, for the orchestrator to act."""
+    store = classify_store(tmp_path / "model_store", classifier_dirs)
+    with running_server(store.root, "--workers", "1") as base:
+        for version in store.versions("sentiment"):
+            (store.version_dir("sentiment", version) / "model.safetensors").write_bytes(b"corrupt")
+        (worker,) = worker_pids(base.process.pid)
+        os.kill(worker, signal.SIGKILL)
+        assert base.process.wait(timeout=120) != 0
