@@ -48,6 +48,13 @@ def serve(
         None, help="Grace for in-flight requests on SIGTERM [BERTSERVE_DRAIN_SECONDS]."
     ),
     log_level: str = typer.Option(None, help="HTTP server log level [BERTSERVE_LOG_LEVEL]."),
+    log_format: str = typer.Option(None, help="json | text [BERTSERVE_LOG_FORMAT]."),
+    api_keys_file: str = typer.Option(
+        None, help="File of API keys, one per line (keys themselves: env only) [BERTSERVE_API_KEYS_FILE]."
+    ),
+    auth_open_paths: str = typer.Option(
+        None, help="Paths open without a key, comma-separated [BERTSERVE_AUTH_OPEN_PATHS]."
+    ),
     reload_interval: float = typer.Option(
         None, help="Least seconds between store checks, 0 = every batch [BERTSERVE_RELOAD_INTERVAL]."
     ),

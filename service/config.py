@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Backend = Literal["auto", "fp32", "bf16", "int8", "onnx", "onnx-int8"]
@@ -47,8 +47,20 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body in bytes (413 above).")
     max_queue: int = Field(1024, ge=1, description="Most requests waiting per endpoint before 503.")
     request_timeout: float = Field(30.0, gt=0, description="Seconds before a request answers 504.")
-    api_key: str | None = Field(
-        None, description="When set, POST endpoints need 'Authorization: Bearer <key>'."
+    api_key: SecretStr | None = Field(
+        None, description="One API key (see api_keys); kept for existing deployments."
+    )
+    api_keys: SecretStr = Field(
+        SecretStr(""),
+        description="Comma-separated API keys; when any key is configured, every path but auth_open_paths "
+        "needs 'Authorization: Bearer <key>', else 401.",
+    )
+    api_keys_file: Path | None = Field(
+        None, description="File of API keys, one per line ('#' comments), added to api_keys."
+    )
+    auth_open_paths: str = Field(
+        "/health,/metrics",
+        description="Comma-separated paths that need no key even when keys are set ('' protects all).",
     )
     drain_seconds: float = Field(
         25.0,
@@ -56,6 +68,9 @@ class Settings(BaseSettings):
         description="On SIGTERM: /health answers 503 and in-flight requests get this long to finish.",
     )
     log_level: str = Field("info", description="Log level of the HTTP server.")
+    log_format: Literal["json", "text"] = Field(
+        "json", description="Logs as one JSON object per line, or plain text; one access line per request."
+    )
     reload_interval: float = Field(
         0.0,
         ge=0,

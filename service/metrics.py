@@ -140,3 +140,19 @@ def render_latest() -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST
+
+
+def loaded_versions() -> dict[tuple[str, str], str]:
+    """(model, version) -> backend for every version an inference worker reports loaded (MODEL_INFO = 1):
+    what /v1/models calls served, so a version refused at load time shows as not served."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return {}
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return {
+        (sample.labels["model"], sample.labels["version"]): sample.labels["backend"]
+        for family in registry.collect()
+        if family.name == MODEL_INFO._name
+        for sample in family.samples
+        if sample.value == 1
+    }

@@ -10,6 +10,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 def _not_blank(text: str) -> str:
     if not text.strip():
         raise ValueError("text must not be empty or only whitespace")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # JSON allows "\\ud800"; no tokenizer can take it
+        raise ValueError(f"text holds a lone surrogate at character {exc.start}: not valid Unicode") from exc
     return text
 
 

@@ -18,15 +18,17 @@ from pathlib import Path
 
 import litserve as ls
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import metrics
+from service import logs, metrics
 from service.api.base import TaskAPI
 from service.api.buffer import ExpiringResponseBuffer
 from service.api.classify import ClassifyAPI
 from service.api.fill_mask import FillMaskAPI
 from service.api.supervisor import WorkerSupervisor
+from service.auth import Authenticator
 from service.config import Settings
 from service.errors import error_response, install_error_handlers
 from service.runtime.selection import model_tasks, served_versions
@@ -40,22 +42,30 @@ INSTRUMENTED = {"/v1/classify": "classify", "/v1/fill-mask": "fill-mask", "/v1/m
 
 
 class ServiceMiddleware:
-    """Pure ASGI (cheap): auth, body limit, queue admission, timeout, and the HTTP-side metrics."""
+    """Pure ASGI (cheap): request id + access log, auth, body limit, queue admission, timeout, and the
+    HTTP-side metrics."""
 
-    def __init__(self, app: ASGIApp, settings: Settings, queues: dict, in_flight, drain_flag: Path) -> None:
+    def __init__(
+        self, app: ASGIApp, settings: Settings, auth: Authenticator, queues: dict, in_flight, drain_flag: Path
+    ) -> None:
         self.app = app
         self.settings = settings
+        self.auth = auth
         self.queues = queues
         self.in_flight = in_flight
         self.drain_flag = drain_flag
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        endpoint = INSTRUMENTED.get(scope.get("path", "")) if scope["type"] == "http" else None
-        if endpoint is None:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        path = scope.get("path", "")
+        endpoint = INSTRUMENTED.get(path)
+        headers = dict(scope.get("headers", ()))
+        request_id = logs.request_id(headers.get(b"x-request-id"))
         seen = {"status": 500, "model": "", "version": ""}
+        respond = logs.echo_request_id(send, request_id)
 
         async def send_and_observe(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -63,34 +73,45 @@ class ServiceMiddleware:
                 for key, value in message.get("headers", ()):
                     if key == b"x-model-version":
                         seen["model"], _, seen["version"] = value.decode().partition("@")
-            await send(message)
+            await respond(message)
 
+        try:
+            if not self.auth.allows(path, headers):
+                await self.auth.challenge()(scope, receive, send_and_observe)
+            elif endpoint is None:
+                await self.app(scope, receive, send_and_observe)
+            else:
+                await self._admit(endpoint, scope, receive, send_and_observe, headers)
+        finally:
+            elapsed = time.perf_counter() - started
+            if endpoint is not None:
+                labels = (endpoint, seen["model"], seen["version"], str(seen["status"]))
+                metrics.REQUESTS.labels(*labels).inc()
+                metrics.REQUEST_DURATION.labels(*labels).observe(elapsed)
+            logs.log_request(
+                scope["method"], path, seen["status"], elapsed, seen["model"], seen["version"], request_id
+            )
+
+    async def _admit(
+        self, endpoint: str, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes]
+    ) -> None:
         metrics.IN_FLIGHT.labels(endpoint).inc()
         with self.in_flight.get_lock():
             self.in_flight.value += 1
         try:
-            rejection = self._reject(scope)
+            rejection = self._reject(scope, headers)
             if rejection is not None:
-                await rejection(scope, receive, send_and_observe)
+                await rejection(scope, receive, send)
             else:
-                await self._call_with_limits(scope, receive, send_and_observe)
+                await self._call_with_limits(scope, receive, send)
         finally:
             with self.in_flight.get_lock():
                 self.in_flight.value -= 1
             metrics.IN_FLIGHT.labels(endpoint).dec()
-            labels = (endpoint, seen["model"], seen["version"], str(seen["status"]))
-            metrics.REQUESTS.labels(*labels).inc()
-            metrics.REQUEST_DURATION.labels(*labels).observe(time.perf_counter() - started)
 
-    def _reject(self, scope: Scope) -> Response | None:
+    def _reject(self, scope: Scope, headers: dict[bytes, bytes]) -> Response | None:
         if scope["method"] != "POST":
             return None
-        headers = dict(scope.get("headers", ()))
-        if self.settings.api_key:
-            given = headers.get(b"authorization", b"").decode()
-            token = given.removeprefix("Bearer ").strip() or headers.get(b"x-api-key", b"").decode()
-            if token != self.settings.api_key:
-                return error_response(401, "missing or wrong API key (Authorization: Bearer <key>)")
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.settings.max_body_bytes:
             return error_response(
@@ -106,18 +127,21 @@ class ServiceMiddleware:
     async def _call_with_limits(self, scope: Scope, receive: Receive, send: Send) -> None:
         received = 0
         limit = self.settings.max_body_bytes
-        started = False
+        started = too_large = False
 
         async def counting_receive() -> Message:
-            nonlocal received
+            nonlocal received, too_large
             message = await receive()
             received += len(message.get("body", b""))
             if received > limit:
+                too_large = True
                 raise _BodyTooLarge
             return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
+            if too_large:
+                return  # FastAPI's 400 for a body it could not read: the 413 below replaces it
             started = started or message["type"] == "http.response.start"
             await send(message)
 
@@ -126,21 +150,23 @@ class ServiceMiddleware:
                 self.app(scope, counting_receive, tracking_send), self.settings.request_timeout
             )
         except _BodyTooLarge:
-            if not started:
-                await error_response(413, f"body over the limit of {limit} bytes")(scope, receive, send)
+            pass
         except TimeoutError:
             if not started:
                 message = f"no answer within {self.settings.request_timeout:g} s"
                 await error_response(504, message)(scope, receive, send)
+        if too_large and not started:  # a chunked body (no Content-Length) that grew past the limit
+            await error_response(413, f"body over the limit of {limit} bytes")(scope, receive, send)
 
 
 class _BodyTooLarge(Exception):
     pass
 
 
-def describe_models(store: ModelStore, settings: Settings, backend: str) -> ModelsResponse:
-    """GET /v1/models, from the store's manifests (read fresh: aliases may have moved)."""
-    served = served_versions(store, settings.models)
+def describe_models(store: ModelStore, settings: Settings) -> ModelsResponse:
+    """GET /v1/models, from the store's manifests (read fresh: aliases may have moved) and what the
+    inference workers report loaded (a version refused at start-up is listed, not served)."""
+    loaded = metrics.loaded_versions()
     defaults = {"classify": settings.default_classify_model, "fill-mask": settings.default_fill_mask_model}
     models = []
     for name in store.models():
@@ -155,8 +181,8 @@ def describe_models(store: ModelStore, settings: Settings, backend: str) -> Mode
         versions = [
             ModelVersionInfo(
                 version=m.version,
-                served=m.version in served.get(name, []),
-                backend=backend if m.version in served.get(name, []) else None,
+                served=(name, m.version) in loaded,
+                backend=loaded.get((name, m.version)),
                 encoder=m.encoder,
                 base_model=m.base_model,
                 labels=m.labels,
@@ -180,11 +206,18 @@ def describe_models(store: ModelStore, settings: Settings, backend: str) -> Mode
     return ModelsResponse(models=models)
 
 
+def _document_plain_text_routes(app: FastAPI) -> None:
+    """LitServe's `/` and `/health` answer a short text with no Content-Type; /openapi.json said JSON."""
+    for route in app.routes:
+        if isinstance(route, APIRoute) and route.path in ("/", "/health"):
+            route.response_class = Response
+
+
 def _add_routes(app: FastAPI, store: ModelStore, settings: Settings) -> None:
     @app.get("/v1/models", response_model=ModelsResponse, tags=["models"])
     def list_models() -> ModelsResponse:
         """Every model in the store: versions, aliases, which are served, labels, encoder, metrics."""
-        return describe_models(store, settings, settings.backend)
+        return describe_models(store, settings)
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus_metrics() -> Response:
@@ -216,12 +249,18 @@ def build_server(settings: Settings, drain_flag: Path, in_flight) -> ls.LitServe
     server.middlewares = []
     server.app.user_middleware.clear()
     server.app.add_middleware(
-        ServiceMiddleware, settings=settings, queues=queues, in_flight=in_flight, drain_flag=drain_flag
+        ServiceMiddleware,
+        settings=settings,
+        auth=Authenticator(settings),
+        queues=queues,
+        in_flight=in_flight,
+        drain_flag=drain_flag,
     )
     server._bertserve_queues = queues
     server.response_buffer = ExpiringResponseBuffer(settings.request_timeout + 10)
     install_error_handlers(server.app)
     _add_routes(server.app, store, settings)
+    _document_plain_text_routes(server.app)
     server.app.title = "bertserve"
     server.app.description = "BERT text classification and fill-mask, from a versioned model store."
     return server
@@ -239,6 +278,7 @@ def _drain_then_stop(server: ls.LitServer, drain_flag: Path, in_flight, settings
 
 
 def run_server(settings: Settings) -> None:
+    logs.configure_logging(settings)
     metrics_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     drain_flag = metrics_dir / "draining"
     drain_flag.unlink(missing_ok=True)
@@ -249,6 +289,7 @@ def run_server(settings: Settings) -> None:
     supervisor = WorkerSupervisor(server, metrics_dir)
 
     def start_with_queues(*args, **kwargs):
+        logs.configure_logging(settings)  # again: LitServe's run() gave its logger a text handler
         server._bertserve_queues.update(server.litapi_request_queues)
         supervisor.start()
         return original_run(*args, **kwargs)
@@ -269,6 +310,8 @@ def run_server(settings: Settings) -> None:
         # Outlive clients' and load balancers' idle timeouts (httpx 5 s, cloud LBs 60 s): a server closing an
         # idle connection just as a client reuses it makes that request fail with a connection reset.
         timeout_keep_alive=75,
+        log_config=logs.uvicorn_log_config(settings),
+        access_log=False,  # ServiceMiddleware writes the access log, with request ids
     )
     if supervisor.failed:
         raise SystemExit("an inference worker failed its setup; exiting for the orchestrator to restart us")

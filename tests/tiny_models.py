@@ -153,7 +153,9 @@ SUFFIXES = ["##s", "##ed", "##ing", "##ly", "##er", "##est"]
 def write_tokenizer(folder: Path) -> BertTokenizerFast:
     """A real WordPiece tokenizer (fast, uncased) over a small English vocabulary."""
     folder.mkdir(parents=True, exist_ok=True)
-    vocab = SPECIAL + PUNCT + sorted(set(WORDS)) + SUFFIXES + [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    # no duplicates: a repeated line gets an id past len(tokenizer), outside the model's embeddings
+    vocab = list(dict.fromkeys(SPECIAL + PUNCT + sorted(set(WORDS)) + SUFFIXES + letters))
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tokenizer = BertTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=True, model_max_length=64)
     tokenizer.save_pretrained(folder)

@@ -46,8 +46,10 @@ class TaskAPI(ls.LitAPI):
     def setup(self, device: str) -> None:
         import torch
 
+        from service.logs import configure_logging
         from service.runtime.registry import ModelRegistry
 
+        configure_logging(self.settings)  # a spawned process: it inherits no logging set-up
         torch.set_num_threads(self.settings.resolved_torch_threads())
         self.registry = ModelRegistry(self.settings, self.task, self.endpoint)
         self.registry.load_initial()

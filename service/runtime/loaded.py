@@ -53,7 +53,7 @@ class LoadedModel:
         auto_model = (
             AutoModelForSequenceClassification if self.task == "classification" else AutoModelForMaskedLM
         )
-        model = auto_model.from_pretrained(version_dir, dtype=torch.float32).eval()
+        model = auto_model.from_pretrained(version_dir, dtype=torch.float32, use_safetensors=True).eval()
         self.config = model.config
         input_names = tuple(self.tokenizer.model_input_names)
         self.backend: Backend = make_backend(backend_name, model, input_names)

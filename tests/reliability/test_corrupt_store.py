@@ -1,0 +1,177 @@
+"""A damaged store: a corrupt or missing weight file refuses that version alone (with a log line naming the
+file) while the rest serve; a publish killed mid-way (SIGKILL, a real process) leaves no visible version."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.store.layout import ModelStore
+from service.store.publish import import_hf_folder, verify_version
+from tests.http.conftest import build_tiny_store
+from tests.server_process import running_server
+
+WEIGHTS = "model.safetensors"
+
+
+def log_errors(log: Path) -> list[str]:
+    messages = []
+    for line in log.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("level") == "error":
+            messages.append(entry["message"])
+    return messages
+
+
+def test_damaged_versions_are_refused_and_the_rest_serve(tmp_path, tiny_classifier_dir):
+    store = build_tiny_store(tmp_path / "model_store", tmp_path / "hf")
+    import_hf_folder(store, tiny_classifier_dir, "sentiment")  # sentiment@3
+    truncated = store.version_dir("sentiment", "2") / WEIGHTS
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    (store.version_dir("topics", "1") / WEIGHTS).unlink()
+    flipped = store.version_dir("sentiment", "3") / WEIGHTS
+    data = bytearray(flipped.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, different bytes
+    flipped.write_bytes(bytes(data))
+
+    with running_server(store.root) as base:
+        served = {
+            (m["name"], v["version"]): v["served"]
+            for m in httpx.get(f"{base}/v1/models", timeout=30).json()["models"]
+            for v in m["versions"]
+        }
+        assert served == {
+            ("sentiment", "1"): True,
+            ("sentiment", "2"): False,
+            ("sentiment", "3"): False,
+            ("topics", "1"): False,
+            ("mlm", "1"): True,
+        }
+        default = httpx.post(f"{base}/v1/classify", json={"inputs": "the drug worked"}, timeout=30)
+        assert default.status_code == 200 and default.json()["version"] == "1"
+        assert httpx.post(f"{base}/v1/fill-mask", json={"inputs": "a [MASK]"}, timeout=30).status_code == 200
+        for ref in ("sentiment@2", "sentiment@3", "topics"):
+            refused = httpx.post(f"{base}/v1/classify", json={"inputs": "x", "model": ref}, timeout=30)
+            assert refused.status_code == 404, (ref, refused.text)
+        errors = log_errors(base.log)
+
+    def refusal(ref: str) -> str:
+        found = [m for m in errors if f"refusing {ref}" in m]
+        assert len(found) == 1, (ref, errors)
+        return found[0]
+
+    assert f"file {WEIGHTS} has" in refusal("sentiment@2") and "manifest says" in refusal("sentiment@2")
+    assert f"file {WEIGHTS} does not match its sha256" in refusal("sentiment@3")
+    assert f"file {WEIGHTS} is missing" in refusal("topics@1")
+    assert not [m for m in errors if "sentiment@1" in m or "mlm@1" in m]
+
+
+# ---- a publish killed in the middle --------------------------------------------------------------------
+
+# Runs the real `bertserve store import`, pausing at one point of publish_version so the test can SIGKILL it
+# there: "staged" (files moved into the hidden staging folder, being hashed) or "manifest" (manifest written
+# in the staging folder, model lock held, just before the rename that would publish it).
+PAUSING_IMPORT = """
+import sys, time
+from pathlib import Path
+import service.store.publish as publish
+from service.cli import app
+
+point, ready = sys.argv[1], Path(sys.argv[2])
+def pause():
+    ready.touch()
+    time.sleep(600)
+original = getattr(publish, {"staged": "hash_folder", "manifest": "write_atomic"}[point])
+def paused(*args):
+    if point == "staged":
+        pause()
+    result = original(*args)
+    pause()
+    return result
+setattr(publish, original.__name__, paused)
+app(sys.argv[3:], prog_name="bertserve")
+"""
+
+
+def bertserve_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "service.cli", *args]
+
+
+@pytest.mark.parametrize("point", ["staged", "manifest"])
+def test_a_publish_killed_midway_leaves_no_version(tmp_path, tiny_classifier_dir, point):
+    store = ModelStore(tmp_path / "store")
+    import_hf_folder(store, tiny_classifier_dir, "sentiment")
+    ready = tmp_path / "paused"
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            PAUSING_IMPORT,
+            point,
+            str(ready),
+            "store",
+            "import",
+            str(tiny_classifier_dir),
+            "--name",
+            "sentiment",
+            "--store",
+            str(store.root),
+        ],
+        cwd=Path(__file__).parents[2],
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert child.poll() is None, f"the import exited with {child.returncode} before pausing"
+            assert time.monotonic() < deadline, "the import never reached the pause point"
+            time.sleep(0.05)
+        staging = list(store.model_dir("sentiment").glob(".publish-*"))
+        assert len(staging) == 1 and (staging[0] / WEIGHTS).is_file(), "killed while the files were staged"
+        assert ((staging[0] / "manifest.json").is_file()) == (point == "manifest")
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+
+    assert store.versions("sentiment") == ["1"], "no half version is visible"
+    listed = subprocess.run(
+        bertserve_command("store", "list", "--store", str(store.root)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert listed.returncode == 0 and "publish" not in listed.stdout, listed.stdout + listed.stderr
+
+    again = subprocess.run(
+        bertserve_command(
+            "store", "import", str(tiny_classifier_dir), "--name", "sentiment", "--store", str(store.root)
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,  # the killed import held the model lock: it must have been released with the process
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert store.versions("sentiment") == ["1", "2"]
+    verified = subprocess.run(
+        bertserve_command("store", "verify", "--store", str(store.root)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert (
+        verify_version(store, "sentiment", "2").files.keys()
+        == verify_version(store, "sentiment", "1").files.keys()
+    )
