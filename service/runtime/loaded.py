@@ -55,6 +55,12 @@ class LoadedModel:
         )
         model = auto_model.from_pretrained(version_dir, dtype=torch.float32, use_safetensors=True).eval()
         self.config = model.config
+        rows, highest = model.get_input_embeddings().num_embeddings, max(self.tokenizer.get_vocab().values())
+        if highest >= rows:  # a request holding such a token would fail its whole batch
+            raise ValueError(
+                f"{manifest.name}@{manifest.version}: the tokenizer has token id {highest}, "
+                f"the model embeds only {rows} ids"
+            )
         input_names = tuple(self.tokenizer.model_input_names)
         self.backend: Backend = make_backend(backend_name, model, input_names)
         self.max_length = min(

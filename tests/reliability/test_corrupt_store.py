@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,9 +35,20 @@ def log_errors(log: Path) -> list[str]:
     return messages
 
 
+def with_extra_word(model_dir: Path, folder: Path) -> Path:
+    """A copy whose tokenizer knows one word more than the model has embeddings for: consistent files, so
+    verification passes, but any request holding that word would fail its batch."""
+    shutil.copytree(model_dir, folder)
+    (folder / "tokenizer.json").unlink()  # rebuilt from vocab.txt
+    with open(folder / "vocab.txt", "a") as vocab:
+        vocab.write("zzzextra\n")
+    return folder
+
+
 def test_damaged_versions_are_refused_and_the_rest_serve(tmp_path, tiny_classifier_dir):
     store = build_tiny_store(tmp_path / "model_store", tmp_path / "hf")
     import_hf_folder(store, tiny_classifier_dir, "sentiment")  # sentiment@3
+    import_hf_folder(store, with_extra_word(tiny_classifier_dir, tmp_path / "big-vocab"), "sentiment")  # @4
     truncated = store.version_dir("sentiment", "2") / WEIGHTS
     truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
     (store.version_dir("topics", "1") / WEIGHTS).unlink()
@@ -55,6 +67,7 @@ def test_damaged_versions_are_refused_and_the_rest_serve(tmp_path, tiny_classifi
             ("sentiment", "1"): True,
             ("sentiment", "2"): False,
             ("sentiment", "3"): False,
+            ("sentiment", "4"): False,
             ("topics", "1"): False,
             ("mlm", "1"): True,
         }
@@ -74,6 +87,9 @@ def test_damaged_versions_are_refused_and_the_rest_serve(tmp_path, tiny_classifi
     assert f"file {WEIGHTS} has" in refusal("sentiment@2") and "manifest says" in refusal("sentiment@2")
     assert f"file {WEIGHTS} does not match its sha256" in refusal("sentiment@3")
     assert f"file {WEIGHTS} is missing" in refusal("topics@1")
+    assert "the tokenizer has token id" in refusal("sentiment@4") and "the model embeds only" in refusal(
+        "sentiment@4"
+    )
     assert not [m for m in errors if "sentiment@1" in m or "mlm@1" in m]
 
 
@@ -129,6 +145,7 @@ def test_a_publish_killed_midway_leaves_no_version(tmp_path, tiny_classifier_dir
             str(store.root),
         ],
         cwd=Path(__file__).parents[2],
+        env={**os.environ, "TMPDIR": str(tmp_path)},  # what the killed import leaves behind stays in tmp_path
         start_new_session=True,
     )
     try:
