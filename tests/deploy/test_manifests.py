@@ -1,0 +1,280 @@
+"""k8s/: every kustomization renders, validates against the Kubernetes OpenAPI schemas offline, passes the
+cross-object policies of scripts/validate_manifests.py and the checkov policy scanner (skips justified in
+place). Each check is also shown to fail on a broken manifest, so a green run means something."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.deploy.tools import REPO, binary, ci_python_with, ci_tool
+
+TARGETS = {
+    "dev": "k8s/overlays/dev",
+    "prod": "k8s/overlays/prod",
+    "store-admin": "k8s/store-admin",
+}
+SERVER_KINDS = {
+    "Namespace",
+    "ServiceAccount",
+    "ConfigMap",
+    "Service",
+    "Deployment",
+    "HorizontalPodAutoscaler",
+    "PodDisruptionBudget",
+    "NetworkPolicy",
+}
+
+
+def load_validator():
+    spec = importlib.util.spec_from_file_location(
+        "validate_manifests", REPO / "scripts" / "validate_manifests.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+validator = load_validator()
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> dict[str, Path]:
+    """`kubectl kustomize` output of every target, as files (what `kubectl apply -k` would send)."""
+    kubectl = binary("kubectl")
+    folder = tmp_path_factory.mktemp("rendered")
+    files = {}
+    for name, target in TARGETS.items():
+        result = subprocess.run(
+            [kubectl, "kustomize", str(REPO / target)], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, f"kubectl kustomize {target} failed:\n{result.stderr}"
+        files[name] = folder / f"{name}.yaml"
+        files[name].write_text(result.stdout)
+    return files
+
+
+def objects(path: Path) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def find(docs: list[dict], kind: str, name: str | None = None) -> dict:
+    matches = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    assert len(matches) == 1, f"expected one {kind} {name or ''}, got {len(matches)}"
+    return matches[0]
+
+
+def write(tmp_path: Path, docs: list[dict], name: str = "broken.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ render
+
+
+def test_every_target_renders_the_expected_objects(rendered):
+    kinds = {name: {d["kind"] for d in objects(path)} for name, path in rendered.items()}
+    assert kinds["dev"] == SERVER_KINDS
+    assert kinds["prod"] == SERVER_KINDS | {"PersistentVolumeClaim", "ServiceMonitor", "PrometheusRule"}
+    assert kinds["store-admin"] == {"Pod", "NetworkPolicy"}
+    for name, path in rendered.items():
+        namespaces = {d["metadata"].get("namespace") for d in objects(path) if d["kind"] != "Namespace"}
+        assert namespaces == {"bertserve-dev" if name == "dev" else "bertserve"}, (name, namespaces)
+
+
+def test_overlays_differ_where_they_should(rendered):
+    dev, prod = objects(rendered["dev"]), objects(rendered["prod"])
+    dev_pod = find(dev, "Deployment")["spec"]["template"]["spec"]
+    prod_pod = find(prod, "Deployment")["spec"]["template"]["spec"]
+    # dev: the store baked into the image, one replica
+    assert find(dev, "Deployment")["spec"]["replicas"] == 1
+    assert find(dev, "HorizontalPodAutoscaler")["spec"]["minReplicas"] == 1
+    assert not any("persistentVolumeClaim" in v for v in dev_pod["volumes"])
+    assert dev_pod["containers"][0]["image"].endswith("-models")
+    # prod: the store on a read-only PVC, verified by an init step before serving
+    assert find(prod, "HorizontalPodAutoscaler")["spec"]["minReplicas"] == 3
+    volume = next(v for v in prod_pod["volumes"] if v["name"] == "models")
+    assert volume["persistentVolumeClaim"] == {"claimName": "bertserve-models", "readOnly": True}
+    for container in prod_pod["initContainers"] + prod_pod["containers"]:
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "models")
+        assert mount == {"name": "models", "mountPath": "/models", "readOnly": True}
+    assert prod_pod["initContainers"][0]["command"][:3] == ["bertserve", "store", "verify"]
+    # the admin pod mounts the same claim read-write, where the serving pods cannot write
+    admin = find(objects(rendered["store-admin"]), "Pod")["spec"]
+    assert admin["volumes"][0]["persistentVolumeClaim"]["claimName"] == "bertserve-models"
+
+
+def test_graceful_shutdown_and_settings_match_the_server(rendered):
+    docs = objects(rendered["prod"])
+    pod = find(docs, "Deployment")["spec"]["template"]["spec"]
+    config = find(docs, "ConfigMap")["data"]
+    container = pod["containers"][0]
+    assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
+    assert pod["terminationGracePeriodSeconds"] > 5 + float(config["BERTSERVE_DRAIN_SECONDS"])
+    assert container["envFrom"][0]["configMapRef"]["name"] == find(docs, "ConfigMap")["metadata"]["name"]
+    assert pod["enableServiceLinks"] is False  # else BERTSERVE_PORT=tcp://... from the Service breaks startup
+    annotations = find(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(container["ports"][0]["containerPort"]) == "8000"
+
+
+# ------------------------------------------------------------------------------------------------ schemas
+
+
+def run_schema_validation(*paths: Path) -> subprocess.CompletedProcess:
+    python = ci_python_with("kubernetes_validate")
+    command = [python, str(REPO / "scripts" / "validate_manifests.py"), "--schemas", *map(str, paths)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
+
+
+def test_every_object_validates_against_the_kubernetes_schemas(rendered):
+    result = run_schema_validation(*rendered.values())
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 problem(s)" in result.stdout
+
+
+def test_schema_validation_rejects_broken_objects(rendered, tmp_path):
+    docs = objects(rendered["prod"])
+    # (the Kubernetes schemas report the first problem of each object: one per object here)
+    find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["readinessprobe"] = {"exec": {}}
+    find(docs, "HorizontalPodAutoscaler")["spec"]["maxReplicas"] = "ten"
+    monitor = find(docs, "ServiceMonitor")
+    monitor["spec"]["endpoints"][0]["interval"] = "15 seconds"
+    monitor["spec"]["endpoints"][0]["portName"] = "http"
+    result = run_schema_validation(write(tmp_path, docs))
+    assert result.returncode == 1
+    for expected in ("'readinessprobe' was unexpected", "'ten' is not of type 'integer'", "15 seconds"):
+        assert expected in result.stdout, result.stdout
+    assert "'portName' was unexpected" in result.stdout
+
+
+# ------------------------------------------------------------------------------------------------ policies
+
+
+def test_cross_object_policies_hold(rendered):
+    problems = list(validator.policy_errors(validator.load(rendered.values())))
+    assert problems == []
+
+
+def mutate_prod(rendered, change) -> dict[str, list[dict]]:
+    docs = copy.deepcopy(objects(rendered["prod"]))
+    change({d["kind"]: d for d in docs})
+    return {"prod.yaml": docs}
+
+
+def container_of(by_kind: dict) -> dict:
+    return by_kind["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+
+
+BROKEN = {
+    "grace period shorter than preStop + drain": (
+        lambda k: k["Deployment"]["spec"]["template"]["spec"].update(terminationGracePeriodSeconds=20),
+        "requests would be cut off",
+    ),
+    "misspelt setting in the ConfigMap": (
+        lambda k: k["ConfigMap"]["data"].update(BERTSERVE_MAX_QEUE="8"),
+        "BERTSERVE_MAX_QEUE is not a setting",
+    ),
+    "Service selecting no pods": (
+        lambda k: k["Service"]["spec"]["selector"].update({"app.kubernetes.io/component": "api"}),
+        "selector matches no Deployment",
+    ),
+    "ServiceMonitor on a port the Service lacks": (
+        lambda k: k["ServiceMonitor"]["spec"]["endpoints"][0].update(port="metrics"),
+        "endpoint port metrics is not a port name",
+    ),
+    "probe on another path": (
+        lambda k: container_of(k)["livenessProbe"]["httpGet"].update(path="/healthz"),
+        "livenessProbe checks /healthz",
+    ),
+    "root filesystem writable": (
+        lambda k: container_of(k)["securityContext"].update(readOnlyRootFilesystem=False),
+        "readOnlyRootFilesystem must be true",
+    ),
+    "privilege escalation allowed": (
+        lambda k: container_of(k)["securityContext"].pop("allowPrivilegeEscalation"),
+        "allowPrivilegeEscalation must be false",
+    ),
+    "startup budget too short for model loading": (
+        lambda k: container_of(k)["startupProbe"].update(failureThreshold=3),
+        "startupProbe allows 15 s to load models",
+    ),
+    "claim that does not exist": (
+        lambda k: k["PersistentVolumeClaim"]["metadata"].update(name="models"),
+        "PVC bertserve/bertserve-models is not defined",
+    ),
+    "image without a tag": (
+        lambda k: container_of(k).update(image="registry.example.com/bertserve"),
+        "has no fixed tag or digest",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_policies_reject(rendered, case):
+    change, expected = BROKEN[case]
+    problems = list(validator.policy_errors(mutate_prod(rendered, change)))
+    assert any(expected in problem for problem in problems), problems
+
+
+# ------------------------------------------------------------------------------------------------ checkov
+
+
+def run_checkov(*paths: Path) -> dict:
+    checkov = ci_tool("checkov")
+    command = [checkov, "--framework", "kubernetes", "--skip-download", "-o", "json", "-f", *map(str, paths)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.stdout.strip(), (
+        f"checkov printed nothing (exit {result.returncode}):\n{result.stderr[-3000:]}"
+    )
+    report = json.loads(result.stdout)
+    reports = report if isinstance(report, list) else [report]
+    assert all(r.get("check_type") == "kubernetes" for r in reports), reports
+    return {"results": reports, "returncode": result.returncode}
+
+
+def test_checkov_passes_with_every_skip_justified(rendered):
+    outcome = run_checkov(*rendered.values())
+    summary = outcome["results"][0]["summary"]
+    failed = outcome["results"][0]["results"]["failed_checks"]
+    assert summary["parsing_errors"] == 0, summary
+    assert summary["passed"] > 100, summary
+    assert failed == [], [(c["check_id"], c["resource"], c["check_name"]) for c in failed]
+    assert outcome["returncode"] == 0
+    for skipped in outcome["results"][0]["results"]["skipped_checks"]:
+        reason = skipped["check_result"].get("suppress_comment", "")
+        assert len(reason) > 40, f"{skipped['check_id']} on {skipped['resource']} is skipped without a reason"
+
+
+def test_checkov_fails_an_unsafe_deployment(rendered, tmp_path):
+    docs = objects(rendered["dev"])
+    pod = find(docs, "Deployment")["spec"]["template"]["spec"]
+    pod["containers"][0]["securityContext"] = {"privileged": True}
+    pod.pop("securityContext")
+    outcome = run_checkov(write(tmp_path, docs))
+    failed = {c["check_id"] for c in outcome["results"][0]["results"]["failed_checks"]}
+    assert {"CKV_K8S_16", "CKV_K8S_20", "CKV_K8S_22", "CKV_K8S_23"} <= failed, failed
+    assert outcome["returncode"] != 0
+
+
+# ------------------------------------------------------------------------------------------------ rules copy
+
+
+def test_prometheusrule_is_generated_from_monitoring_rules():
+    result = subprocess.run(
+        ["python3", str(REPO / "scripts" / "sync-prometheusrule.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    generated = yaml.safe_load((REPO / "k8s/components/prometheus-operator/prometheusrule.yaml").read_text())
+    source = yaml.safe_load((REPO / "monitoring/rules.yml").read_text())
+    assert generated["spec"]["groups"] == source["groups"]
