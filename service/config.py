@@ -10,6 +10,8 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Backend = Literal["auto", "fp32", "bf16", "int8", "onnx", "onnx-int8"]
+# Where the kernel shows this process's cgroup (its CPU quota); a parameter below so tests can fake it.
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 class Settings(BaseSettings):
@@ -78,12 +80,37 @@ class Settings(BaseSettings):
         "swapped in without downtime (0: check before every batch, a few stat calls).",
     )
 
-    def resolved_torch_threads(self) -> int:
-        """Threads per worker: share the cores among both endpoints' workers unless set explicitly."""
+    def resolved_torch_threads(self, cgroup_root: Path = CGROUP_ROOT) -> int:
+        """Threads per worker: share the cores among both endpoints' workers unless set explicitly.
+
+        The cores are the CPUs this process may run on, capped by a cgroup CPU quota (`docker run --cpus`, a
+        Kubernetes CPU limit), which the affinity mask does not show: more threads than the quota only get
+        throttled."""
         if self.torch_threads:
             return self.torch_threads
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        quota = cgroup_cpu_limit(cgroup_root)
+        if quota is not None:
+            cpus = min(cpus, quota)
         return max(1, cpus // self.workers)
+
+
+def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> int | None:
+    """Whole CPUs (rounded down, at least 1) a cgroup CPU quota allows; None when unlimited or unknown.
+
+    Reads cgroup v2's cpu.max ("max 100000" or "200000 100000") or v1's cpu/cpu.cfs_quota_us (-1: unlimited)
+    and cpu/cpu.cfs_period_us."""
+    try:
+        if (root / "cpu.max").exists():
+            quota, period = (root / "cpu.max").read_text().split()[:2]
+        else:
+            quota = (root / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (root / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        if quota == "max" or int(quota) <= 0 or int(period) <= 0:
+            return None
+        return max(1, int(quota) // int(period))
+    except (OSError, ValueError):
+        return None
 
 
 def prepare_metrics_dir() -> Path:
