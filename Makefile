@@ -41,7 +41,7 @@ deploy-check: $(BIN)/.installed  ## render k8s overlays, validate them offline (
 	scripts/install-ci-tools.sh
 	scripts/check-manifests.sh
 
-image-test: $(BIN)/.installed  ## build the Dockerfile with buildah and serve from the image (root, ~15 min; not in `make test`)
+image-test: $(BIN)/.installed  ## build the Dockerfile with buildah and serve from the image (root, ~4 min; not in `make test`)
 	scripts/image-test.sh
 
 clean:  ## remove the virtual environment and caches (not the model store)
