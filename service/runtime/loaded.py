@@ -62,7 +62,16 @@ class LoadedModel:
                 f"the model embeds only {rows} ids"
             )
         input_names = tuple(self.tokenizer.model_input_names)
-        self.backend: Backend = make_backend(backend_name, model, input_names)
+        weights = manifest.files.get("model.safetensors")
+        self.backend: Backend = make_backend(
+            backend_name,
+            model,
+            input_names,
+            version_dir,
+            weights.sha256 if weights else None,
+            True,
+            self.tokenizer,
+        )
         self.max_length = min(
             manifest.max_length or 512,
             getattr(self.config, "max_position_embeddings", 512) or 512,
