@@ -32,6 +32,9 @@ def serve(
     backend: str = typer.Option(
         None, help="fp32 | bf16 | int8 | onnx | onnx-int8 | auto [BERTSERVE_BACKEND]."
     ),
+    model_backends: str = typer.Option(
+        None, help="Per-model backends, e.g. 'sentiment=int8,mlm=fp32' [BERTSERVE_MODEL_BACKENDS]."
+    ),
     max_batch_size: int = typer.Option(None, help="Most sequences per forward [BERTSERVE_MAX_BATCH_SIZE]."),
     max_batch_tokens: int = typer.Option(
         None, help="Most padded tokens per forward [BERTSERVE_MAX_BATCH_TOKENS]."

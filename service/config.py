@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Backend = Literal["auto", "fp32", "bf16", "int8", "onnx", "onnx-int8"]
@@ -33,7 +33,14 @@ class Settings(BaseSettings):
     )
     default_classify_model: str = Field("sentiment", description="Model used by /v1/classify when absent.")
     default_fill_mask_model: str = Field("mlm", description="Model used by /v1/fill-mask when absent.")
-    backend: Backend = Field("fp32", description="Inference backend for every served model.")
+    backend: Backend = Field(
+        "fp32", description="Inference backend of every served model not in model_backends."
+    )
+    model_backends: str = Field(
+        "",
+        description="Per-model backends overriding backend, comma-separated name=backend "
+        "(e.g. 'sentiment=int8,mlm=fp32').",
+    )
     max_batch_size: int = Field(32, ge=1, le=1024, description="Most sequences in one forward pass.")
     max_batch_tokens: int = Field(
         16384, ge=64, description="Most padded tokens (sequences x longest) in one forward pass."
@@ -80,6 +87,16 @@ class Settings(BaseSettings):
         "swapped in without downtime (0: check before every batch, a few stat calls).",
     )
 
+    @field_validator("model_backends")
+    @classmethod
+    def _check_model_backends(cls, value: str) -> str:
+        parse_model_backends(value)
+        return value
+
+    def backend_for(self, model_name: str) -> str:
+        """The backend the named model is served with."""
+        return parse_model_backends(self.model_backends).get(model_name, self.backend)
+
     def resolved_torch_threads(self, cgroup_root: Path = CGROUP_ROOT) -> int:
         """Threads per worker: share the cores among both endpoints' workers unless set explicitly.
 
@@ -93,6 +110,20 @@ class Settings(BaseSettings):
         if quota is not None:
             cpus = min(cpus, quota)
         return max(1, cpus // self.workers)
+
+
+def parse_model_backends(text: str) -> dict[str, str]:
+    """'sentiment=int8, mlm=fp32' -> {'sentiment': 'int8', 'mlm': 'fp32'}; a bad entry raises ValueError."""
+    choices = get_args(Backend)
+    overrides: dict[str, str] = {}
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        name, _, backend = (piece.strip() for piece in entry.partition("="))
+        if not name or backend not in choices:
+            raise ValueError(
+                f"model_backends entry {entry!r}: expected name=backend, backend one of {choices}"
+            )
+        overrides[name] = backend
+    return overrides
 
 
 def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> int | None:

@@ -186,7 +186,7 @@ class ModelRegistry:
                 model = LoadedModel(
                     self.store.read_manifest(name, version),
                     self.store.version_dir(name, version),
-                    self.settings.backend,
+                    self.settings.backend_for(name),
                 )
                 model.warm_up()
             except Exception as exc:

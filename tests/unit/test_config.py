@@ -1,4 +1,5 @@
-"""Automatic torch threads: the CPUs the process may use, capped by a cgroup CPU quota (faked in tmp_path)."""
+"""Settings logic: automatic torch threads (the CPUs the process may use, capped by a cgroup CPU quota faked
+in tmp_path) and per-model backends."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from service.config import Settings, cgroup_cpu_limit
 
@@ -60,3 +62,15 @@ def test_threads_follow_the_quota_and_the_workers(tmp_path):
 def test_explicit_threads_win_over_the_quota(tmp_path):
     limited = cgroup_v2(tmp_path, "100000 100000")
     assert Settings(torch_threads=3).resolved_torch_threads(limited) == 3
+
+
+def test_model_backends_override_the_default_backend(monkeypatch):
+    monkeypatch.setenv("BERTSERVE_MODEL_BACKENDS", " sentiment=int8 , mlm=onnx ")
+    settings = Settings(backend="bf16")
+    assert [settings.backend_for(name) for name in ("sentiment", "mlm", "other")] == ["int8", "onnx", "bf16"]
+
+
+@pytest.mark.parametrize("value", ["sentiment", "sentiment=tpu", "=fp32", "sentiment=int8,mlm"])
+def test_bad_model_backends_are_refused(value):
+    with pytest.raises(ValidationError, match="model_backends"):
+        Settings(model_backends=value)
