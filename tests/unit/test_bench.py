@@ -1,0 +1,65 @@
+"""Smoke run of the benchmark on a tiny store: it finishes and writes results of the documented shape.
+
+Only the structure is checked, never a time: benchmarks are not tests."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import run
+from tests.http.conftest import build_tiny_store
+
+
+@pytest.mark.slow
+def test_bench_quick_run_writes_results(tmp_path, monkeypatch):
+    monkeypatch.setenv("BERTSERVE_ONNX_CACHE", str(tmp_path / "onnx"))
+    monkeypatch.setenv("BERTSERVE_TORCH_THREADS", "1")
+    store = build_tiny_store(tmp_path / "model_store", tmp_path / "hf")
+    out = run.main(
+        [
+            "--store",
+            str(store.root),
+            "--quick",
+            "--data",
+            "synthetic",
+            "--backends",
+            "fp32,bf16",
+            "--serve",
+            "best",
+            "--concurrency",
+            "1,4",
+            "--duration",
+            "1",
+            "--out",
+            str(tmp_path / "results"),
+        ]
+    )
+    results = json.loads((out / "results.json").read_text())
+    assert (out / "results.md").read_text().startswith("# bertserve benchmark")
+    assert (out / "results.png").stat().st_size > 1000
+    assert set(results["workloads"]) == {"short", "long"}
+    assert (
+        16 <= results["workloads"]["short"]["tokens_min"] <= results["workloads"]["short"]["tokens_max"] <= 32
+    )
+    assert set(results["backends"]) == {"fp32", "bf16"}
+    for row in results["backends"].values():
+        assert {"ceiling", "classifier", "mlm", "single_forward_ms_p50", "load_s"} <= set(row)
+        assert row["ceiling"]["short"]["vs_fp32"] > 0 and row["ceiling"]["long"]["best"]["seq_per_s"] > 0
+        assert {"accuracy", "macro_f1", "accuracy_delta"} <= set(row["classifier"])
+        assert {"top5", "top5_delta"} <= set(row["mlm"])
+    assert results["best_backend"] in results["backends"]
+    (served,) = results["served"]
+    assert served["startup_s"] > 0 and served["backends_loaded"] == [results["best_backend"]]
+    assert {p["role"] for p in served["processes"]} >= {"main (supervisor)", "inference worker"}
+    assert all(p["rss_mb"] > 0 for p in served["processes"])
+    assert [(p["workload"], p["concurrency"]) for p in served["points"]] == [
+        ("short", 1),
+        ("short", 4),
+        ("long", 1),
+        ("long", 4),
+    ]
+    for point in served["points"]:
+        assert point["requests"] > 0 and point["errors"] == 0
+        assert {"req_per_s", "seq_per_s", "p50_ms", "p90_ms", "p99_ms", "served_vs_ceiling"} <= set(point)
