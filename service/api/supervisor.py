@@ -3,7 +3,7 @@
 LitServe's own monitor either shuts the whole server down when a worker dies, or (restart_workers) restarts
 it but fails the in-flight requests only in the main process's response buffer, which is empty: the HTTP
 servers are separate processes, so their clients would wait for request_timeout. Here every worker lists the
-requests it holds in a claims file before each batch (loop.py); when it dies, those requests are answered
+requests it holds in a claims file as it takes them (loop.py); when it dies, those requests are answered
 503 + Retry-After at once through the response queues, its stale metric files are retired, and a fresh
 worker is started on the same request queue (requests still queued wait for it). A worker that dies during
 setup is not restarted: the server stops and exits non-zero, for the orchestrator to restart it.
@@ -17,13 +17,12 @@ import threading
 import time
 from pathlib import Path
 
-import orjson
 from litserve.utils import LitAPIStatus, LoopResponseType, WorkerSetupStatus
 from litserve.utils import PickleableHTTPException as WorkerHTTPException
 from prometheus_client import multiprocess
 
 from service import metrics
-from service.api.loop import claims_path
+from service.api.loop import claims_path, read_claims
 from service.errors import error_body
 
 logger = logging.getLogger("bertserve")
@@ -92,10 +91,7 @@ class WorkerSupervisor:
     def _fail_claimed(self, pid: int, worker_id: int) -> int:
         """Answer every request the dead worker held; ones it already answered are ignored by LitServe."""
         path = claims_path(self.claims_dir, pid)
-        try:
-            claims = orjson.loads(path.read_bytes())
-        except (OSError, orjson.JSONDecodeError):
-            return 0
+        claims = read_claims(path)
         error = WorkerHTTPException(
             503, error_body("worker_lost", "the inference worker handling this request died; retry it")
         )
