@@ -243,7 +243,7 @@ def build_server(settings: Settings, drain_flag: Path, in_flight) -> ls.LitServe
         workers_per_device=settings.workers,
         timeout=settings.request_timeout,
         track_requests=False,
-        fast_queue=False,
+        fast_queue=True,
     )
     queues: dict = {}
     server.middlewares = []
