@@ -34,7 +34,9 @@ class Settings(BaseSettings):
     default_classify_model: str = Field("sentiment", description="Model used by /v1/classify when absent.")
     default_fill_mask_model: str = Field("mlm", description="Model used by /v1/fill-mask when absent.")
     backend: Backend = Field(
-        "fp32", description="Inference backend of every served model not in model_backends."
+        "auto",
+        description="Inference backend of every served model not in model_backends ('auto': the fastest "
+        "one verified against fp32 here).",
     )
     model_backends: str = Field(
         "",

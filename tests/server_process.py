@@ -38,7 +38,9 @@ def running_server(
     log = Path(store).parent / f"server-{port}.log"
     environment = {k: v for k, v in os.environ.items() if not k.startswith("BERTSERVE_")}
     environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    environment.update({"BERTSERVE_DRAIN_SECONDS": "2", "BERTSERVE_TORCH_THREADS": "1", **(env or {})})
+    # fp32 unless a test asks otherwise: answers are compared with transformers' own float32 outputs
+    defaults = {"BERTSERVE_DRAIN_SECONDS": "2", "BERTSERVE_TORCH_THREADS": "1", "BERTSERVE_BACKEND": "fp32"}
+    environment.update({**defaults, **(env or {})})
     command = [
         sys.executable,
         "-m",

@@ -11,16 +11,16 @@ BACKENDS = ("fp32", "bf16", "int8", "onnx", "onnx-int8")
 
 
 def auto_candidates() -> list[str]:
-    """`auto`'s order: the fastest backend that kept accuracy within 1 point of fp32 in bench/
-    (bench/README-performance.md). On the AVX2 machine measured that is ONNX Runtime fp32 (1.2x, exact);
-    the int8 backends were faster (1.7-1.9x) but lost 1.1-1.3 accuracy points, so they are opt-in. bf16 only
-    where the CPU has native bf16 (AVX-512 BF16 / AMX): emulated bf16 measured 5x slower than fp32.
+    """`auto`'s order: the fastest backends that kept accuracy, macro-F1 and MLM top-5 within 1 point of fp32
+    in bench/ (README, Performance). bf16 first where the CPU has native bf16 (AVX-512 BF16 / AMX): about
+    2x fp32 there, while emulated bf16 (AVX2) measured 5x slower. Then ONNX Runtime fp32 (1.1-1.2x, exact).
+    The int8 backends are faster still but lost more than a point, so they are opt-in.
     At load each candidate must still build and pass verification against fp32, else the next is tried."""
     order = []
-    if importlib.util.find_spec("onnxruntime") is not None:
-        order.append("onnx")
     if native_bf16():
         order.append("bf16")
+    if importlib.util.find_spec("onnxruntime") is not None:
+        order.append("onnx")
     return [*order, "fp32"]
 
 
