@@ -32,6 +32,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.run import process_tree  # noqa: E402  (after the repo root is on sys.path)
+
 
 @dataclass(frozen=True)
 class Kind:
@@ -64,21 +66,6 @@ def request_mix(base: str) -> list[Kind]:
 
 
 # ---- the server's processes ---------------------------------------------------------------------------
-
-
-def process_tree(root: int) -> list[int]:
-    """`root` and all its descendants, from /proc."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(stat.parent.name))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, []))
-    return tree
 
 
 def rss_mb(root: int) -> dict[int, float]:
