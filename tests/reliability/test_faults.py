@@ -103,8 +103,12 @@ def test_sigterm_fails_readiness_finishes_in_flight_requests_then_exits_zero(tmp
         outcomes, health, late = asyncio.run(terminate_under_load())
         print(f"\nin flight at SIGTERM: {dict(statuses(outcomes))}; /health meanwhile: {set(health)}")
         assert statuses(outcomes) == {200: sent}, "every request in flight at SIGTERM is answered"
-        assert health and set(health) == {503}, "readiness fails as soon as the drain starts"
-        assert set(late) == {503}, "new requests during the drain are turned away"
+        # The signal reaches the main process a moment after it is sent: a check racing it may still pass.
+        for name, seen in (("readiness", health), ("new requests", late)):
+            assert 503 in seen, f"{name}: never 503 during the drain: {seen}"
+            first = seen.index(503)
+            assert first <= 2, f"{name}: 503 only after {first} checks (~{first * 0.05:.2f} s): {seen}"
+            assert set(seen[first:]) == {503}, f"{name}: once the drain starts it stays 503: {seen}"
         assert base.process.wait(timeout=60) == 0
 
 
