@@ -524,6 +524,18 @@ def run_python_generator(base: str, bodies: list[bytes], concurrency: int, secon
     return result
 
 
+def wait_until_idle(root: int, timeout: float = 60.0) -> None:
+    """Until the server's processes use (almost) no CPU for 0.5 s: its queue is drained."""
+    deadline = time.monotonic() + timeout
+    before = sum(p["cpu_s"] for p in snapshot(root))
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = sum(p["cpu_s"] for p in snapshot(root))
+        if now - before < 0.05:
+            return
+        before = now
+
+
 def load_test(args, backend: str, workloads: dict, scratch: Path, wrk: str | None, adjacent=None) -> dict:
     """Drive the served backend at each concurrency; `adjacent(workload, concurrency)`, when given, measures
     the in-process ceiling again right after each point (the server idle), as the machine's speed drifts."""
@@ -563,6 +575,7 @@ def load_test(args, backend: str, workloads: dict, scratch: Path, wrk: str | Non
                 for key in ("p50_ms", "p90_ms", "p99_ms"):
                     point[key] = round(point[key], 2)
                 if adjacent is not None:
+                    wait_until_idle(info["pid"])  # the generator stops with requests still queued
                     point["adjacent"] = adjacent(workload, concurrency)
                 out["points"].append(point)
                 print(
