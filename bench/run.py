@@ -160,26 +160,22 @@ def ceiling(model, texts: list[str], batch_size: int, seconds: float, limits: tu
     }
 
 
-def macro_f1(truth: list[str], predicted: list[str], labels: list[str]) -> float:
-    scores = []
-    for label in labels:
-        tp = sum(t == label and p == label for t, p in zip(truth, predicted, strict=True))
-        fp = sum(t != label and p == label for t, p in zip(truth, predicted, strict=True))
-        fn = sum(t == label and p != label for t, p in zip(truth, predicted, strict=True))
-        scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-    return sum(scores) / len(scores)
-
-
 def evaluate_classifier(model, texts: list[str], truth: list[str], limits) -> dict:
+    import numpy as np
+
     from service.runtime.loaded import Prepared
+    from service.training.report import classification_metrics
 
     (answer,) = model.classify([Prepared(model, model.encode(texts, True))], *limits)
     predicted = [ranking[0]["label"] for ranking in answer]
-    accuracy = sum(p == t for p, t in zip(predicted, truth, strict=True)) / len(truth)
+    index = {label: i for i, label in enumerate(model.labels)}
+    metrics = classification_metrics(
+        model.labels, np.array([index[t] for t in truth]), np.array([index[p] for p in predicted])
+    )
     return {
         "n": len(truth),
-        "accuracy": round(100 * accuracy, 2),
-        "macro_f1": round(100 * macro_f1(truth, predicted, model.labels), 2),
+        "accuracy": round(100 * metrics["accuracy"], 2),
+        "macro_f1": round(100 * metrics["macro_f1"], 2),
         "predicted": predicted,
     }
 
@@ -524,6 +520,14 @@ def run_python_generator(base: str, bodies: list[bytes], concurrency: int, secon
     return result
 
 
+def generate(wrk: str | None, base: str, body_file: Path, concurrency: int, seconds: float) -> dict:
+    """One closed-loop load point: wrk when available, else the Python generator on the same bodies."""
+    if wrk:
+        return run_wrk(wrk, base, body_file, concurrency, seconds)
+    bodies = [line.encode() for line in body_file.read_text().splitlines() if line]
+    return run_python_generator(base, bodies, concurrency, seconds)
+
+
 def wait_until_idle(root: int, timeout: float = 60.0) -> None:
     """Until the server's processes use (almost) no CPU for 0.5 s: its queue is drained."""
     deadline = time.monotonic() + timeout
@@ -548,18 +552,10 @@ def load_test(args, backend: str, workloads: dict, scratch: Path, wrk: str | Non
             body_file = scratch / f"bodies-{workload}.txt"
             body_file.write_text("\n".join(bodies) + "\n")
             for concurrency in args.concurrency:
-                warm = min(1.0, args.duration / 2)
-                if wrk:
-                    run_wrk(wrk, info["base"], body_file, concurrency, warm)
-                else:
-                    run_python_generator(info["base"], [b.encode() for b in bodies], concurrency, warm)
+                load = (wrk, info["base"], body_file, concurrency)
+                generate(*load, min(1.0, args.duration / 2))  # warm-up
                 cpu_before = {p["pid"]: (p["role"], p["cpu_s"]) for p in snapshot(info["pid"])}
-                if wrk:
-                    point = run_wrk(wrk, info["base"], body_file, concurrency, args.duration)
-                else:
-                    point = run_python_generator(
-                        info["base"], [b.encode() for b in bodies], concurrency, args.duration
-                    )
+                point = generate(*load, args.duration)
                 cpu: dict[str, float] = {}
                 for process in snapshot(info["pid"]):
                     role, was = cpu_before.get(process["pid"], (process["role"], 0.0))

@@ -133,7 +133,6 @@ class OrtBackend:
         input_names: tuple[str, ...],
         weights_sha256: str,
         quantized: bool,
-        cache: Path | None = None,
     ):
         try:
             import onnxruntime as ort
@@ -152,7 +151,7 @@ class OrtBackend:
         accepted = _forward_arguments(module)
         self.input_names = tuple(name for name in input_names if name in accepted) or ("input_ids",)
         path = exported_graph(
-            module, self.input_names, weights_sha256, graph, quantized, getattr(model, "config", None), cache
+            module, self.input_names, weights_sha256, graph, quantized, getattr(model, "config", None)
         )
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
@@ -292,7 +291,6 @@ def make_backend(
     input_names: tuple[str, ...],
     folder: Path | None = None,
     weights_sha256: str | None = None,
-    verify: bool = True,
     tokenizer=None,
 ) -> Backend:
     """Build (and verify against fp32) the named backend for a loaded transformers model in float32.
@@ -310,7 +308,7 @@ def make_backend(
     else:
         batch, positions = probe_batch(getattr(model, "config", None), input_names)
     reference = None
-    if candidates != ["fp32"] and verify:
+    if candidates != ["fp32"]:
         reference = _probe(TorchBackend(model, torch.float32, input_names), masked, batch, positions)
     failures = []
     for candidate in candidates:

@@ -69,7 +69,6 @@ class LoadedModel:
             input_names,
             version_dir,
             weights.sha256 if weights else None,
-            True,
             self.tokenizer,
         )
         self.max_length = min(

@@ -39,22 +39,15 @@ def onnx_cache_dir() -> Path:
     return cache_dir() / "onnx"
 
 
-class _Logits(nn.Module):
-    def __init__(self, model: nn.Module, input_names: tuple[str, ...]):
+class _GraphOutput(nn.Module):
+    """Positional tensor inputs (what the exporter traces) -> one named output of the wrapped model."""
+
+    def __init__(self, module: nn.Module, input_names: tuple[str, ...], output: str):
         super().__init__()
-        self.model, self.input_names = model, input_names
+        self.module, self.input_names, self.output = module, input_names, output
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return self.model(**dict(zip(self.input_names, inputs, strict=True))).logits
-
-
-class _Hidden(nn.Module):
-    def __init__(self, encoder: nn.Module, input_names: tuple[str, ...]):
-        super().__init__()
-        self.encoder, self.input_names = encoder, input_names
-
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return self.encoder(**dict(zip(self.input_names, inputs, strict=True))).last_hidden_state
+        return getattr(self.module(**dict(zip(self.input_names, inputs, strict=True))), self.output)
 
 
 def reduce_range() -> bool:
@@ -84,13 +77,13 @@ def _locked(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _export(module: nn.Module, input_names: tuple[str, ...], output: Path) -> None:
+def _export(module: _GraphOutput, input_names: tuple[str, ...], output: Path) -> None:
     """TorchScript-based exporter: with dynamic batch and sequence axes it gives onnxruntime's BERT
     fusions (Attention, SkipLayerNorm, Gelu) the op patterns they expect."""
     example = tuple(torch.ones((2, 8), dtype=torch.long) for _ in input_names)
-    output_name = "logits" if isinstance(module, _Logits) else "last_hidden_state"
+    output_name = module.output
     axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
-    axes[output_name] = {0: "batch"} if isinstance(module, _Logits) else {0: "batch", 1: "sequence"}
+    axes[output_name] = {0: "batch"} if output_name == "logits" else {0: "batch", 1: "sequence"}
     with torch.inference_mode(False), torch.no_grad(), contextlib.redirect_stdout(open(os.devnull, "w")):
         torch.onnx.export(
             module.eval(),
@@ -143,17 +136,16 @@ def exported_graph(
     graph: str,
     quantized: bool,
     config=None,
-    cache: Path | None = None,
 ) -> Path:
     """Path of the cached .onnx file for this module (exported, optimized, maybe quantized, on first use)."""
-    folder = cache or onnx_cache_dir()
+    folder = onnx_cache_dir()
     target = folder / f"{cache_key(weights_sha256, graph, quantized)}.onnx"
     if target.is_file():
         return target
     with _locked(target):
         if target.is_file():
             return target
-        wrapped = _Logits(module, input_names) if graph == "logits" else _Hidden(module, input_names)
+        wrapped = _GraphOutput(module, input_names, "logits" if graph == "logits" else "last_hidden_state")
         with tempfile.TemporaryDirectory(dir=folder, prefix=".export-") as scratch:
             raw, fused = Path(scratch) / "raw.onnx", Path(scratch) / "fused.onnx"
             logger.info("exporting %s graph to ONNX (%s)", graph, target.name)
