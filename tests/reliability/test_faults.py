@@ -11,6 +11,7 @@ import time
 import httpx
 import pytest
 
+from service.api.loop import claims_path
 from tests.reliability.conftest import (
     HEAVY,
     LIGHT,
@@ -38,14 +39,19 @@ def test_worker_killed_mid_batch_is_replaced_and_its_requests_fail_fast(tmp_path
     store = classify_store(tmp_path / "model_store", classifier_dirs)
     # request_timeout far above the client's: a request lost with the worker would show as a client timeout.
     args = ("--workers", "1", "--max-batch-size", "32", "--request-timeout", "60")
-    with running_server(store.root, *args) as base:
+    metrics_dir = tmp_path / "metrics"  # where the worker lists the requests it holds (its claims file)
+    with running_server(store.root, *args, env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}) as base:
         url = f"{base}/v1/classify"
         (worker,) = worker_pids(base.process.pid)
+        claims = claims_path(metrics_dir, worker)
 
         async def load_then_kill() -> list:
             stop = asyncio.Event()
             clients = asyncio.create_task(closed_loop(url, HEAVY, clients=6, stop=stop, client_timeout=30))
             await asyncio.sleep(1.5)  # the worker is busy: six clients, one 32-input forward pass at a time
+            # kill it while it holds requests, not in the instant between answering a batch and taking more
+            while not (claims.exists() and claims.stat().st_size > 0):
+                await asyncio.sleep(0.001)
             os.kill(worker, signal.SIGKILL)
             await asyncio.sleep(0.5)
             # keep the load on until the new worker has answered (bounded by the clients' timeout)
