@@ -79,12 +79,12 @@ def test_worker_killed_mid_batch_is_replaced_and_its_requests_fail_fast(tmp_path
         assert metric_sum(samples, "bertserve_requests_total", endpoint="classify", code="503") == len(lost)
 
 
-def test_sigterm_fails_readiness_finishes_in_flight_requests_then_exits_zero(tmp_path, classifier_dirs):
-    store = classify_store(tmp_path / "model_store", classifier_dirs)
+def _sigterm_under_load(store, sent: int) -> tuple[list, list, list, int]:
+    """Send `sent` heavy requests, SIGTERM once all are in flight, keep checking /health and sending new
+    requests until they are answered; the outcomes, both check lists and the exit code."""
     args = ("--workers", "1", "--max-batch-size", "32", "--request-timeout", "60")
     with running_server(store.root, *args, env={"BERTSERVE_DRAIN_SECONDS": "30"}) as base:
         url = f"{base}/v1/classify"
-        sent = 64  # ~2 s of work for one worker
 
         async def terminate_under_load() -> tuple[list, list, list]:
             in_flight = asyncio.create_task(burst(url, HEAVY, sent, client_timeout=60))
@@ -107,15 +107,25 @@ def test_sigterm_fails_readiness_finishes_in_flight_requests_then_exits_zero(tmp
             return await in_flight, health, late
 
         outcomes, health, late = asyncio.run(terminate_under_load())
-        print(f"\nin flight at SIGTERM: {dict(statuses(outcomes))}; /health meanwhile: {set(health)}")
-        assert statuses(outcomes) == {200: sent}, "every request in flight at SIGTERM is answered"
-        # The signal reaches the main process a moment after it is sent: a check racing it may still pass.
-        for name, seen in (("readiness", health), ("new requests", late)):
-            assert 503 in seen, f"{name}: never 503 during the drain: {seen}"
-            first = seen.index(503)
-            assert first <= 2, f"{name}: 503 only after {first} checks (~{first * 0.05:.2f} s): {seen}"
-            assert set(seen[first:]) == {503}, f"{name}: once the drain starts it stays 503: {seen}"
-        assert base.process.wait(timeout=60) == 0
+        return outcomes, health, late, base.process.wait(timeout=60)
+
+
+def test_sigterm_fails_readiness_finishes_in_flight_requests_then_exits_zero(tmp_path, classifier_dirs):
+    store = classify_store(tmp_path / "model_store", classifier_dirs)
+    sent = 64
+    for _ in range(3):
+        outcomes, health, late, code = _sigterm_under_load(store, sent)
+        if len(health) >= 3:
+            break  # a drain long enough to observe (tiny models on a fast CPU can finish within one check)
+    print(f"\nin flight at SIGTERM: {dict(statuses(outcomes))}; /health meanwhile: {set(health)}")
+    assert statuses(outcomes) == {200: sent}, "every request in flight at SIGTERM is answered"
+    # The signal reaches the main process a moment after it is sent: a check racing it may still pass.
+    for name, seen in (("readiness", health), ("new requests", late)):
+        assert 503 in seen, f"{name}: never 503 during the drain: {seen}"
+        first = seen.index(503)
+        assert first <= 2, f"{name}: 503 only after {first} checks (~{first * 0.05:.2f} s): {seen}"
+        assert set(seen[first:]) == {503}, f"{name}: once the drain starts it stays 503: {seen}"
+    assert code == 0
 
 
 def test_a_worker_that_cannot_come_back_makes_the_server_exit_non_zero(tmp_path, classifier_dirs):
