@@ -372,7 +372,7 @@ def describe_process(pid: int, root: int) -> dict | None:
         return None
     rss_kb = int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) if "VmRSS" in status else 0
     if pid == root:
-        role = "main (supervisor)"
+        role = "main (supervisor, answer broker)"
     elif "spawn_main" in cmdline:
         role = "inference worker"
     elif "resource_tracker" in cmdline:
@@ -390,8 +390,8 @@ def describe_process(pid: int, root: int) -> dict | None:
 
 
 def snapshot(root: int) -> list[dict]:
-    """The server's processes. LitServe forks its mp.Manager (which carries every request and answer
-    between the processes) before the uvicorn servers: same command line, so the earliest forked one is it."""
+    """The server's processes. LitServe forks its mp.Manager (which carries every request to the workers)
+    before the uvicorn servers: same command line, so the earliest forked one is it."""
     processes = [p for p in (describe_process(pid, root) for pid in process_tree(root)) if p]
     forked = [p for p in processes if p["role"] == "http server (uvicorn)"]
     forked.sort(key=lambda p: p["started"])
@@ -624,7 +624,12 @@ def fmt(value, digits: int = 1) -> str:
 def cores(point: dict) -> str:
     """CPU the server's processes used during a load point, in cores (CPU seconds / wall seconds)."""
     cpu = point.get("server_cpu_s", {})
-    roles = ("http server (uvicorn)", "queue manager (mp.Manager)", "inference worker")
+    roles = (
+        "http server (uvicorn)",
+        "queue manager (mp.Manager)",
+        "main (supervisor, answer broker)",
+        "inference worker",
+    )
     return " / ".join(f"{cpu.get(role, 0.0) / point['seconds']:.2f}" for role in roles)
 
 
@@ -675,7 +680,7 @@ def markdown(results: dict) -> str:
             "p50 / 1 forward: against a single-text forward measured then too.",
             "",
             "| backend | workload | c | req/s | seq/s | p50 ms | p90 ms | p99 ms | ceiling seq/s "
-            "| served/ceiling | p50 / 1 forward | errors | CPU cores: http / queue mgr / workers |",
+            "| served/ceiling | p50 / 1 forward | errors | CPU cores: http / queue mgr / main / workers |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for run in results["served"]:

@@ -28,6 +28,7 @@ from service.api.buffer import ExpiringResponseBuffer
 from service.api.classify import ClassifyAPI
 from service.api.fill_mask import FillMaskAPI
 from service.api.supervisor import WorkerSupervisor
+from service.api.transport import use_zmq_responses
 from service.auth import Authenticator
 from service.config import Settings
 from service.errors import error_response, install_error_handlers
@@ -245,6 +246,7 @@ def build_server(settings: Settings, drain_flag: Path, in_flight) -> ls.LitServe
         track_requests=False,
         fast_queue=True,
     )
+    use_zmq_responses(server)
     queues: dict = {}
     server.middlewares = []
     server.app.user_middleware.clear()

@@ -28,6 +28,7 @@ from litserve.utils import LitAPIStatus, LoopResponseType
 from litserve.utils import PickleableHTTPException as WorkerHTTPException
 
 from service import metrics
+from service.api.transport import ResponseTransport
 from service.errors import ClientError, error_body
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,8 @@ class SequenceBatchingLoop(DefaultLoop):
     def __call__(
         self, lit_api, device, worker_id, request_queue, transport, workers_setup_status, callback_runner
     ):
+        if isinstance(transport, ResponseTransport):
+            transport.connect_publisher()
         carried: Queued | None = None
         while True:
             batch, carried, stop = self._collect(lit_api, request_queue, transport, carried)

@@ -52,7 +52,10 @@ def test_bench_quick_run_writes_results(tmp_path, monkeypatch):
     assert results["best_backend"] in results["backends"]
     (served,) = results["served"]
     assert served["startup_s"] > 0 and served["backends_loaded"] == [results["best_backend"]]
-    assert {p["role"] for p in served["processes"]} >= {"main (supervisor)", "inference worker"}
+    assert {p["role"] for p in served["processes"]} >= {
+        "main (supervisor, answer broker)",
+        "inference worker",
+    }
     assert all(p["rss_mb"] > 0 for p in served["processes"])
     assert [(p["workload"], p["concurrency"]) for p in served["points"]] == [
         ("short", 1),
