@@ -23,12 +23,13 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import logs, metrics
+from service.api import request_queue
 from service.api.base import TaskAPI
 from service.api.buffer import ExpiringResponseBuffer
 from service.api.classify import ClassifyAPI
 from service.api.fill_mask import FillMaskAPI
 from service.api.supervisor import WorkerSupervisor
-from service.api.transport import use_zmq_responses
+from service.api.transport import ResponseTransport
 from service.auth import Authenticator
 from service.config import Settings
 from service.errors import error_response, install_error_handlers
@@ -226,6 +227,25 @@ def _add_routes(app: FastAPI, store: ModelStore, settings: Settings) -> None:
         return Response(body, media_type=content_type)
 
 
+def _use_fast_queues(server: ls.LitServer) -> None:
+    """Answers over ZeroMQ (ResponseTransport: LitServe's own `fast_queue` path is broken in 0.2.19) and
+    request queues that hand a worker its batch in one round trip (request_queue.py). Both are put in place
+    when LitServe creates its Manager and transport, before it starts any worker."""
+    request_queue.register()
+    server.transport_config.transport_type = "zmq"
+    init_manager = server._init_manager
+
+    def init_manager_with_fast_queues(num_api_servers: int):
+        manager = init_manager(num_api_servers)
+        config = server.transport_config  # the broker's addresses: backend = its XSUB, frontend = its XPUB
+        server._transport = ResponseTransport(config.backend_address, config.frontend_address)
+        for api_path in server.litapi_request_queues:
+            server.litapi_request_queues[api_path] = manager.RequestQueue()
+        return manager
+
+    server._init_manager = init_manager_with_fast_queues
+
+
 def build_server(settings: Settings, drain_flag: Path, in_flight) -> ls.LitServer:
     store = ModelStore(settings.store)
     served = served_versions(store, settings.models)
@@ -246,7 +266,7 @@ def build_server(settings: Settings, drain_flag: Path, in_flight) -> ls.LitServe
         track_requests=False,
         fast_queue=True,
     )
-    use_zmq_responses(server)
+    _use_fast_queues(server)
     queues: dict = {}
     server.middlewares = []
     server.app.user_middleware.clear()

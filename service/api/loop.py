@@ -17,9 +17,10 @@ import contextlib
 import logging
 import os
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from queue import Empty, Queue
+from queue import Queue
 from typing import Any
 
 import orjson
@@ -53,20 +54,21 @@ def read_claims(path: Path) -> list[tuple[int, str]]:
 
 
 class ClaimsFile:
-    """The requests a worker holds, one JSON line each: a single append per request taken, because an atomic
-    rewrite (write + rename) per request cost ~7% of the worker's time under load (py-spy)."""
+    """The requests a worker holds, one JSON line each: a single append per take from the queue, because an
+    atomic rewrite (write + rename) per request cost ~7% of the worker's time under load (py-spy)."""
 
     def __init__(self, path: Path) -> None:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
 
-    def add(self, response_queue_id: int, uid: str) -> None:
-        os.write(self._fd, orjson.dumps([response_queue_id, uid]) + b"\n")
+    def add(self, requests: list[tuple[int, str]]) -> None:
+        """(response queue, uid) of requests just taken, in one write."""
+        if requests:
+            os.write(self._fd, b"".join(orjson.dumps(request) + b"\n" for request in requests))
 
     def reset(self, held: list[tuple[int, str]]) -> None:
-        """After a batch is answered: only what is still held (the request carried to the next batch)."""
+        """After a batch is answered: only what is still held (requests carried to the next batch)."""
         os.ftruncate(self._fd, 0)
-        for response_queue_id, uid in held:
-            self.add(response_queue_id, uid)
+        self.add(held)
 
 
 @dataclass
@@ -83,13 +85,14 @@ class SequenceBatchingLoop(DefaultLoop):
     ):
         if isinstance(transport, ResponseTransport):
             transport.connect_publisher()
-        carried: Queued | None = None
+        carried: list[Queued] = []
         while True:
             batch, carried, stop = self._collect(lit_api, request_queue, transport, carried)
             if batch:
                 self._answer(lit_api, transport, batch)
+                self._sample_depth(lit_api, request_queue)
                 if claims := self._claims(lit_api):
-                    claims.reset([(carried.response_queue_id, carried.uid)] if carried else [])
+                    claims.reset([(item.response_queue_id, item.uid) for item in carried])
             if stop:
                 return
 
@@ -108,16 +111,20 @@ class SequenceBatchingLoop(DefaultLoop):
         status = LitAPIStatus.OK if ok else LitAPIStatus.ERROR
         self.put_response(transport, response_queue_id, uid, payload, status, LoopResponseType.REGULAR)
 
+    def _expired(self, lit_api, transport, response_queue_id: int, uid: str, submitted_at: float) -> bool:
+        """Past its timeout its client already got 504: answer it so (nobody waits) and never compute it."""
+        timeout = lit_api.request_timeout
+        if timeout in (-1, False) or time.monotonic() - submitted_at <= timeout:
+            return False
+        error = WorkerHTTPException(504, error_body("timeout", "request timed out waiting for a worker"))
+        self._reply(transport, (response_queue_id, uid), error, ok=False)
+        metrics.EXPIRED.labels(lit_api.endpoint).inc()
+        return True
+
     def _admit(self, lit_api, transport, entry) -> Queued | None:
         """Decode one request; answer it at once if it is bad or waited past its timeout."""
         response_queue_id, uid, submitted_at, payload = entry
-        if (
-            lit_api.request_timeout not in (-1, False)
-            and time.monotonic() - submitted_at > lit_api.request_timeout
-        ):
-            error = WorkerHTTPException(504, error_body("timeout", "request timed out waiting for a worker"))
-            self._reply(transport, (response_queue_id, uid), error, ok=False)
-            metrics.EXPIRED.labels(lit_api.endpoint).inc()
+        if self._expired(lit_api, transport, response_queue_id, uid, submitted_at):
             return None
         try:
             return Queued(response_queue_id, uid, submitted_at, lit_api.decode_request(payload))
@@ -131,50 +138,50 @@ class SequenceBatchingLoop(DefaultLoop):
             self._reply(transport, (response_queue_id, uid), error, ok=False)
         return None
 
-    def _collect(self, lit_api, request_queue: Queue, transport, carried: Queued | None):
-        batch: list[Queued] = [carried] if carried else []
-        sequences = carried.prepared.sequences if carried else 0
+    def _collect(self, lit_api, request_queue, transport, carried: list[Queued]):
+        """(batch, requests carried to the next batch, stop). Requests are taken in bulk (get_many); one that
+        would overflow the batch's sequence budget, and those taken after it, wait for the next batch."""
+        waiting = deque(carried)
+        batch: list[Queued] = []
+        budget, sequences, stop = lit_api.max_batch_size, 0, False
         deadline = time.monotonic() + lit_api.batch_timeout
-        while sequences < lit_api.max_batch_size:
-            try:
-                if not batch:
-                    entry = self._first_request(lit_api, request_queue)
-                    deadline = time.monotonic() + lit_api.batch_timeout
-                else:
-                    remaining = deadline - time.monotonic()
-                    entry = (
-                        request_queue.get(timeout=remaining) if remaining > 0 else request_queue.get_nowait()
-                    )
-            except Empty:
+        while not stop:
+            while waiting and (not batch or sequences + waiting[0].prepared.sequences <= budget):
+                item = waiting.popleft()
+                if not self._expired(lit_api, transport, item.response_queue_id, item.uid, item.submitted_at):
+                    batch.append(item)
+                    sequences += item.prepared.sequences
+            if waiting or sequences >= budget:
                 break
-            if entry == _SENTINEL_VALUE:
-                return batch, None, True
-            if claims := self._claims(lit_api):
-                claims.add(entry[0], entry[1])
-            item = self._admit(lit_api, transport, entry)
-            if item is None:
-                continue
-            if batch and sequences + item.prepared.sequences > lit_api.max_batch_size:
-                return batch, item, False
-            batch.append(item)
-            sequences += item.prepared.sequences
-        self._sample_depth(lit_api, request_queue)
-        return batch, None, False
+            if batch:
+                entries = request_queue.get_many(budget - sequences, max(0.0, deadline - time.monotonic()))
+            else:
+                entries = self._first_requests(lit_api, request_queue, budget)
+                deadline = time.monotonic() + lit_api.batch_timeout
+            if not entries:
+                break
+            if _SENTINEL_VALUE in entries:  # shutting down: nothing after it is answered
+                entries, stop = entries[: entries.index(_SENTINEL_VALUE)], True
+            if claims := self._claims(lit_api):  # all of them before decoding any: a death mid-way loses none
+                claims.add([(entry[0], entry[1]) for entry in entries])
+            for entry in entries:
+                if (item := self._admit(lit_api, transport, entry)) is not None:
+                    waiting.append(item)
+        return batch, list(waiting), stop
 
     @staticmethod
-    def _first_request(lit_api, request_queue: Queue):
-        """Block for a batch's first request; look at the store while idle and just before decoding it."""
+    def _first_requests(lit_api, request_queue, limit: int) -> list:
+        """Block for a batch's first requests; look at the store while idle and just before decoding them."""
         while True:
             lit_api.refresh()
-            with contextlib.suppress(Empty):
-                entry = request_queue.get(timeout=IDLE_POLL_SECONDS)
-                if entry != _SENTINEL_VALUE:
-                    lit_api.refresh()
-                return entry
+            if entries := request_queue.get_many(limit, IDLE_POLL_SECONDS):
+                lit_api.refresh()
+                return entries
 
     @staticmethod
     def _sample_depth(lit_api, request_queue: Queue) -> None:
-        """What is still waiting once a batch is taken: the queue-saturation signal operators alert on."""
+        """What is waiting once a batch is answered: the queue-saturation signal operators alert on. Sampled
+        after the answers, not before the forward: its queue round trip adds nothing to any latency."""
         with contextlib.suppress(NotImplementedError):  # qsize() is unavailable on macOS
             metrics.QUEUE_DEPTH.labels(lit_api.endpoint).set(request_queue.qsize())
 

@@ -9,14 +9,13 @@ litserve 0.2.19 has two bugs on that path:
 And its publisher set-up sends a `__ping__` frame to consumer 0; should it arrive, the HTTP process fails to
 unpickle it and its answer reader stops for good. ResponseTransport connects each side to the right address,
 sends no ping, and closes without error where it never connected (LitServe's shutdown would stop there);
-`use_zmq_responses` installs it once LitServe has started the broker, before any worker.
+server.py installs it once LitServe has started the broker, before any worker.
 """
 
 from __future__ import annotations
 
 import time
 
-import litserve as ls
 import zmq
 from litserve.transport.zmq_queue import Producer
 from litserve.transport.zmq_transport import ZMQTransport
@@ -49,17 +48,3 @@ class ResponseTransport(ZMQTransport):
 
     def __reduce__(self):
         return ResponseTransport, (self.backend_address, self.frontend_address)
-
-
-def use_zmq_responses(server: ls.LitServer) -> None:
-    """Have `server` carry answers over ResponseTransport (call before `server.run`)."""
-    server.transport_config.transport_type = "zmq"
-    init_manager = server._init_manager
-
-    def init_manager_then_fix_transport(num_api_servers: int):
-        manager = init_manager(num_api_servers)
-        config = server.transport_config  # the broker's addresses: backend = its XSUB, frontend = its XPUB
-        server._transport = ResponseTransport(config.backend_address, config.frontend_address)
-        return manager
-
-    server._init_manager = init_manager_then_fix_transport

@@ -1,4 +1,5 @@
-"""Answers travel from workers to HTTP processes over ZeroMQ, not litserve 0.2.19's Manager fallback."""
+"""The queues between processes: requests reach a worker in bulk, answers travel back over ZeroMQ (not
+litserve 0.2.19's silent Manager fallback)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import multiprocessing as mp
 import pickle
 import threading
 
+from service.api import request_queue
 from service.api.transport import ResponseTransport
 from service.config import Settings
 from service.server import build_server
@@ -14,12 +16,17 @@ from service.store.layout import ModelStore
 from service.store.publish import import_hf_folder
 
 
-def test_server_answers_over_zeromq(store_root, tiny_classifier_dir, tmp_path, monkeypatch):
+def test_server_queues_requests_in_bulk_and_answers_over_zmq(
+    store_root, tiny_classifier_dir, tmp_path, monkeypatch
+):
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     import_hf_folder(ModelStore(store_root), tiny_classifier_dir, "sentiment")
     server = build_server(Settings(store=store_root), tmp_path / "draining", mp.Value("i", 0))
     manager = server._init_manager(2)  # LitServer.run starts so: the broker, then the transport
     try:
+        (requests,) = server.litapi_request_queues.values()
+        requests.put("request")
+        assert requests.get_many(4) == ["request"]
         transport = server._transport
         assert isinstance(transport, ResponseTransport)
         assert server.transport_config.transport_type == "zmq"
@@ -42,5 +49,20 @@ def test_server_answers_over_zeromq(store_root, tiny_classifier_dir, tmp_path, m
         assert asyncio.run(roundtrip()) == ("uid-1", ("for http process 1",))
         worker_side.close()
         pickle.loads(pickle.dumps(transport)).close()  # never connected (the main process at shutdown)
+    finally:
+        manager.shutdown()
+
+
+def test_a_worker_takes_what_is_queued_in_one_call_up_to_the_room_left():
+    request_queue.register()
+    manager = mp.Manager()
+    try:
+        queue = manager.RequestQueue()
+        assert queue.get_many(8, 0.05) == []  # waited, nothing came
+        for n in range(5):
+            queue.put(n)
+        assert queue.get_many(3) == [0, 1, 2]  # the batch's room, in order
+        assert queue.get_many(8) == [3, 4]  # only what is there: no waiting for more
+        assert queue.get_many(8) == [] and queue.qsize() == 0
     finally:
         manager.shutdown()
