@@ -257,7 +257,6 @@ def build_server(settings: Settings, drain_flag: Path, in_flight) -> ls.LitServe
     apis: list[TaskAPI] = [api(settings) for api in (ClassifyAPI, FillMaskAPI) if api.task in tasks]
     for api in apis:
         api.drain_flag = drain_flag
-        api.claims_dir = drain_flag.parent  # supervisor.py reads a dead worker's claims there
     server = ls.LitServer(
         apis,
         accelerator="cpu",
@@ -308,7 +307,7 @@ def run_server(settings: Settings) -> None:
     server = build_server(settings, drain_flag, in_flight)
 
     original_run = server._start_server
-    supervisor = WorkerSupervisor(server, metrics_dir)
+    supervisor = WorkerSupervisor(server)
 
     def start_with_queues(*args, **kwargs):
         logs.configure_logging(settings)  # again: LitServe's run() gave its logger a text handler

@@ -6,24 +6,20 @@ Differences that matter for a BERT service:
 - no waiting when nothing waits: block for the first request, then take what is already queued (and wait at
   most batch_timeout for more); under load, requests pile up while the model runs and form big batches;
 - a request that waited past request_timeout is answered 504 and never computed (its client already got 504);
-- before each batch the worker lets its model registry look for store changes (hot swap, registry.py); as it
-  takes each request it appends it to the list of requests it holds (claims file, emptied once a batch is
-  answered), so that if it dies the supervisor can answer them at once (supervisor.py).
+- before each batch the worker lets its model registry look for store changes (hot swap, registry.py);
+- the queue records which requests this worker holds as it hands them out, and forgets them once they are
+  answered (request_queue.py), so that if the worker dies the supervisor can answer them at once.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
-from queue import Queue
 from typing import Any
 
-import orjson
 from litserve.loops.base import _SENTINEL_VALUE, DefaultLoop
 from litserve.utils import LitAPIStatus, LoopResponseType
 from litserve.utils import PickleableHTTPException as WorkerHTTPException
@@ -35,40 +31,6 @@ from service.errors import ClientError, error_body
 logger = logging.getLogger(__name__)
 
 IDLE_POLL_SECONDS = 0.5  # an idle worker still looks at the store this often
-
-
-def claims_path(folder: Path, pid: int) -> Path:
-    """Where worker `pid` lists the requests it holds (read by supervisor.py when the worker dies)."""
-    return folder / f"claims-{pid}.jsonl"
-
-
-def read_claims(path: Path) -> list[tuple[int, str]]:
-    """(response queue, uid) of every request listed; a line cut short by the worker's death is skipped."""
-    claims = []
-    with contextlib.suppress(OSError):
-        for line in path.read_bytes().splitlines():
-            with contextlib.suppress(orjson.JSONDecodeError, ValueError, TypeError):
-                response_queue_id, uid = orjson.loads(line)
-                claims.append((response_queue_id, uid))
-    return claims
-
-
-class ClaimsFile:
-    """The requests a worker holds, one JSON line each: a single append per take from the queue, because an
-    atomic rewrite (write + rename) per request cost ~7% of the worker's time under load (py-spy)."""
-
-    def __init__(self, path: Path) -> None:
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
-
-    def add(self, requests: list[tuple[int, str]]) -> None:
-        """(response queue, uid) of requests just taken, in one write."""
-        if requests:
-            os.write(self._fd, b"".join(orjson.dumps(request) + b"\n" for request in requests))
-
-    def reset(self, held: list[tuple[int, str]]) -> None:
-        """After a batch is answered: only what is still held (requests carried to the next batch)."""
-        os.ftruncate(self._fd, 0)
-        self.add(held)
 
 
 @dataclass
@@ -90,21 +52,11 @@ class SequenceBatchingLoop(DefaultLoop):
             batch, carried, stop = self._collect(lit_api, request_queue, transport, carried)
             if batch:
                 self._answer(lit_api, transport, batch)
-                self._sample_depth(lit_api, request_queue)
-                if claims := self._claims(lit_api):
-                    claims.reset([(item.response_queue_id, item.uid) for item in carried])
+                # after the answers, off the latency path: what this worker still holds, and the queue depth
+                waiting = request_queue.release(os.getpid(), [item.uid for item in carried])
+                metrics.QUEUE_DEPTH.labels(lit_api.endpoint).set(waiting)
             if stop:
                 return
-
-    @staticmethod
-    def _claims(lit_api) -> ClaimsFile | None:
-        """This worker's claims file, opened on first use (in the worker process)."""
-        folder = getattr(lit_api, "claims_dir", None)
-        if folder is None:
-            return None
-        if getattr(lit_api, "_claims_file", None) is None:
-            lit_api._claims_file = ClaimsFile(claims_path(folder, os.getpid()))
-        return lit_api._claims_file
 
     def _reply(self, transport, item: Queued | tuple, payload: Any, ok: bool) -> None:
         response_queue_id, uid = (item.response_queue_id, item.uid) if isinstance(item, Queued) else item
@@ -139,7 +91,7 @@ class SequenceBatchingLoop(DefaultLoop):
         return None
 
     def _collect(self, lit_api, request_queue, transport, carried: list[Queued]):
-        """(batch, requests carried to the next batch, stop). Requests are taken in bulk (get_many); one that
+        """(batch, requests carried to the next batch, stop). Requests are taken in bulk (`take`); one that
         would overflow the batch's sequence budget, and those taken after it, wait for the next batch."""
         waiting = deque(carried)
         batch: list[Queued] = []
@@ -154,7 +106,8 @@ class SequenceBatchingLoop(DefaultLoop):
             if waiting or sequences >= budget:
                 break
             if batch:
-                entries = request_queue.get_many(budget - sequences, max(0.0, deadline - time.monotonic()))
+                remaining = max(0.0, deadline - time.monotonic())
+                entries = request_queue.take(os.getpid(), budget - sequences, remaining)
             else:
                 entries = self._first_requests(lit_api, request_queue, budget)
                 deadline = time.monotonic() + lit_api.batch_timeout
@@ -162,8 +115,6 @@ class SequenceBatchingLoop(DefaultLoop):
                 break
             if _SENTINEL_VALUE in entries:  # shutting down: nothing after it is answered
                 entries, stop = entries[: entries.index(_SENTINEL_VALUE)], True
-            if claims := self._claims(lit_api):  # all of them before decoding any: a death mid-way loses none
-                claims.add([(entry[0], entry[1]) for entry in entries])
             for entry in entries:
                 if (item := self._admit(lit_api, transport, entry)) is not None:
                     waiting.append(item)
@@ -174,16 +125,9 @@ class SequenceBatchingLoop(DefaultLoop):
         """Block for a batch's first requests; look at the store while idle and just before decoding them."""
         while True:
             lit_api.refresh()
-            if entries := request_queue.get_many(limit, IDLE_POLL_SECONDS):
+            if entries := request_queue.take(os.getpid(), limit, IDLE_POLL_SECONDS):
                 lit_api.refresh()
                 return entries
-
-    @staticmethod
-    def _sample_depth(lit_api, request_queue: Queue) -> None:
-        """What is waiting once a batch is answered: the queue-saturation signal operators alert on. Sampled
-        after the answers, not before the forward: its queue round trip adds nothing to any latency."""
-        with contextlib.suppress(NotImplementedError):  # qsize() is unavailable on macOS
-            metrics.QUEUE_DEPTH.labels(lit_api.endpoint).set(request_queue.qsize())
 
     def _answer(self, lit_api, transport, batch: list[Queued]) -> None:
         lit_api.observe_queue([(item.prepared, item.submitted_at) for item in batch])

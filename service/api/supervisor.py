@@ -2,11 +2,12 @@
 
 LitServe's own monitor either shuts the whole server down when a worker dies, or (restart_workers) restarts
 it but fails the in-flight requests only in the main process's response buffer, which is empty: the HTTP
-servers are separate processes, so their clients would wait for request_timeout. Here every worker lists the
-requests it holds in a claims file as it takes them (loop.py); when it dies, those requests are answered
-503 + Retry-After at once through the response queues, its stale metric files are retired, and a fresh
-worker is started on the same request queue (requests still queued wait for it). A worker that dies during
-setup is not restarted: the server stops and exits non-zero, for the orchestrator to restart it.
+servers are separate processes, so their clients would wait for request_timeout. Here the request queue
+records which requests each worker holds as it hands them out (request_queue.py); when a worker dies, those
+requests are answered 503 + Retry-After at once through the response transport, its stale metric files are
+retired, and a fresh worker is started on the same request queue (requests still queued wait for it). A
+worker that dies during setup is not restarted: the server stops and exits non-zero, for the orchestrator to
+restart it.
 """
 
 from __future__ import annotations
@@ -15,14 +16,12 @@ import contextlib
 import logging
 import threading
 import time
-from pathlib import Path
 
 from litserve.utils import LitAPIStatus, LoopResponseType, WorkerSetupStatus
 from litserve.utils import PickleableHTTPException as WorkerHTTPException
 from prometheus_client import multiprocess
 
 from service import metrics
-from service.api.loop import claims_path, read_claims
 from service.errors import error_body
 
 logger = logging.getLogger("bertserve")
@@ -31,9 +30,8 @@ POLL_SECONDS = 0.5
 
 
 class WorkerSupervisor:
-    def __init__(self, server, claims_dir: Path) -> None:
+    def __init__(self, server) -> None:
         self.server = server
-        self.claims_dir = claims_dir
         self.failed = False
         # LitServe starts workers API by API, each API's workers in order: the same order here.
         self.slots = [
@@ -67,7 +65,7 @@ class WorkerSupervisor:
         failed_setup = (
             self.server.workers_setup_status.get(f"{endpoint}_{worker_id}") == WorkerSetupStatus.ERROR
         )
-        held = self._fail_claimed(process.pid, worker_id)
+        held = self._fail_held(api, process.pid, worker_id)
         multiprocess.mark_process_dead(process.pid)
         logger.error(
             "inference worker %s of %s (pid %s) died with exit code %s; %d in-flight requests answered 503",
@@ -88,17 +86,15 @@ class WorkerSupervisor:
         self.server.inference_workers[index] = self.server.launch_single_inference_worker(api, worker_id)
         logger.warning("started a new inference worker %s of %s", worker_id, api.api_path)
 
-    def _fail_claimed(self, pid: int, worker_id: int) -> int:
+    def _fail_held(self, api, pid: int, worker_id: int) -> int:
         """Answer every request the dead worker held; ones it already answered are ignored by LitServe."""
-        path = claims_path(self.claims_dir, pid)
-        claims = read_claims(path)
+        held = self.server.litapi_request_queues[api.api_path].retire(pid)
         error = WorkerHTTPException(
             503, error_body("worker_lost", "the inference worker handling this request died; retry it")
         )
-        for response_queue_id, uid in claims:
+        for response_queue_id, uid in held:
             with contextlib.suppress(Exception):
                 self.server._transport.send(
                     (uid, (error, LitAPIStatus.ERROR, LoopResponseType.REGULAR, worker_id)), response_queue_id
                 )
-        path.unlink(missing_ok=True)
-        return len(claims)
+        return len(held)

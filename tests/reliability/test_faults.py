@@ -11,7 +11,6 @@ import time
 import httpx
 import pytest
 
-from service.api.loop import claims_path
 from tests.reliability.conftest import (
     HEAVY,
     LIGHT,
@@ -39,19 +38,16 @@ def test_worker_killed_mid_batch_is_replaced_and_its_requests_fail_fast(tmp_path
     store = classify_store(tmp_path / "model_store", classifier_dirs)
     # request_timeout far above the client's: a request lost with the worker would show as a client timeout.
     args = ("--workers", "1", "--max-batch-size", "32", "--request-timeout", "60")
-    metrics_dir = tmp_path / "metrics"  # where the worker lists the requests it holds (its claims file)
-    with running_server(store.root, *args, env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}) as base:
+    with running_server(store.root, *args) as base:
         url = f"{base}/v1/classify"
         (worker,) = worker_pids(base.process.pid)
-        claims = claims_path(metrics_dir, worker)
 
         async def load_then_kill() -> list:
             stop = asyncio.Event()
             clients = asyncio.create_task(closed_loop(url, HEAVY, clients=6, stop=stop, client_timeout=30))
-            await asyncio.sleep(1.5)  # the worker is busy: six clients, one 32-input forward pass at a time
-            # kill it while it holds requests, not in the instant between answering a batch and taking more
-            while not (claims.exists() and claims.stat().st_size > 0):
-                await asyncio.sleep(0.001)
+            # the worker is busy: six clients, one 32-input forward pass at a time; it takes all six queued
+            # requests at once and holds them until each is answered, so it holds some at any moment
+            await asyncio.sleep(1.5)
             os.kill(worker, signal.SIGKILL)
             await asyncio.sleep(0.5)
             # keep the load on until the new worker has answered (bounded by the clients' timeout)
@@ -77,6 +73,22 @@ def test_worker_killed_mid_batch_is_replaced_and_its_requests_fail_fast(tmp_path
         samples = scrape(base)
         assert metric_sum(samples, "bertserve_worker_restarts_total", endpoint="classify") == 1
         assert metric_sum(samples, "bertserve_requests_total", endpoint="classify", code="503") == len(lost)
+
+
+def test_requests_sent_right_after_an_idle_worker_dies_are_answered_not_lost(tmp_path, classifier_dirs):
+    """A worker killed while it waits for work leaves a wait pending in the queue's Manager; what that wait
+    receives goes back to the queue (or is answered 503), so a request sent just then never hangs."""
+    store = classify_store(tmp_path / "model_store", classifier_dirs)
+    with running_server(store.root, "--workers", "1", "--request-timeout", "60") as base:
+        url = f"{base}/v1/classify"
+        (worker,) = worker_pids(base.process.pid)
+        os.kill(worker, signal.SIGKILL)
+        outcomes = asyncio.run(burst(url, LIGHT, 4, client_timeout=30))
+        counts = statuses(outcomes)
+        assert set(counts) <= {200, 503}, f"an answer or an error, never a hang: {counts}"
+        assert all(o.body["error"]["code"] == "worker_lost" for o in outcomes if o.status == 503)
+        wait_for(lambda: httpx.get(f"{base}/health", timeout=5).status_code == 200, 60, "a new worker")
+        assert httpx.post(url, json=LIGHT, timeout=10).status_code == 200
 
 
 def _sigterm_under_load(store, sent: int) -> tuple[list, list, list, int]:

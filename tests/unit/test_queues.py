@@ -1,5 +1,5 @@
-"""The queues between processes: requests reach a worker in bulk, answers travel back over ZeroMQ (not
-litserve 0.2.19's silent Manager fallback)."""
+"""The queues between processes: requests reach a worker in bulk and are recorded as held by it until it
+answers them; answers travel back over ZeroMQ (not litserve 0.2.19's silent Manager fallback)."""
 
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ def test_server_queues_requests_in_bulk_and_answers_over_zmq(
     manager = server._init_manager(2)  # LitServer.run starts so: the broker, then the transport
     try:
         (requests,) = server.litapi_request_queues.values()
-        requests.put("request")
-        assert requests.get_many(4) == ["request"]
+        requests.put((0, "uid", 0.0, {}))
+        assert requests.take(1234, 4) == [(0, "uid", 0.0, {})]
         transport = server._transport
         assert isinstance(transport, ResponseTransport)
         assert server.transport_config.transport_type == "zmq"
@@ -53,16 +53,27 @@ def test_server_queues_requests_in_bulk_and_answers_over_zmq(
         manager.shutdown()
 
 
-def test_a_worker_takes_what_is_queued_in_one_call_up_to_the_room_left():
+def request(n: int) -> tuple:
+    return (n % 2, f"uid-{n}", 0.0, {"inputs": ["text"]})  # (response queue, uid, submitted, payload)
+
+
+def test_workers_take_in_bulk_and_what_a_dead_worker_held_is_returned_never_lost():
     request_queue.register()
     manager = mp.Manager()
     try:
         queue = manager.RequestQueue()
-        assert queue.get_many(8, 0.05) == []  # waited, nothing came
+        assert queue.take(7, 8, 0.05) == []  # waited, nothing came
         for n in range(5):
-            queue.put(n)
-        assert queue.get_many(3) == [0, 1, 2]  # the batch's room, in order
-        assert queue.get_many(8) == [3, 4]  # only what is there: no waiting for more
-        assert queue.get_many(8) == [] and queue.qsize() == 0
+            queue.put(request(n))
+        assert queue.take(7, 3) == [request(0), request(1), request(2)]  # the batch's room, in order
+        assert queue.release(7, ["uid-2"]) == 2  # answered 0 and 1, carries 2; two still queued
+        assert queue.take(8, 8) == [request(3), request(4)]  # only what is there: no waiting for more
+        assert queue.retire(7) == [(0, "uid-2")]  # worker 7 died holding request 2
+        assert queue.retire(8) == [(1, "uid-3"), (0, "uid-4")]
+        # a take the dead worker had left waiting in the Manager gives what it got back, for the replacement
+        queue.put(request(5))
+        assert queue.take(7, 8) == [] and queue.qsize() == 1
+        assert queue.take(9, 8) == [request(5)]
+        assert queue.release(9, []) == 0 and queue.retire(9) == []
     finally:
         manager.shutdown()
