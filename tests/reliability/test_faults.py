@@ -92,14 +92,16 @@ def test_requests_sent_right_after_an_idle_worker_dies_are_answered_not_lost(tmp
 
 
 def _sigterm_under_load(store, sent: int) -> tuple[list, list, list, int]:
-    """Send `sent` heavy requests, SIGTERM once all are in flight, keep checking /health and sending new
-    requests until they are answered; the outcomes, both check lists and the exit code."""
-    args = ("--workers", "1", "--max-batch-size", "32", "--request-timeout", "60")
+    """Send `sent` requests, SIGTERM once all are in flight, keep checking /health and sending new requests
+    until they are answered; the outcomes, both check lists and the exit code. The batch waits up to 1 s to
+    fill (batch timeout, room for more than `sent`), so the requests are still in flight at SIGTERM however
+    fast the CPU: tiny models answered 64 heavy requests before a single check could see the drain."""
+    args = ("--workers", "1", "--max-batch-size", "256", "--batch-timeout", "1", "--request-timeout", "60")
     with running_server(store.root, *args, env={"BERTSERVE_DRAIN_SECONDS": "30"}) as base:
         url = f"{base}/v1/classify"
 
         async def terminate_under_load() -> tuple[list, list, list]:
-            in_flight = asyncio.create_task(burst(url, HEAVY, sent, client_timeout=60))
+            in_flight = asyncio.create_task(burst(url, LIGHT, sent, client_timeout=60))
             health, late = [], []
             async with httpx.AsyncClient(timeout=10) as client:
                 wait = time.monotonic() + 10
