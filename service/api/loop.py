@@ -47,13 +47,14 @@ class SequenceBatchingLoop(DefaultLoop):
     ):
         if isinstance(transport, ResponseTransport):
             transport.connect_publisher()
+        holder = os.getpid()  # the queue records what this worker holds under its pid
         carried: list[Queued] = []
         while True:
-            batch, carried, stop = self._collect(lit_api, request_queue, transport, carried)
+            batch, carried, stop = self._collect(lit_api, request_queue, holder, transport, carried)
             if batch:
                 self._answer(lit_api, transport, batch)
                 # after the answers, off the latency path: what this worker still holds, and the queue depth
-                waiting = request_queue.release(os.getpid(), [item.uid for item in carried])
+                waiting = request_queue.release(holder, [item.uid for item in carried])
                 metrics.QUEUE_DEPTH.labels(lit_api.endpoint).set(waiting)
             if stop:
                 return
@@ -90,7 +91,7 @@ class SequenceBatchingLoop(DefaultLoop):
             self._reply(transport, (response_queue_id, uid), error, ok=False)
         return None
 
-    def _collect(self, lit_api, request_queue, transport, carried: list[Queued]):
+    def _collect(self, lit_api, request_queue, holder: int, transport, carried: list[Queued]):
         """(batch, requests carried to the next batch, stop). Requests are taken in bulk (`take`); one that
         would overflow the batch's sequence budget, and those taken after it, wait for the next batch."""
         waiting = deque(carried)
@@ -107,9 +108,9 @@ class SequenceBatchingLoop(DefaultLoop):
                 break
             if batch:
                 remaining = max(0.0, deadline - time.monotonic())
-                entries = request_queue.take(os.getpid(), budget - sequences, remaining)
+                entries = request_queue.take(holder, budget - sequences, remaining)
             else:
-                entries = self._first_requests(lit_api, request_queue, budget)
+                entries = self._first_requests(lit_api, request_queue, holder, budget)
                 deadline = time.monotonic() + lit_api.batch_timeout
             if not entries:
                 break
@@ -121,11 +122,11 @@ class SequenceBatchingLoop(DefaultLoop):
         return batch, list(waiting), stop
 
     @staticmethod
-    def _first_requests(lit_api, request_queue, limit: int) -> list:
+    def _first_requests(lit_api, request_queue, holder: int, limit: int) -> list:
         """Block for a batch's first requests; look at the store while idle and just before decoding them."""
         while True:
             lit_api.refresh()
-            if entries := request_queue.take(os.getpid(), limit, IDLE_POLL_SECONDS):
+            if entries := request_queue.take(holder, limit, IDLE_POLL_SECONDS):
                 lit_api.refresh()
                 return entries
 

@@ -32,22 +32,19 @@ class RequestQueue(queue.Queue):
         """Up to `limit` requests for worker `holder`: wait at most `timeout` seconds for the first (0: do not
         wait), then take only what is already queued. [] when nothing came."""
         try:
-            items = [self.get(timeout=timeout) if timeout > 0 else self.get_nowait()]
+            first = self.get(timeout=timeout) if timeout > 0 else self.get_nowait()
         except queue.Empty:
             return []
-        while len(items) < limit:
-            try:
-                items.append(self.get_nowait())
-            except queue.Empty:
-                break
-        with self.not_empty:
+        with self.not_empty:  # the rest, the retired check and the record: one step under the queue's lock
+            items = [first]
+            while self.queue and len(items) < limit:
+                items.append(self._get())
             if holder in self._retired:  # the call of a worker that died while it waited
                 self.queue.extendleft(reversed(items))
                 self.not_empty.notify(len(items))
                 return []
-            self._held.setdefault(holder, []).extend(
-                (item[0], item[1]) for item in items if item[1] is not None
-            )
+            claims = [(item[0], item[1]) for item in items if item[1] is not None]  # not the stop sentinel
+            self._held.setdefault(holder, []).extend(claims)
         return items
 
     def release(self, holder: int, keep: list[str]) -> int:
