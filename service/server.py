@@ -43,12 +43,42 @@ logger = logging.getLogger("bertserve")
 INSTRUMENTED = {"/v1/classify": "classify", "/v1/fill-mask": "fill-mask", "/v1/models": "models"}
 
 
+class InFlight:
+    """Requests being handled per endpoint, counted across every HTTP process in shared memory (forked with
+    them). SIGTERM's drain waits for it to reach 0; admission asks the request queue its size (a round trip
+    to the Manager process, ~0.3 ms of the event loop) only when this count passes the queue's bound."""
+
+    def __init__(self, endpoints: tuple[str, ...] = tuple(INSTRUMENTED.values())) -> None:
+        self._slot = {endpoint: index for index, endpoint in enumerate(endpoints)}
+        self._counts = mp.get_context("fork").Array("i", len(endpoints))
+
+    def enter(self, endpoint: str) -> int:
+        """Count one more request in `endpoint`; returns the endpoint's count, this request included."""
+        with self._counts.get_lock():
+            self._counts[self._slot[endpoint]] += 1
+            return self._counts[self._slot[endpoint]]
+
+    def leave(self, endpoint: str) -> None:
+        with self._counts.get_lock():
+            self._counts[self._slot[endpoint]] -= 1
+
+    def total(self) -> int:
+        with self._counts.get_lock():
+            return sum(self._counts)
+
+
 class ServiceMiddleware:
     """Pure ASGI (cheap): request id + access log, auth, body limit, queue admission, timeout, and the
     HTTP-side metrics."""
 
     def __init__(
-        self, app: ASGIApp, settings: Settings, auth: Authenticator, queues: dict, in_flight, drain_flag: Path
+        self,
+        app: ASGIApp,
+        settings: Settings,
+        auth: Authenticator,
+        queues: dict,
+        in_flight: InFlight,
+        drain_flag: Path,
     ) -> None:
         self.app = app
         self.settings = settings
@@ -98,20 +128,19 @@ class ServiceMiddleware:
         self, endpoint: str, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes]
     ) -> None:
         metrics.IN_FLIGHT.labels(endpoint).inc()
-        with self.in_flight.get_lock():
-            self.in_flight.value += 1
+        count = self.in_flight.enter(endpoint)
         try:
-            rejection = self._reject(scope, headers)
+            rejection = self._reject(scope, headers, count)
             if rejection is not None:
                 await rejection(scope, receive, send)
             else:
                 await self._call_with_limits(scope, receive, send)
         finally:
-            with self.in_flight.get_lock():
-                self.in_flight.value -= 1
+            self.in_flight.leave(endpoint)
             metrics.IN_FLIGHT.labels(endpoint).dec()
 
-    def _reject(self, scope: Scope, headers: dict[bytes, bytes]) -> Response | None:
+    def _reject(self, scope: Scope, headers: dict[bytes, bytes], in_flight: int) -> Response | None:
+        """`in_flight`: this endpoint's requests in all HTTP processes, this one included."""
         if scope["method"] != "POST":
             return None
         length = headers.get(b"content-length")
@@ -119,8 +148,11 @@ class ServiceMiddleware:
             return error_response(
                 413, f"body of {int(length)} bytes; the limit is {self.settings.max_body_bytes}"
             )
+        # The queue holds at most the other requests in flight (plus any whose client already got 504), so
+        # below the bound there is no need to ask it: that is a round trip to the Manager process.
         queue = self.queues.get(scope["path"])
-        if queue is not None and queue.qsize() >= self.settings.max_queue:
+        limit = self.settings.max_queue
+        if queue is not None and in_flight > limit and queue.qsize() >= limit:
             return error_response(503, "server busy: request queue is full", headers={"Retry-After": "1"})
         if self.drain_flag.exists():
             return error_response(503, "server is shutting down", headers={"Retry-After": "1"})
@@ -246,7 +278,7 @@ def _use_fast_queues(server: ls.LitServer) -> None:
     server._init_manager = init_manager_with_fast_queues
 
 
-def build_server(settings: Settings, drain_flag: Path, in_flight) -> ls.LitServer:
+def build_server(settings: Settings, drain_flag: Path, in_flight: InFlight) -> ls.LitServer:
     store = ModelStore(settings.store)
     served = served_versions(store, settings.models)
     if not served:
@@ -287,13 +319,13 @@ def build_server(settings: Settings, drain_flag: Path, in_flight) -> ls.LitServe
     return server
 
 
-def _drain_then_stop(server: ls.LitServer, drain_flag: Path, in_flight, settings: Settings) -> None:
+def _drain_then_stop(server: ls.LitServer, drain_flag: Path, in_flight: InFlight, settings: Settings) -> None:
     """SIGTERM: fail /health at once (load balancers stop sending), let in-flight requests finish, stop."""
     drain_flag.touch()
     deadline = time.monotonic() + settings.drain_seconds
-    while time.monotonic() < deadline and in_flight.value > 0:
+    while time.monotonic() < deadline and in_flight.total() > 0:
         time.sleep(0.1)
-    logger.info("drained (%d requests still in flight); shutting down", in_flight.value)
+    logger.info("drained (%d requests still in flight); shutting down", in_flight.total())
     if server._shutdown_event is not None:
         server._shutdown_event.set()
 
@@ -303,7 +335,7 @@ def run_server(settings: Settings) -> None:
     metrics_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     drain_flag = metrics_dir / "draining"
     drain_flag.unlink(missing_ok=True)
-    in_flight = mp.get_context("fork").Value("i", 0)
+    in_flight = InFlight()
     server = build_server(settings, drain_flag, in_flight)
 
     original_run = server._start_server

@@ -36,6 +36,10 @@ class TaskAPI(ls.LitAPI):
             else settings.default_fill_mask_model
         )
 
+    async def authorize(self) -> None:
+        """LitServe's per-route auth dependency. ServiceMiddleware has already checked the key; being async,
+        this no-op spares every request the thread-pool hop FastAPI makes for LitServe's sync default."""
+
     def health(self) -> bool:
         """Runs in the HTTP processes: LitServe already waits for every worker's setup (load + warm-up)."""
         drain_flag = getattr(self, "drain_flag", None)

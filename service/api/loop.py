@@ -98,6 +98,7 @@ class SequenceBatchingLoop(DefaultLoop):
         batch: list[Queued] = []
         budget, sequences, stop = lit_api.max_batch_size, 0, False
         deadline = time.monotonic() + lit_api.batch_timeout
+        drained = False  # the last take emptied the queue
         while not stop:
             while waiting and (not batch or sequences + waiting[0].prepared.sequences <= budget):
                 item = waiting.popleft()
@@ -106,12 +107,16 @@ class SequenceBatchingLoop(DefaultLoop):
                     sequences += item.prepared.sequences
             if waiting or sequences >= budget:
                 break
+            remaining = max(0.0, deadline - time.monotonic())
+            if batch and drained and remaining == 0:
+                break  # asking again would be a round trip for what arrived in the last few microseconds
+            limit = budget - sequences
             if batch:
-                remaining = max(0.0, deadline - time.monotonic())
-                entries = request_queue.take(holder, budget - sequences, remaining)
+                entries = request_queue.take(holder, limit, remaining)
             else:
-                entries = self._first_requests(lit_api, request_queue, holder, budget)
+                entries = self._first_requests(lit_api, request_queue, holder, limit)
                 deadline = time.monotonic() + lit_api.batch_timeout
+            drained = len(entries) < limit
             if not entries:
                 break
             if _SENTINEL_VALUE in entries:  # shutting down: nothing after it is answered

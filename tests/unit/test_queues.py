@@ -4,14 +4,18 @@ answers them; answers travel back over ZeroMQ (not litserve 0.2.19's silent Mana
 from __future__ import annotations
 
 import asyncio
+import inspect
 import multiprocessing as mp
 import pickle
 import threading
+import time
+from types import SimpleNamespace
 
 from service.api import request_queue
+from service.api.loop import SequenceBatchingLoop
 from service.api.transport import ResponseTransport
 from service.config import Settings
-from service.server import build_server
+from service.server import InFlight, build_server
 from service.store.layout import ModelStore
 from service.store.publish import import_hf_folder
 
@@ -21,7 +25,10 @@ def test_server_queues_requests_in_bulk_and_answers_over_zmq(
 ):
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     import_hf_folder(ModelStore(store_root), tiny_classifier_dir, "sentiment")
-    server = build_server(Settings(store=store_root), tmp_path / "draining", mp.Value("i", 0))
+    server = build_server(Settings(store=store_root), tmp_path / "draining", InFlight())
+    (route,) = [r for r in server.app.routes if getattr(r, "path", "") == "/v1/classify"]
+    (auth,) = [dependency.call for dependency in route.dependant.dependencies]
+    assert inspect.iscoroutinefunction(auth), "a sync dependency costs every request a thread-pool hop"
     manager = server._init_manager(2)  # LitServer.run starts so: the broker, then the transport
     try:
         (requests,) = server.litapi_request_queues.values()
@@ -77,3 +84,49 @@ def test_workers_take_in_bulk_and_what_a_dead_worker_held_is_returned_never_lost
         assert queue.release(9, []) == 0 and queue.retire(9) == []
     finally:
         manager.shutdown()
+
+
+class CountingQueue:
+    """RequestQueue's take() over a list, counting the calls (each is a round trip to the Manager)."""
+
+    def __init__(self, count: int) -> None:
+        self.entries = [(0, f"uid-{n}", time.monotonic(), {"inputs": ["text"]}) for n in range(count)]
+        self.timeouts: list[float] = []
+
+    def take(self, holder: int, limit: int, timeout: float = 0.0) -> list:
+        self.timeouts.append(timeout)
+        taken, self.entries = self.entries[:limit], self.entries[limit:]
+        return taken
+
+
+def batching_api(batch_timeout: float) -> SimpleNamespace:
+    return SimpleNamespace(
+        max_batch_size=4,
+        batch_timeout=batch_timeout,
+        request_timeout=30,
+        endpoint="classify",
+        refresh=lambda: None,
+        decode_request=lambda payload: SimpleNamespace(sequences=len(payload["inputs"])),
+    )
+
+
+def collect(api, queue: CountingQueue) -> tuple[list[str], list[str]]:
+    batch, carried, stop = SequenceBatchingLoop()._collect(api, queue, 1234, None, [])
+    assert not stop
+    return [item.uid for item in batch], [item.uid for item in carried]
+
+
+def test_a_lone_request_costs_one_take_and_a_full_queue_fills_the_batch_in_one():
+    queue = CountingQueue(1)
+    assert collect(batching_api(0.0), queue) == (["uid-0"], [])
+    assert len(queue.timeouts) == 1, "the queue was emptied: asking it again only adds a round trip"
+
+    queue = CountingQueue(6)
+    assert collect(batching_api(0.0), queue) == (["uid-0", "uid-1", "uid-2", "uid-3"], [])
+    assert len(queue.timeouts) == 1 and len(queue.entries) == 2
+
+
+def test_a_batch_timeout_waits_for_more_after_the_queue_is_emptied():
+    queue = CountingQueue(1)
+    assert collect(batching_api(0.2), queue) == (["uid-0"], [])
+    assert len(queue.timeouts) == 2 and 0 < queue.timeouts[1] <= 0.2
