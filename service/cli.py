@@ -64,13 +64,13 @@ def serve(
 ) -> None:
     """Serve the store's models: POST /v1/classify, /v1/fill-mask; GET /v1/models, /health, /metrics."""
     overrides = {key: value for key, value in locals().items() if value is not None}
-    from service.config import Settings, prepare_metrics_dir
+    from service.config import Settings, serving_metrics_dir
 
     settings = Settings(**overrides)
-    prepare_metrics_dir()  # before service.metrics is imported anywhere
-    from service.server import run_server
+    with serving_metrics_dir():  # before service.metrics is imported anywhere
+        from service.server import run_server
 
-    run_server(settings)
+        run_server(settings)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -146,10 +148,13 @@ def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> int | None:
         return None
 
 
-def prepare_metrics_dir() -> Path:
+@contextlib.contextmanager
+def serving_metrics_dir() -> Iterator[Path]:
     """Give all processes of this server one fresh multiprocess-metrics folder (before prometheus_client).
 
-    A folder set by the operator (PROMETHEUS_MULTIPROC_DIR, e.g. an emptyDir) is emptied of stale files."""
+    A folder set by the operator (PROMETHEUS_MULTIPROC_DIR, e.g. an emptyDir) is emptied of stale files and
+    kept; one made here, in the temp dir, is removed when the server exits (else every run left one)."""
+    import shutil
     import tempfile
 
     configured = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
@@ -158,4 +163,8 @@ def prepare_metrics_dir() -> Path:
     for stale in folder.glob("*.db"):
         stale.unlink()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
-    return folder
+    try:
+        yield folder
+    finally:  # in the main process only: forked HTTP processes leave through os._exit
+        if not configured:
+            shutil.rmtree(folder, ignore_errors=True)

@@ -17,10 +17,12 @@ import httpx
 
 class ServerURL(str):
     """The base URL; `.process` is the server's Popen, for tests that signal it or read its exit code;
-    `.log` the file holding its stdout and stderr."""
+    `.log` the file holding its stdout and stderr; `.tmp` its TMPDIR (what it leaves there stays with the
+    test, not in /tmp)."""
 
     process: subprocess.Popen
     log: Path
+    tmp: Path
 
 
 def free_port() -> int:
@@ -36,11 +38,13 @@ def running_server(
     """Yield the base URL of a server on `store`; stop it (SIGTERM, then SIGKILL) afterwards."""
     port = free_port()
     log = Path(store).parent / f"server-{port}.log"
+    scratch = Path(store).parent / f"tmp-{port}"
+    scratch.mkdir()
     environment = {k: v for k, v in os.environ.items() if not k.startswith("BERTSERVE_")}
     environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
     # fp32 unless a test asks otherwise: answers are compared with transformers' own float32 outputs
     defaults = {"BERTSERVE_DRAIN_SECONDS": "2", "BERTSERVE_TORCH_THREADS": "1", "BERTSERVE_BACKEND": "fp32"}
-    environment.update({**defaults, **(env or {})})
+    environment.update({**defaults, "TMPDIR": str(scratch), **(env or {})})
     command = [
         sys.executable,
         "-m",
@@ -63,6 +67,7 @@ def running_server(
     base = ServerURL(f"http://127.0.0.1:{port}")
     base.process = process
     base.log = log
+    base.tmp = scratch
     try:
         deadline = time.monotonic() + timeout
         while True:

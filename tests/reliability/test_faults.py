@@ -121,7 +121,9 @@ def _sigterm_under_load(store, sent: int) -> tuple[list, list, list, int]:
             return await in_flight, health, late
 
         outcomes, health, late = asyncio.run(terminate_under_load())
-        return outcomes, health, late, base.process.wait(timeout=60)
+        code = base.process.wait(timeout=60)
+        assert not list(base.tmp.glob("bertserve-metrics-*")), "its metrics folder is removed on exit"
+        return outcomes, health, late, code
 
 
 def test_sigterm_fails_readiness_finishes_in_flight_requests_then_exits_zero(tmp_path, classifier_dirs):
