@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import re
@@ -21,6 +22,7 @@ from transformers.utils import logging as hf_logging
 
 from service.training.data import Examples
 from service.training.loop import (
+    WeightAverage,
     autocast,
     bf16_supported,
     copy_tokenizer,
@@ -53,6 +55,7 @@ class ClassifyOptions:
     patience: int = 6  # evaluations without a better eval macro-F1 before stopping
     evals_per_epoch: int = 2
     class_weight: Literal["none", "sqrt", "balanced"] = "sqrt"
+    ema_decay: float = 0.0  # evaluate and keep a moving average of the weights with this decay (0: off)
     threshold: float = 0.5  # multi-label decision threshold on sigmoid scores
     seed: int = 42
     bf16: bool = True
@@ -274,6 +277,7 @@ class ClassifierTrainer:
             options.warmup_ratio,
             total,
         )
+        average = WeightAverage(self.model, options.ema_decay) if options.ema_decay else None
         eval_at = {
             round(steps_per_epoch * (k + 1) / options.evals_per_epoch) for k in range(options.evals_per_epoch)
         }
@@ -303,6 +307,8 @@ class ClassifierTrainer:
                     loss = self.loss_fn(logits.float(), targets)
                     trainable = [p for p in self.model.parameters() if p.requires_grad]
                     loss_value = optimizer_step(loss, trainable, options.max_grad_norm, optimizer, schedule)
+                    if average is not None:
+                        average.update()
                     step += 1
                     history["step"].append(step)
                     history["loss"].append(loss_value)
@@ -312,19 +318,20 @@ class ClassifierTrainer:
                         callback(step, history["loss"][-1])
                     if index not in eval_at:
                         continue
-                    logits = self._logits(self.eval, options.bf16, features["eval"])
-                    metrics = self._metrics(self.eval, logits)
+                    with average.applied() if average is not None else contextlib.nullcontext():
+                        logits = self._logits(self.eval, options.bf16, features["eval"])
+                        metrics = self._metrics(self.eval, logits)
+                        improved = best is None or metrics["macro_f1"] > best[0]
+                        if improved:
+                            state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                            best = (metrics["macro_f1"], state, step, epoch + 1)
+                    stale = 0 if improved else stale + 1
                     history["eval_step"].append(step)
                     history["eval_macro_f1"].append(metrics["macro_f1"])
                     history["eval_loss"].append(round(float(self.loss_fn(logits, self.eval.targets)), 4))
                     bar.set_postfix(
                         loss=f"{history['loss'][-1]:.3f}", epoch=epoch + 1, eval_f1=metrics["macro_f1"]
                     )
-                    if best is None or metrics["macro_f1"] > best[0]:
-                        state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-                        best, stale = (metrics["macro_f1"], state, step, epoch + 1), 0
-                    else:
-                        stale += 1
                 if stale >= options.patience:
                     break
         finally:

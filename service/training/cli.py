@@ -79,6 +79,9 @@ def train(
     patience: int = typer.Option(6, help="Evaluations without a better eval macro-F1 before stopping."),
     evals_per_epoch: int = typer.Option(2, help="Evaluations (and checkpoint choices) per epoch."),
     class_weight: ClassWeight = typer.Option(ClassWeight.sqrt, help="Loss weights against imbalance."),
+    ema_decay: float = typer.Option(
+        0.0, min=0.0, max=0.9999, help="Keep a moving average of the weights with this decay (0: off)."
+    ),
     seed: int = SEED,
     threads: int = THREADS,
     bf16: bool = BF16,
@@ -102,6 +105,7 @@ def train(
         patience=patience,
         evals_per_epoch=evals_per_epoch,
         class_weight=class_weight.value,
+        ema_decay=ema_decay,
         seed=seed,
         bf16=bf16,
         threads=threads,

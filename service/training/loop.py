@@ -110,6 +110,38 @@ def copy_tokenizer(source: Path, target: Path) -> None:
             shutil.copy2(source / name, target / name)
 
 
+class WeightAverage:
+    """Exponential moving average of the trainable weights (Polyak averaging). Evaluating and keeping the
+    average instead of the last step's weights smooths the step-to-step noise of small-batch fine-tuning.
+    The decay ramps up as (1 + t) / (10 + t) so the fresh head's random start is soon forgotten."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay, self.updates = decay, 0
+        self.params = [param for param in model.parameters() if param.requires_grad]
+        self.average = [param.detach().clone() for param in self.params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for average, param in zip(self.average, self.params, strict=True):
+            average.lerp_(param.detach(), 1 - decay)
+
+    @contextlib.contextmanager
+    def applied(self) -> Iterator[None]:
+        """Inside the block the model holds the averaged weights; afterwards its own again."""
+        own = [param.detach().clone() for param in self.params]
+        with torch.no_grad():
+            for param, average in zip(self.params, self.average, strict=True):
+                param.copy_(average)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for param, value in zip(self.params, own, strict=True):
+                    param.copy_(value)
+
+
 def optimizer_step(loss: torch.Tensor, params: list, max_grad_norm: float, optimizer, schedule) -> float:
     """Backward, clip, step, advance the schedule, clear gradients; returns the loss as a float."""
     loss.backward()

@@ -17,6 +17,7 @@ from service.store.layout import ModelStore
 from service.training.classify import ClassifyOptions
 from service.training.data import load_examples, sha256_file, stratified_split
 from service.training.jobs import Columns, train_job
+from service.training.loop import WeightAverage
 
 GOOD, BAD, MEH = (
     ("good", "great", "love", "helped"),
@@ -126,6 +127,38 @@ def test_frozen_encoder_is_bit_identical_and_head_trains(store_root, tiny_classi
     )
     encoder = [k for k in base if k.startswith(("bert.embeddings.", "bert.encoder."))]
     assert len(encoder) > 10
+    assert all(torch.equal(base[k], trained[k]) for k in encoder), "frozen encoder tensors changed"
+    assert not torch.equal(base["classifier.weight"], trained["classifier.weight"]), "the head did not train"
+
+
+def test_weight_average_tracks_the_trainable_weights_and_gives_the_model_back():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    model[0].requires_grad_(False)  # frozen: not averaged
+    average = WeightAverage(model, decay=0.5)
+    start = model[1].weight.detach().clone()
+    with torch.no_grad():
+        model[1].weight.add_(1.0)
+    average.update()  # ramped decay min(0.5, 2/11): the average moves 9/11 of the way
+    expected = start + 9 / 11
+    assert torch.allclose(average.average[0], expected)
+    with average.applied():
+        assert torch.allclose(model[1].weight, expected)
+    assert torch.allclose(model[1].weight, start + 1.0), "the model's own weights come back"
+    assert len(average.params) == 2  # the trainable Linear's weight and bias only
+
+
+def test_frozen_training_with_weight_average_keeps_the_encoder_bit_identical(
+    store_root, tiny_classifier_dir, reviews_csv
+):
+    options = _options("frozen", epochs=4, ema_decay=0.9)
+    manifest = train_job(
+        store_root, "toy", str(tiny_classifier_dir), reviews_csv, Columns(), options, progress=False
+    )
+    assert manifest.training["hyperparameters"]["ema_decay"] == 0.9
+    base = load_file(tiny_classifier_dir / "model.safetensors")
+    folder = Path(ModelStore(store_root).version_dir("toy", manifest.version))
+    trained = load_file(folder / "model.safetensors")
+    encoder = [k for k in base if k.startswith(("bert.embeddings.", "bert.encoder."))]
     assert all(torch.equal(base[k], trained[k]) for k in encoder), "frozen encoder tensors changed"
     assert not torch.equal(base["classifier.weight"], trained["classifier.weight"]), "the head did not train"
 
