@@ -1,4 +1,5 @@
-"""Compare fine-tuning recipes by stratified k-fold cross-validation on drugsComTrain (never the test file).
+"""Compare fine-tuning recipes by stratified k-fold cross-validation on one labelled set (by default
+drugsComTrain; never the test file).
 
 The bootstrap's validation split has 90 reviews (8 neutral): one review moves macro-F1 by points, too coarse
 to rank recipes. Here every recipe runs the bootstrap's procedure inside each fold — train, checkpoint chosen
@@ -8,7 +9,8 @@ pooled, so each recipe is scored on all 600 reviews, fold by fold against the sa
     .venv/bin/python scripts/compare_recipes.py --recipe base='{}' --recipe ema='{"ema_decay": 0.98}'
 
 A recipe is a JSON object of ClassifyOptions fields over the bootstrap's fine-tune defaults. ~3.5 min per
-fold and recipe on 2 cores with native bf16. Writes the numbers to --output.
+fold and recipe on 2 cores with native bf16. Writes the numbers to --output. `--base` and `--data` (with
+`--text-column` / `--label-column`) compare recipes for another model or data set.
 """
 
 from __future__ import annotations
@@ -47,32 +49,21 @@ def stratified_folds(examples: Examples, folds: int, seed: int) -> list[list[int
     return [sorted(part) for part in parts]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--recipe", action="append", required=True, help="NAME=JSON options (repeat)")
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=SPLIT_SEED)
-    parser.add_argument("--output", type=Path, default=Path("recipes.json"))
-    args = parser.parse_args()
-
-    recipes = {name: json.loads(text) for name, text in (item.split("=", 1) for item in args.recipe)}
-    encoder = assets.fetch(assets.ENCODER)
-    reviews = assets.fetch(assets.REVIEWS)
-    examples = load_examples(reviews / "drugsComTrain.tsv", "review", "rating")
+def compare(base: Path, examples: Examples, recipes: dict[str, dict], folds: int, seed: int, output: Path):
+    """Cross-validate every recipe on the same folds; the report is rewritten to `output` after each."""
     labels = sorted({label for row in examples.labels for label in row})
-    folds = stratified_folds(examples, args.folds, args.seed)
-    base = BUDGETS["full"].fine_tune
-    report: dict = {"folds": args.folds, "rows": len(examples), "recipes": {}}
+    parts = stratified_folds(examples, folds, seed)
+    report: dict = {"folds": folds, "rows": len(examples), "recipes": {}}
     for name, overrides in recipes.items():
-        options = replace(base, **overrides)
+        options = replace(BUDGETS["full"].fine_tune, **overrides)
         truth, predicted, per_fold = [], [], []
-        for number, held_out in enumerate(folds, start=1):
+        for number, held_out in enumerate(parts, start=1):
             held = set(held_out)
             rest = examples.subset([i for i in range(len(examples)) if i not in held])
-            train, validation = stratified_split(rest, VALIDATION_FRACTION, args.seed)
+            train, validation = stratified_split(rest, VALIDATION_FRACTION, seed)
             started = time.monotonic()
             trainer = ClassifierTrainer(
-                encoder, train, validation, options, test=examples.subset(held_out), labels=labels
+                base, train, validation, options, test=examples.subset(held_out), labels=labels
             )
             result = trainer.run(progress=False)
             y_true, y_pred = result.predictions["test"]
@@ -81,15 +72,35 @@ def main() -> None:
             fold = {key: result.test_metrics[key] for key in ("accuracy", "macro_f1")}
             per_fold.append(fold)
             print(
-                f"[recipes] {name} fold {number}/{args.folds}: held-out accuracy {fold['accuracy']:.3f} "
+                f"[recipes] {name} fold {number}/{folds}: held-out accuracy {fold['accuracy']:.3f} "
                 f"macro-F1 {fold['macro_f1']:.3f} ({time.monotonic() - started:.0f} s)",
                 flush=True,
             )
         pooled = classification_metrics(labels, np.array(truth), np.array(predicted))
         report["recipes"][name] = {"options": overrides, "folds": per_fold, "pooled": pooled}
         print(f"[recipes] {name} pooled: accuracy {pooled['accuracy']:.4f} macro-F1 {pooled['macro_f1']:.4f}")
-        args.output.write_text(json.dumps(report, indent=2))
-    print(f"[recipes] written to {args.output}")
+        output.write_text(json.dumps(report, indent=2))
+    print(f"[recipes] written to {output}")
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipe", action="append", required=True, help="NAME=JSON options (repeat)")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=SPLIT_SEED)
+    parser.add_argument("--output", type=Path, default=Path("recipes.json"))
+    parser.add_argument("--base", type=Path, help="HF folder to fine-tune (default: the bootstrap's MiniLM)")
+    parser.add_argument("--data", type=Path, help="labelled file (default: drugsComTrain)")
+    parser.add_argument("--text-column", default="review")
+    parser.add_argument("--label-column", default="rating")
+    args = parser.parse_args()
+
+    recipes = {name: json.loads(text) for name, text in (item.split("=", 1) for item in args.recipe)}
+    base = args.base or assets.fetch(assets.ENCODER)
+    data = args.data or assets.fetch(assets.REVIEWS) / "drugsComTrain.tsv"
+    examples = load_examples(data, args.text_column, args.label_column)
+    compare(base, examples, recipes, args.folds, args.seed, args.output)
 
 
 if __name__ == "__main__":

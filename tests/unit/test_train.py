@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -161,6 +163,27 @@ def test_frozen_training_with_weight_average_keeps_the_encoder_bit_identical(
     encoder = [k for k in base if k.startswith(("bert.embeddings.", "bert.encoder."))]
     assert all(torch.equal(base[k], trained[k]) for k in encoder), "frozen encoder tensors changed"
     assert not torch.equal(base["classifier.weight"], trained["classifier.weight"]), "the head did not train"
+
+
+def test_compare_recipes_scores_every_row_once_per_recipe(tiny_classifier_dir, tmp_path):
+    data = _write(tmp_path / "labelled.csv", _rows(30))
+    tiny = {"epochs": 1, "batch_size": 8, "max_length": 32, "bf16": False, "threads": 1}
+    output = tmp_path / "recipes.json"
+    command = [sys.executable, str(Path(__file__).parents[2] / "scripts" / "compare_recipes.py")]
+    command += ["--base", str(tiny_classifier_dir), "--data", str(data), "--text-column", "text"]
+    command += ["--label-column", "label", "--folds", "3", "--output", str(output)]
+    averaged = json.dumps({**tiny, "ema_decay": 0.9})
+    command += ["--recipe", f"plain={json.dumps(tiny)}", "--recipe", f"ema={averaged}"]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads(output.read_text())
+    assert report["rows"] == 30 and set(report["recipes"]) == {"plain", "ema"}
+    for recipe in report["recipes"].values():
+        assert len(recipe["folds"]) == 3
+        pooled = recipe["pooled"]
+        assert pooled["n"] == 30, "the folds partition the data: every row is held out exactly once"
+        assert sum(c["support"] for c in pooled["per_class"].values()) == 30
+    assert "[recipes] plain fold 3/3" in run.stdout
 
 
 def test_pairs_from_tsv_and_seeded_runs_repeat(store_root, tiny_classifier_dir, tmp_path):
