@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
-from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,25 +26,8 @@ import numpy as np
 from service.training import assets
 from service.training.bootstrap import BUDGETS, SPLIT_SEED, VALIDATION_FRACTION
 from service.training.classify import ClassifierTrainer
-from service.training.data import Examples, load_examples, stratified_split
+from service.training.data import Examples, load_examples, stratified_folds, stratified_split
 from service.training.report import classification_metrics
-
-
-def stratified_folds(examples: Examples, folds: int, seed: int) -> list[list[int]]:
-    """Row indices of each fold; every label is spread over the folds round-robin after a seeded shuffle."""
-    groups: dict[str, list[int]] = defaultdict(list)
-    for index, labels in enumerate(examples.labels):
-        groups[labels[0]].append(index)
-    rng = random.Random(seed)
-    parts: list[list[int]] = [[] for _ in range(folds)]
-    position = 0
-    for key in sorted(groups):
-        members = groups[key]
-        rng.shuffle(members)
-        for index in members:
-            parts[position % folds].append(index)
-            position += 1
-    return [sorted(part) for part in parts]
 
 
 def compare(base: Path, examples: Examples, recipes: dict[str, dict], folds: int, seed: int, output: Path):

@@ -1,4 +1,4 @@
-"""Labelled and plain-text data sets read from CSV, TSV or JSONL, plus the seeded stratified split."""
+"""Labelled and plain-text data sets read from CSV, TSV or JSONL, plus seeded stratified splits and folds."""
 
 from __future__ import annotations
 
@@ -95,16 +95,24 @@ def load_examples(
     return Examples(texts=texts, labels=labels, pairs=pairs if pair_column else None, sources=[str(path)])
 
 
-def stratified_split(examples: Examples, fraction: float, seed: int) -> tuple[Examples, Examples]:
-    """Hold out `fraction` of every label group (by first label) so rare classes appear in both parts."""
+def _shuffled_label_groups(examples: Examples, seed: int) -> list[list[int]]:
+    """Row indices by first label (labels in sorted order), each group shuffled by one seeded rng."""
     groups: dict[str, list[int]] = defaultdict(list)
     for index, label_set in enumerate(examples.labels):
         groups[label_set[0] if label_set else ""].append(index)
     rng = random.Random(seed)
-    held: list[int] = []
+    shuffled = []
     for key in sorted(groups):
         members = groups[key]
         rng.shuffle(members)
+        shuffled.append(members)
+    return shuffled
+
+
+def stratified_split(examples: Examples, fraction: float, seed: int) -> tuple[Examples, Examples]:
+    """Hold out `fraction` of every label group (by first label) so rare classes appear in both parts."""
+    held: list[int] = []
+    for members in _shuffled_label_groups(examples, seed):
         take = round(len(members) * fraction)
         if len(members) > 1:
             take = min(max(take, 1), len(members) - 1)
@@ -112,6 +120,17 @@ def stratified_split(examples: Examples, fraction: float, seed: int) -> tuple[Ex
     held_set = set(held)
     kept = [i for i in range(len(examples)) if i not in held_set]
     return examples.subset(kept), examples.subset(sorted(held))
+
+
+def stratified_folds(examples: Examples, folds: int, seed: int) -> list[list[int]]:
+    """Row indices of each of `folds` parts; every label group is dealt over them round-robin."""
+    parts: list[list[int]] = [[] for _ in range(folds)]
+    position = 0
+    for members in _shuffled_label_groups(examples, seed):
+        for index in members:
+            parts[position % folds].append(index)
+            position += 1
+    return [sorted(part) for part in parts]
 
 
 def read_corpus(path: Path, min_chars: int = 20) -> list[str]:
