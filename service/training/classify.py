@@ -16,6 +16,7 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, BertForSequenceClassification
 from transformers.utils import logging as hf_logging
@@ -52,11 +53,13 @@ class ClassifyOptions:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
-    patience: int = 6  # evaluations without a better eval macro-F1 before stopping
+    patience: int = 6  # evaluations without a better eval score (select_on) before stopping
+    select_on: Literal["macro_f1", "loss"] = "macro_f1"  # the eval score that picks the kept checkpoint
     evals_per_epoch: int = 2
     class_weight: Literal["none", "sqrt", "balanced"] = "sqrt"
     ema_decay: float = 0.0  # evaluate and keep a moving average of the weights with this decay (0: off)
     threshold: float = 0.5  # multi-label decision threshold on sigmoid scores
+    ordinal: list[str] | None = None  # labels low to high: one score direction, adjacent-category logits
     seed: int = 42
     bf16: bool = True
     threads: int = 0
@@ -171,6 +174,35 @@ def _param_groups(model: BertForSequenceClassification, options: ClassifyOptions
     return [{"params": params, "lr": lr} for lr, params in groups.items()]
 
 
+class OrdinalRows(nn.Module):
+    """Classifier weight rows 0, u, 2u, ... for ordered labels (negative < neutral < positive): every pair of
+    neighbours differs by the same direction u, the adjacent-category logit model. The middle label is then
+    learned from all the data (it is the stretch between its neighbours on one sentiment axis) instead of
+    from its own few examples. Removed after training: the saved head is a plain classifier."""
+
+    def __init__(self, count: int):
+        super().__init__()
+        self.count = count
+
+    def forward(self, direction: torch.Tensor) -> torch.Tensor:
+        steps = torch.arange(self.count, dtype=direction.dtype, device=direction.device)
+        return steps[:, None] * direction
+
+    def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight[1:2] - weight[0:1]
+
+
+def ordered_labels(order: list[str], found: list[str], multi_label: bool) -> list[str]:
+    """`--ordinal` fixes the label order; it must name exactly the labels the data has."""
+    if multi_label:
+        raise ValueError("--ordinal needs single-label data: ordered labels exclude each other")
+    if len(set(order)) != len(order) or len(order) < 2:
+        raise ValueError(f"--ordinal needs two or more distinct labels, got {order}")
+    if missing := sorted(set(found) - set(order)):
+        raise ValueError(f"--ordinal {','.join(order)} does not place the labels {missing}")
+    return list(order)
+
+
 class _Head(nn.Module):
     """BertForSequenceClassification after the encoder: pooler (reads token 0 only), dropout, classifier.
     Frozen training caches token 0's hidden state once and trains only this, exactly as served."""
@@ -200,11 +232,17 @@ class ClassifierTrainer:
         self.options = options.resolved()
         self.multi_label = multi_label
         self.labels = labels or label_names(train, evaluation)
+        if self.options.ordinal:
+            self.labels = ordered_labels(self.options.ordinal, self.labels, multi_label)
         use_threads(self.options.threads)
         seed_everything(self.options.seed)
         self.tokenizer = AutoTokenizer.from_pretrained(base)
         self.pad_id = self.tokenizer.pad_token_id or 0
         self.model = load_base(base, self.labels, multi_label)
+        if self.options.ordinal:
+            parametrize.register_parametrization(
+                self.model.classifier, "weight", OrdinalRows(len(self.labels))
+            )
         self.frozen = self.options.encoder == "frozen"
 
         def encode(split: Examples) -> _Encoded:
@@ -321,14 +359,16 @@ class ClassifierTrainer:
                     with average.applied() if average is not None else contextlib.nullcontext():
                         logits = self._logits(self.eval, options.bf16, features["eval"])
                         metrics = self._metrics(self.eval, logits)
-                        improved = best is None or metrics["macro_f1"] > best[0]
+                        eval_loss = float(self.loss_fn(logits, self.eval.targets))
+                        score = -eval_loss if options.select_on == "loss" else metrics["macro_f1"]
+                        improved = best is None or score > best[0]
                         if improved:
                             state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-                            best = (metrics["macro_f1"], state, step, epoch + 1)
+                            best = (score, state, step, epoch + 1)
                     stale = 0 if improved else stale + 1
                     history["eval_step"].append(step)
                     history["eval_macro_f1"].append(metrics["macro_f1"])
-                    history["eval_loss"].append(round(float(self.loss_fn(logits, self.eval.targets)), 4))
+                    history["eval_loss"].append(round(eval_loss, 4))
                     bar.set_postfix(
                         loss=f"{history['loss'][-1]:.3f}", epoch=epoch + 1, eval_f1=metrics["macro_f1"]
                     )
@@ -338,6 +378,8 @@ class ClassifierTrainer:
             bar.close()
         assert best is not None, "no evaluation ran: is the training set empty?"
         self.model.load_state_dict(best[1])
+        if parametrize.is_parametrized(self.model.classifier):
+            parametrize.remove_parametrizations(self.model.classifier, "weight", leave_parametrized=True)
         self.model.eval()
         # Reported numbers come from fp32, as the fp32 backend serves them.
         eval_logits = self._logits(self.eval, False, features["eval"])

@@ -25,6 +25,11 @@ class ClassWeight(StrEnum):
     balanced = "balanced"
 
 
+class SelectOn(StrEnum):
+    macro_f1 = "macro_f1"
+    loss = "loss"
+
+
 class BudgetName(StrEnum):
     full = "full"
     quick = "quick"
@@ -40,6 +45,12 @@ BF16 = typer.Option(True, "--bf16/--no-bf16", help="bf16 autocast where the CPU 
 def _interrupted() -> None:
     typer.echo("interrupted: nothing was published", err=True)
     raise typer.Exit(130)
+
+
+def _refused(error: ValueError) -> None:
+    """Bad input (unknown base, missing column, labels that do not fit): one line, not a traceback."""
+    typer.echo(f"error: {error}", err=True)
+    raise typer.Exit(2)
 
 
 def _report(manifest) -> None:
@@ -76,11 +87,15 @@ def train(
     warmup_ratio: float = typer.Option(0.1, help="Share of steps with linear warm-up."),
     weight_decay: float = typer.Option(0.01, help="AdamW weight decay."),
     max_grad_norm: float = typer.Option(1.0, help="Gradient clipping norm."),
-    patience: int = typer.Option(6, help="Evaluations without a better eval macro-F1 before stopping."),
+    patience: int = typer.Option(6, help="Evaluations without a better eval score before stopping."),
+    select_on: SelectOn = typer.Option(SelectOn.macro_f1, help="Eval score that picks the kept checkpoint."),
     evals_per_epoch: int = typer.Option(2, help="Evaluations (and checkpoint choices) per epoch."),
     class_weight: ClassWeight = typer.Option(ClassWeight.sqrt, help="Loss weights against imbalance."),
     ema_decay: float = typer.Option(
         0.0, min=0.0, max=0.9999, help="Keep a moving average of the weights with this decay (0: off)."
+    ),
+    ordinal: str = typer.Option(
+        None, help="Ordered labels, low to high, comma-separated (negative,neutral,positive): one score axis."
     ),
     seed: int = SEED,
     threads: int = THREADS,
@@ -103,9 +118,11 @@ def train(
         warmup_ratio=warmup_ratio,
         max_grad_norm=max_grad_norm,
         patience=patience,
+        select_on=select_on.value,
         evals_per_epoch=evals_per_epoch,
         class_weight=class_weight.value,
         ema_decay=ema_decay,
+        ordinal=[label.strip() for label in ordinal.split(",")] if ordinal else None,
         seed=seed,
         bf16=bf16,
         threads=threads,
@@ -126,6 +143,8 @@ def train(
         )
     except KeyboardInterrupt:
         _interrupted()
+    except ValueError as error:
+        _refused(error)
     _report(manifest)
 
 
@@ -190,6 +209,8 @@ def pretrain(
         )
     except KeyboardInterrupt:
         _interrupted()
+    except ValueError as error:
+        _refused(error)
     _report(manifest)
 
 

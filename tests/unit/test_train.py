@@ -133,6 +133,66 @@ def test_frozen_encoder_is_bit_identical_and_head_trains(store_root, tiny_classi
     assert not torch.equal(base["classifier.weight"], trained["classifier.weight"]), "the head did not train"
 
 
+@pytest.mark.parametrize("encoder", ["fine-tune", "frozen"])
+def test_ordinal_head_is_one_score_axis_saved_as_a_plain_classifier(
+    store_root, tiny_classifier_dir, reviews_csv, encoder
+):
+    order = ["positive", "neutral", "negative"]  # not the alphabetical order: the given one must win
+    manifest = train_job(
+        store_root,
+        "toy",
+        str(tiny_classifier_dir),
+        reviews_csv,
+        Columns(),
+        _options(encoder, ordinal=order),
+        progress=False,
+    )
+    assert manifest.labels == order and manifest.training["hyperparameters"]["ordinal"] == order
+    folder = Path(ModelStore(store_root).version_dir("toy", manifest.version))
+    saved = load_file(folder / "model.safetensors")
+    assert not [k for k in saved if "parametrizations" in k]
+    rows = saved["classifier.weight"]
+    assert torch.equal(rows[0], torch.zeros_like(rows[0])) and torch.equal(rows[2], 2 * rows[1])
+    assert rows[1].abs().sum() > 0, "the score direction did not train"
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    assert [model.config.id2label[i] for i in range(3)] == order
+    assert _logits(folder, "the pill helped").shape == (1, 3)
+
+
+@pytest.mark.parametrize("select_on", ["macro_f1", "loss"])
+def test_the_kept_checkpoint_is_the_best_eval_score(tiny_classifier_dir, reviews_csv, select_on):
+    from service.training.classify import ClassifierTrainer
+
+    train, evaluation = stratified_split(load_examples(reviews_csv, "text", "label"), 0.25, 0)
+    options = _options("fine-tune", epochs=4, evals_per_epoch=3, patience=99, select_on=select_on)
+    result = ClassifierTrainer(tiny_classifier_dir, train, evaluation, options).run(progress=False)
+    history = result.history
+    scores = history["eval_macro_f1"] if select_on == "macro_f1" else [-x for x in history["eval_loss"]]
+    assert len(scores) == 12
+    assert result.summary["best_step"] == history["eval_step"][scores.index(max(scores))]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--ordinal", "negative,positive"], "does not place the labels ['neutral']"),
+        (["--ordinal", "negative,neutral,positive", "--multi-label"], "needs single-label data"),
+        (["--ordinal", "negative,negative"], "distinct labels"),
+        (["--label-column", "stars"], "no column 'stars'"),
+    ],
+)
+def test_cli_refuses_bad_input_in_one_line(
+    store_root, tiny_classifier_dir, reviews_csv, extra, message
+):
+    from service.cli import app
+
+    args = ["train", str(reviews_csv), "--name", "cli", "--base", str(tiny_classifier_dir)]
+    result = CliRunner().invoke(app, [*args, "--store", str(store_root), "--no-progress", *extra])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert "cli" not in ModelStore(store_root).models()
+
+
 def test_weight_average_tracks_the_trainable_weights_and_gives_the_model_back():
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
     model[0].requires_grad_(False)  # frozen: not averaged
@@ -165,13 +225,13 @@ def test_frozen_training_with_weight_average_keeps_the_encoder_bit_identical(
     assert not torch.equal(base["classifier.weight"], trained["classifier.weight"]), "the head did not train"
 
 
-def test_compare_recipes_scores_every_row_once_per_recipe(tiny_classifier_dir, tmp_path):
+def test_compare_recipes_scores_every_row_once_per_recipe_and_seed(tiny_classifier_dir, tmp_path):
     data = _write(tmp_path / "labelled.csv", _rows(30))
     tiny = {"epochs": 1, "batch_size": 8, "max_length": 32, "bf16": False, "threads": 1}
     output = tmp_path / "recipes.json"
     command = [sys.executable, str(Path(__file__).parents[2] / "scripts" / "compare_recipes.py")]
     command += ["--base", str(tiny_classifier_dir), "--data", str(data), "--text-column", "text"]
-    command += ["--label-column", "label", "--folds", "3", "--output", str(output)]
+    command += ["--label-column", "label", "--folds", "3", "--train-seeds", "1,2", "--output", str(output)]
     averaged = json.dumps({**tiny, "ema_decay": 0.9})
     command += ["--recipe", f"plain={json.dumps(tiny)}", "--recipe", f"ema={averaged}"]
     run = subprocess.run(command, capture_output=True, text=True, timeout=600)
@@ -179,11 +239,17 @@ def test_compare_recipes_scores_every_row_once_per_recipe(tiny_classifier_dir, t
     report = json.loads(output.read_text())
     assert report["rows"] == 30 and set(report["recipes"]) == {"plain", "ema"}
     for recipe in report["recipes"].values():
-        assert len(recipe["folds"]) == 3
-        pooled = recipe["pooled"]
-        assert pooled["n"] == 30, "the folds partition the data: every row is held out exactly once"
-        assert sum(c["support"] for c in pooled["per_class"].values()) == 30
-    assert "[recipes] plain fold 3/3" in run.stdout
+        assert [run["seed"] for run in recipe["runs"]] == [1, 2]
+        for one in recipe["runs"]:
+            assert len(one["folds"]) == 3
+            pooled = one["pooled"]
+            assert pooled["n"] == 30, "the folds partition the data: every row is held out exactly once"
+            assert sum(c["support"] for c in pooled["per_class"].values()) == 30
+        accuracies = [one["pooled"]["accuracy"] for one in recipe["runs"]]
+        summary = recipe["summary"]["accuracy"]
+        assert summary["min"] == min(accuracies) and summary["max"] == max(accuracies)
+        assert summary["mean"] == pytest.approx(sum(accuracies) / 2, abs=1e-4)
+    assert "[recipes] plain seed 2 fold 3/3" in run.stdout
 
 
 def test_pairs_from_tsv_and_seeded_runs_repeat(store_root, tiny_classifier_dir, tmp_path):
