@@ -67,6 +67,12 @@ def reviews_csv(tmp_path) -> Path:
     return _write(tmp_path / "reviews.csv", _rows())
 
 
+def _train_toy(store_root: Path, base: Path, data: Path, options: ClassifyOptions, **job) -> tuple:
+    """Train and publish `toy` from `base`; returns the manifest and the published version folder."""
+    manifest = train_job(store_root, "toy", str(base), data, Columns(), options, progress=False, **job)
+    return manifest, Path(ModelStore(store_root).version_dir("toy", manifest.version))
+
+
 def _logits(folder: Path, text: str, pair: str | None = None) -> torch.Tensor:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
@@ -78,19 +84,10 @@ def test_fine_tune_publishes_a_version_that_loads_and_reports(
     store_root, tiny_classifier_dir, reviews_csv, tmp_path
 ):
     test_file = _write(tmp_path / "test.csv", _rows(12, seed=5))
-    manifest = train_job(
-        store_root,
-        "toy",
-        str(tiny_classifier_dir),
-        reviews_csv,
-        Columns(),
-        _options("fine-tune"),
-        test_file=test_file,
-        progress=False,
+    manifest, folder = _train_toy(
+        store_root, tiny_classifier_dir, reviews_csv, _options("fine-tune"), test_file=test_file
     )
-    store = ModelStore(store_root)
-    folder = Path(store.version_dir("toy", manifest.version))
-    saved = store.read_manifest("toy", manifest.version)
+    saved = ModelStore(store_root).read_manifest("toy", manifest.version)
     assert saved.task == "classification" and saved.problem_type == "single_label"
     assert saved.labels == ["negative", "neutral", "positive"]
     assert saved.encoder == "fine-tuned" and saved.max_length == 32
@@ -113,20 +110,10 @@ def test_fine_tune_publishes_a_version_that_loads_and_reports(
 
 
 def test_frozen_encoder_is_bit_identical_and_head_trains(store_root, tiny_classifier_dir, reviews_csv):
-    manifest = train_job(
-        store_root,
-        "toy",
-        str(tiny_classifier_dir),
-        reviews_csv,
-        Columns(),
-        _options("frozen", epochs=5),
-        progress=False,
-    )
+    manifest, folder = _train_toy(store_root, tiny_classifier_dir, reviews_csv, _options("frozen", epochs=5))
     assert manifest.encoder == "frozen"
     base = load_file(tiny_classifier_dir / "model.safetensors")
-    trained = load_file(
-        Path(ModelStore(store_root).version_dir("toy", manifest.version)) / "model.safetensors"
-    )
+    trained = load_file(folder / "model.safetensors")
     encoder = [k for k in base if k.startswith(("bert.embeddings.", "bert.encoder."))]
     assert len(encoder) > 10
     assert all(torch.equal(base[k], trained[k]) for k in encoder), "frozen encoder tensors changed"
@@ -138,17 +125,10 @@ def test_ordinal_head_is_one_score_axis_saved_as_a_plain_classifier(
     store_root, tiny_classifier_dir, reviews_csv, encoder
 ):
     order = ["positive", "neutral", "negative"]  # not the alphabetical order: the given one must win
-    manifest = train_job(
-        store_root,
-        "toy",
-        str(tiny_classifier_dir),
-        reviews_csv,
-        Columns(),
-        _options(encoder, ordinal=order),
-        progress=False,
+    manifest, folder = _train_toy(
+        store_root, tiny_classifier_dir, reviews_csv, _options(encoder, ordinal=order)
     )
     assert manifest.labels == order and manifest.training["hyperparameters"]["ordinal"] == order
-    folder = Path(ModelStore(store_root).version_dir("toy", manifest.version))
     saved = load_file(folder / "model.safetensors")
     assert not [k for k in saved if "parametrizations" in k]
     rows = saved["classifier.weight"]
@@ -181,9 +161,7 @@ def test_the_kept_checkpoint_is_the_best_eval_score(tiny_classifier_dir, reviews
         (["--label-column", "stars"], "no column 'stars'"),
     ],
 )
-def test_cli_refuses_bad_input_in_one_line(
-    store_root, tiny_classifier_dir, reviews_csv, extra, message
-):
+def test_cli_refuses_bad_input_in_one_line(store_root, tiny_classifier_dir, reviews_csv, extra, message):
     from service.cli import app
 
     args = ["train", str(reviews_csv), "--name", "cli", "--base", str(tiny_classifier_dir)]
