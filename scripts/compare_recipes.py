@@ -56,10 +56,12 @@ def cross_validate(
         truth.extend(y_true.tolist())
         predicted.extend(y_pred.tolist())
         fold = {key: result.test_metrics[key] for key in ("accuracy", "macro_f1")}
+        fold |= {key: result.summary[key] for key in ("best_epoch", "epochs_run")}
         per_fold.append(fold)
         print(
             f"[recipes] {name} seed {options.seed} fold {number}/{len(parts)}: held-out accuracy "
-            f"{fold['accuracy']:.3f} macro-F1 {fold['macro_f1']:.3f} ({time.monotonic() - started:.0f} s)",
+            f"{fold['accuracy']:.3f} macro-F1 {fold['macro_f1']:.3f}, best epoch {fold['best_epoch']} of "
+            f"{fold['epochs_run']} run ({time.monotonic() - started:.0f} s)",
             flush=True,
         )
     pooled = classification_metrics(labels, np.array(truth), np.array(predicted))

@@ -53,7 +53,10 @@ class ClassifyOptions:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
-    patience: int = 6  # evaluations without a better eval score (select_on) before stopping
+    # Evaluations without a better eval score (select_on) before stopping; 0: off. None: 6 frozen (40 cheap
+    # epochs), off for fine-tuning: with 510 reviews a noisy early peak stopped 3 of 10 cross-validated runs
+    # at epoch 4-5 (held-out accuracy 0.56-0.64); run to the end they kept a later, better checkpoint.
+    patience: int | None = None
     select_on: Literal["macro_f1", "loss"] = "macro_f1"  # the eval score that picks the kept checkpoint
     evals_per_epoch: int = 2
     class_weight: Literal["none", "sqrt", "balanced"] = "sqrt"
@@ -70,6 +73,7 @@ class ClassifyOptions:
         return replace(
             self,
             epochs=self.epochs or (40 if frozen else 8),
+            patience=(6 if frozen else 0) if self.patience is None else self.patience,
             learning_rate=lr,
             head_learning_rate=self.head_learning_rate or (lr if frozen else 10 * lr),
             bf16=self.bf16 and bf16_supported(),
@@ -372,7 +376,7 @@ class ClassifierTrainer:
                     bar.set_postfix(
                         loss=f"{history['loss'][-1]:.3f}", epoch=epoch + 1, eval_f1=metrics["macro_f1"]
                     )
-                if stale >= options.patience:
+                if options.patience and stale >= options.patience:
                     break
         finally:
             bar.close()

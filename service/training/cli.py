@@ -87,7 +87,10 @@ def train(
     warmup_ratio: float = typer.Option(0.1, help="Share of steps with linear warm-up."),
     weight_decay: float = typer.Option(0.01, help="AdamW weight decay."),
     max_grad_norm: float = typer.Option(1.0, help="Gradient clipping norm."),
-    patience: int = typer.Option(6, help="Evaluations without a better eval score before stopping."),
+    patience: int = typer.Option(
+        None,
+        help="Evaluations without a better eval score before stopping (0: off; default frozen 6, tuning 0).",
+    ),
     select_on: SelectOn = typer.Option(SelectOn.macro_f1, help="Eval score that picks the kept checkpoint."),
     evals_per_epoch: int = typer.Option(2, help="Evaluations (and checkpoint choices) per epoch."),
     class_weight: ClassWeight = typer.Option(ClassWeight.sqrt, help="Loss weights against imbalance."),
