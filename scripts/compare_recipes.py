@@ -27,7 +27,7 @@ import numpy as np
 
 from service.training import assets
 from service.training.bootstrap import BUDGETS, SPLIT_SEED, VALIDATION_FRACTION
-from service.training.classify import ClassifierTrainer
+from service.training.classify import ClassifierTrainer, ClassifyOptions
 from service.training.data import Examples, load_examples, stratified_folds, stratified_split
 from service.training.report import classification_metrics
 
@@ -38,7 +38,7 @@ def cross_validate(
     labels: list[str],
     parts: list[list[int]],
     split_seed: int,
-    options,
+    options: ClassifyOptions,
     name: str,
 ) -> dict:
     """One recipe, one training seed: the bootstrap's procedure in every fold, held-out predictions pooled."""

@@ -197,7 +197,7 @@ class OrdinalRows(nn.Module):
 
 
 def ordered_labels(order: list[str], found: list[str], multi_label: bool) -> list[str]:
-    """`--ordinal` fixes the label order; it must name exactly the labels the data has."""
+    """`--ordinal` fixes the label order; it must place every label the data has (it may name more)."""
     if multi_label:
         raise ValueError("--ordinal needs single-label data: ordered labels exclude each other")
     if len(set(order)) != len(order) or len(order) < 2:
