@@ -28,6 +28,7 @@ class ClassWeight(StrEnum):
 class SelectOn(StrEnum):
     macro_f1 = "macro_f1"
     loss = "loss"
+    last = "last"
 
 
 class BudgetName(StrEnum):
@@ -91,7 +92,9 @@ def train(
         None,
         help="Evaluations without a better eval score before stopping (0: off; default frozen 6, tuning 0).",
     ),
-    select_on: SelectOn = typer.Option(SelectOn.macro_f1, help="Eval score that picks the kept checkpoint."),
+    select_on: SelectOn = typer.Option(
+        None, help="What picks the kept checkpoint (default: last when fine-tuning, macro_f1 frozen)."
+    ),
     evals_per_epoch: int = typer.Option(2, help="Evaluations (and checkpoint choices) per epoch."),
     class_weight: ClassWeight = typer.Option(ClassWeight.sqrt, help="Loss weights against imbalance."),
     ema_decay: float = typer.Option(
@@ -121,7 +124,7 @@ def train(
         warmup_ratio=warmup_ratio,
         max_grad_norm=max_grad_norm,
         patience=patience,
-        select_on=select_on.value,
+        select_on=select_on.value if select_on else None,
         evals_per_epoch=evals_per_epoch,
         class_weight=class_weight.value,
         ema_decay=ema_decay,

@@ -139,19 +139,27 @@ def test_ordinal_head_is_one_score_axis_saved_as_a_plain_classifier(
     assert _logits(folder, "the pill helped").shape == (1, 3)
 
 
-@pytest.mark.parametrize("select_on", ["macro_f1", "loss"])
-def test_the_kept_checkpoint_is_the_best_eval_score(tiny_classifier_dir, reviews_csv, select_on):
+@pytest.mark.parametrize("select_on", ["macro_f1", "loss", "last"])
+def test_the_kept_checkpoint_is_the_one_select_on_names(tiny_classifier_dir, reviews_csv, select_on):
     from service.training.classify import ClassifierTrainer
 
     train, evaluation = stratified_split(load_examples(reviews_csv, "text", "label"), 0.25, 0)
     options = _options("fine-tune", epochs=4, evals_per_epoch=3, select_on=select_on)
     result = ClassifierTrainer(tiny_classifier_dir, train, evaluation, options).run(progress=False)
     history = result.history
-    scores = history["eval_macro_f1"] if select_on == "macro_f1" else [-x for x in history["eval_loss"]]
+    scores = {
+        "macro_f1": history["eval_macro_f1"],
+        "loss": [-x for x in history["eval_loss"]],
+        "last": history["eval_step"],
+    }[select_on]
     # macro-F1 stalls from the 3rd evaluation here: fine-tuning runs every epoch all the same by default
     assert len(scores) == 12 and result.summary["epochs_run"] == 4
-    assert (options.resolved().patience, _options("frozen").resolved().patience) == (0, 6)
     assert result.summary["best_step"] == history["eval_step"][scores.index(max(scores))]
+    if select_on == "last":
+        assert result.summary["best_step"] == result.summary["steps"] == history["step"][-1]
+    fine_tune, frozen = _options("fine-tune").resolved(), _options("frozen").resolved()
+    assert (fine_tune.patience, fine_tune.select_on) == (0, "last")
+    assert (frozen.patience, frozen.select_on) == (6, "macro_f1")
 
 
 @pytest.mark.parametrize(
