@@ -2,11 +2,13 @@
 drugsComTrain; never the test file).
 
 The bootstrap's validation split has 90 reviews (8 neutral): one review moves macro-F1 by points, too coarse
-to rank recipes. Here every recipe runs the bootstrap's procedure inside each fold — train, checkpoint chosen
-on an inner validation split, scored on the held-out fold — and the held-out predictions of all folds are
-pooled, so each recipe is scored on all 600 reviews, fold by fold against the same splits.
+to rank recipes. Here every recipe runs the bootstrap's procedure inside each fold — train with an
+inner validation split (where `select_on` may choose the checkpoint), score on the held-out fold — and the
+held-out predictions of all folds are pooled, so each recipe is scored on all 600 reviews, fold by fold
+against the same splits.
 
     .venv/bin/python scripts/compare_recipes.py --recipe base='{}' --recipe ema='{"ema_decay": 0.98}'
+    .venv/bin/python scripts/compare_recipes.py --recipe best='{"select_on": "macro_f1"}' --recipe last='{}'
 
 A recipe is a JSON object of ClassifyOptions fields over the bootstrap's fine-tune defaults. ~3.5 min per
 fold and recipe on 2 cores with native bf16. `--train-seeds 42,43,44` repeats each recipe's cross-validation
@@ -60,7 +62,7 @@ def cross_validate(
         per_fold.append(fold)
         print(
             f"[recipes] {name} seed {options.seed} fold {number}/{len(parts)}: held-out accuracy "
-            f"{fold['accuracy']:.3f} macro-F1 {fold['macro_f1']:.3f}, best epoch {fold['best_epoch']} of "
+            f"{fold['accuracy']:.3f} macro-F1 {fold['macro_f1']:.3f}, kept epoch {fold['best_epoch']} of "
             f"{fold['epochs_run']} run ({time.monotonic() - started:.0f} s)",
             flush=True,
         )

@@ -58,7 +58,7 @@ class ClassifyOptions:
     # at epoch 4-5 (held-out accuracy 0.56-0.64); run to the end they kept a later, better checkpoint.
     patience: int | None = None
     # What picks the kept checkpoint: best eval macro-F1, lowest eval loss, or the last weights. None: the
-    # last when fine-tuning (cross-validated on the drug reviews, the best of 16 scores on a 78-review eval
+    # last when fine-tuning (cross-validated on the drug reviews, the best of 16 scores on a 72-review eval
     # split kept a worse model than the end of the schedule: README), best macro-F1 for frozen heads.
     select_on: Literal["macro_f1", "loss", "last"] | None = None
     evals_per_epoch: int = 2
