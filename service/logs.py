@@ -67,12 +67,25 @@ def configure_logging(settings: Settings) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
+    logging.captureWarnings(True)  # Python warnings as log records too, not bare text lines on stderr
     for name in ("litserve", "uvicorn", "uvicorn.error"):
         library = logging.getLogger(name)
         for old in library.handlers[:]:
             library.removeHandler(old)
         library.propagate = True
     access_logger.setLevel(logging.INFO)
+
+
+def route_transformers_output() -> None:
+    """For inference workers, which load models. The server's processes share one stderr, and transformers
+    writes its own text there: progress bars end in a carriage return, not a newline, so a bar written by one
+    worker glues itself onto the next JSON line another process writes, and log parsers drop that line.
+    Bars off; its log records go through the root handler like everyone else's."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    transformers_logging.disable_default_handler()
+    transformers_logging.enable_propagation()
 
 
 def uvicorn_log_config(settings: Settings) -> dict[str, Any]:

@@ -338,15 +338,20 @@ def run_server(settings: Settings) -> None:
     in_flight = InFlight()
     server = build_server(settings, drain_flag, in_flight)
 
-    original_run = server._start_server
+    original_init_manager, original_run = server._init_manager, server._start_server
     supervisor = WorkerSupervisor(server)
 
+    def init_manager_after_our_logging(*args, **kwargs):
+        # again: LitServe's run() has just given its logger a text handler, and the manager's broker logs
+        logs.configure_logging(settings)
+        return original_init_manager(*args, **kwargs)
+
     def start_with_queues(*args, **kwargs):
-        logs.configure_logging(settings)  # again: LitServe's run() gave its logger a text handler
         server._bertserve_queues.update(server.litapi_request_queues)
         supervisor.start()
         return original_run(*args, **kwargs)
 
+    server._init_manager = init_manager_after_our_logging
     server._start_server = start_with_queues
     signal.signal(
         signal.SIGTERM,

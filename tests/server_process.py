@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -92,3 +93,24 @@ def stop(process: subprocess.Popen, grace: float = 20) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)  # workers too
     process.wait()
+
+
+def log_entries(log: Path) -> list[dict]:
+    """Every line of a JSON-format server log, parsed. A line that is not one JSON log object fails the test:
+    log shippers drop such lines, and with them whatever they said. A last line still without its newline
+    is being written and waits for the next read."""
+    text = log.read_text()
+    lines = text.splitlines()
+    if text and not text.endswith("\n"):
+        lines.pop()
+    entries = []
+    for number, line in enumerate(lines, 1):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            entry = None
+        assert isinstance(entry, dict) and {"time", "level", "logger", "message"} <= entry.keys(), (
+            f"{log.name} line {number} is not a JSON log object: {line[:300]!r}"
+        )
+        entries.append(entry)
+    return entries

@@ -50,10 +50,11 @@ class TaskAPI(ls.LitAPI):
     def setup(self, device: str) -> None:
         import torch
 
-        from service.logs import configure_logging
+        from service.logs import configure_logging, route_transformers_output
         from service.runtime.registry import ModelRegistry
 
         configure_logging(self.settings)  # a spawned process: it inherits no logging set-up
+        route_transformers_output()
         torch.set_num_threads(self.settings.resolved_torch_threads())
         self.registry = ModelRegistry(self.settings, self.task, self.endpoint)
         self.registry.load_initial()

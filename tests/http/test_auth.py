@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import httpx
@@ -10,7 +9,7 @@ import pytest
 
 from service.auth import UNAUTHORIZED_MESSAGE, configured_keys, read_keys_file
 from service.config import Settings
-from tests.server_process import ServerURL, running_server
+from tests.server_process import ServerURL, log_entries, running_server
 
 ENV_KEY = "env-key-3f9c2a71d5"
 FILE_KEY = "file-key-b81e44c0aa"
@@ -33,15 +32,7 @@ def keyed_server(tiny_store, tmp_path_factory) -> ServerURL:
 
 
 def access_lines(base: ServerURL) -> list[dict]:
-    lines = []
-    for line in base.log.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and entry.get("logger") == "bertserve.access":
-            lines.append(entry)
-    return lines
+    return [entry for entry in log_entries(base.log) if entry["logger"] == "bertserve.access"]
 
 
 def access_line(base: ServerURL, request_id: str) -> dict:
@@ -121,6 +112,18 @@ def test_keys_and_texts_never_reach_the_log(keyed_server):
     log = keyed_server.log.read_text()
     for secret in (ENV_KEY, FILE_KEY, WRONG_KEY, "another-key-0000", CLASSIFY["inputs"][0]):
         assert secret not in log
+
+
+def test_every_log_line_is_one_json_object(keyed_server):
+    """The worker loads its models (transformers would draw progress bars) while the HTTP processes log:
+    several processes, one stream, and still one parseable object per line."""
+    auth = {"Authorization": f"Bearer {ENV_KEY}"}
+    answered = httpx.post(f"{keyed_server}/v1/classify", json=CLASSIFY, headers=auth, timeout=30)
+    refused = httpx.post(f"{keyed_server}/v1/classify", json={"inputs": []}, headers=auth, timeout=30)
+    assert (answered.status_code, refused.status_code) == (200, 422)
+    access_line(keyed_server, refused.headers["x-request-id"])
+    entries = log_entries(keyed_server.log)
+    assert len(entries) >= 2 and all(entry["level"] in {"info", "warning", "error"} for entry in entries)
 
 
 def test_request_id_is_echoed_and_logged(keyed_server):

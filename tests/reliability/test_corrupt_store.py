@@ -3,7 +3,6 @@ file) while the rest serve; a publish killed mid-way (SIGKILL, a real process) l
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -18,21 +17,13 @@ import pytest
 from service.store.layout import ModelStore
 from service.store.publish import import_hf_folder, verify_version
 from tests.http.conftest import build_tiny_store
-from tests.server_process import running_server
+from tests.server_process import log_entries, running_server
 
 WEIGHTS = "model.safetensors"
 
 
 def log_errors(log: Path) -> list[str]:
-    messages = []
-    for line in log.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and entry.get("level") == "error":
-            messages.append(entry["message"])
-    return messages
+    return [entry["message"] for entry in log_entries(log) if entry["level"] == "error"]
 
 
 def with_extra_word(model_dir: Path, folder: Path) -> Path:
