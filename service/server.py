@@ -320,7 +320,8 @@ def build_server(settings: Settings, drain_flag: Path, in_flight: InFlight) -> l
 
 
 def _drain_then_stop(server: ls.LitServer, drain_flag: Path, in_flight: InFlight, settings: Settings) -> None:
-    """SIGTERM: fail /health at once (load balancers stop sending), let in-flight requests finish, stop."""
+    """SIGTERM or Ctrl-C: fail /health at once (load balancers stop sending), let in-flight requests finish,
+    stop."""
     drain_flag.touch()
     deadline = time.monotonic() + settings.drain_seconds
     while time.monotonic() < deadline and in_flight.total() > 0:
@@ -353,12 +354,15 @@ def run_server(settings: Settings) -> None:
 
     server._init_manager = init_manager_after_our_logging
     server._start_server = start_with_queues
-    signal.signal(
-        signal.SIGTERM,
-        lambda *_: threading.Thread(
+
+    def drain_in_background(*_) -> None:
+        threading.Thread(
             target=_drain_then_stop, args=(server, drain_flag, in_flight, settings), daemon=True
-        ).start(),
-    )
+        ).start()
+
+    # Ctrl-C drains like an orchestrator's SIGTERM; the forked HTTP processes inherit this handler
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, drain_in_background)
     server.run(
         host=settings.host,
         port=settings.port,

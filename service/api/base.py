@@ -48,6 +48,8 @@ class TaskAPI(ls.LitAPI):
     # ---- worker start-up -------------------------------------------------------------------------
 
     def setup(self, device: str) -> None:
+        import signal
+
         import torch
 
         from service.logs import configure_logging, route_transformers_output
@@ -55,6 +57,9 @@ class TaskAPI(ls.LitAPI):
 
         configure_logging(self.settings)  # a spawned process: it inherits no logging set-up
         route_transformers_output()
+        # A terminal's Ctrl-C reaches every process of the group; the main process drains and stops the
+        # workers, so a worker interrupted on its own would only print a KeyboardInterrupt traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         torch.set_num_threads(self.settings.resolved_torch_threads())
         self.registry = ModelRegistry(self.settings, self.task, self.endpoint)
         self.registry.load_initial()

@@ -1,5 +1,6 @@
 """Faults: an inference worker SIGKILLed mid-batch is replaced and its in-flight requests get 503 at once (not
-a hang); SIGTERM fails readiness first, lets in-flight requests finish with 200, then exits 0."""
+a hang); SIGTERM fails readiness first, lets in-flight requests finish with 200, then exits 0; Ctrl-C stops
+every process of the server with exit code 0 and no traceback."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import asyncio
 import os
 import signal
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.http.conftest import build_tiny_store
 from tests.reliability.conftest import (
     HEAVY,
     LIGHT,
@@ -22,7 +25,7 @@ from tests.reliability.conftest import (
     statuses,
     worker_pids,
 )
-from tests.server_process import running_server
+from tests.server_process import log_entries, running_server
 
 pytestmark = pytest.mark.slow
 
@@ -142,6 +145,36 @@ def test_sigterm_fails_readiness_finishes_in_flight_requests_then_exits_zero(tmp
         assert first <= 2, f"{name}: 503 only after {first} checks (~{first * 0.05:.2f} s): {seen}"
         assert set(seen[first:]) == {503}, f"{name}: once the drain starts it stays 503: {seen}"
     assert code == 0
+
+
+def live_group_members(group: int) -> list[str]:
+    """Processes of a process group that are still running (a zombie waiting for its reaper is done)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except OSError:
+            continue  # it exited while we looked
+        if int(pgrp) == group and state != "Z":
+            members.append(stat.parent.name)
+    return members
+
+
+def test_ctrl_c_stops_every_process_quietly(tmp_path):
+    """A terminal's Ctrl-C sends SIGINT to the whole process group: main, HTTP processes, inference workers of
+    both endpoints, queue manager. The main process drains and stops; nobody prints a KeyboardInterrupt
+    traceback, which would also break the one-JSON-object-per-line log."""
+    store = build_tiny_store(tmp_path / "model_store", tmp_path / "hf")
+    with running_server(store.root, "--log-level", "info") as base:
+        assert httpx.post(f"{base}/v1/fill-mask", json={"inputs": "a [MASK]"}, timeout=30).status_code == 200
+        group = os.getpgid(base.process.pid)
+        assert len(live_group_members(group)) >= 5, "main, 2 HTTP processes, 2 workers, manager"
+        os.killpg(group, signal.SIGINT)
+        code = base.process.wait(timeout=60)
+        wait_for(lambda: not live_group_members(group), 30, "every process of the server to exit")
+    assert code == 0
+    messages = [entry["message"] for entry in log_entries(base.log)]
+    assert any(message.startswith("drained") for message in messages), messages[-10:]
 
 
 def test_a_worker_that_cannot_come_back_makes_the_server_exit_non_zero(tmp_path, classifier_dirs):
