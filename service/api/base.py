@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -48,8 +49,6 @@ class TaskAPI(ls.LitAPI):
     # ---- worker start-up -------------------------------------------------------------------------
 
     def setup(self, device: str) -> None:
-        import signal
-
         import torch
 
         from service.logs import configure_logging, route_transformers_output
