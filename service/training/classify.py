@@ -63,6 +63,10 @@ class ClassifyOptions:
     select_on: Literal["macro_f1", "loss", "last"] | None = None
     evals_per_epoch: int = 2
     class_weight: Literal["none", "sqrt", "balanced"] = "sqrt"
+    label_smoothing: float = 0.0  # single-label targets spread this share evenly over all labels
+    train_embeddings: bool = (
+        True  # fine-tuning moves the word embeddings too (off: bit-identical to the base's)
+    )
     ema_decay: float = 0.0  # evaluate and keep a moving average of the weights with this decay (0: off)
     threshold: float = 0.5  # multi-label decision threshold on sigmoid scores
     ordinal: list[str] | None = None  # labels low to high: one score direction, adjacent-category logits
@@ -261,7 +265,11 @@ class ClassifierTrainer:
         self.sizes = {"train": len(train), "eval": len(evaluation), "test": len(test) if test else 0}
         weights = _class_weights(self.train.targets, len(self.labels), self.options.class_weight)
         self.loss_fn: nn.Module = (
-            nn.BCEWithLogitsLoss() if multi_label else nn.CrossEntropyLoss(weight=weights, ignore_index=-100)
+            nn.BCEWithLogitsLoss()
+            if multi_label
+            else nn.CrossEntropyLoss(
+                weight=weights, ignore_index=-100, label_smoothing=self.options.label_smoothing
+            )
         )
         self.class_weights = None if weights is None else [round(float(w), 4) for w in weights]
 
@@ -313,6 +321,8 @@ class ClassifierTrainer:
                 name: self._first_token(split) if split is not None else None
                 for name, split in (("train", self.train), ("eval", self.eval), ("test", self.test))
             }
+        else:
+            self.model.bert.embeddings.word_embeddings.weight.requires_grad = options.train_embeddings
         batch_size = options.batch_size
         steps_per_epoch = math.ceil(len(self.train.ids) / batch_size)
         total = steps_per_epoch * options.epochs
@@ -372,7 +382,8 @@ class ClassifierTrainer:
                             options.select_on
                         ]
                         improved = best is None or score > best[0]
-                        if improved:
+                        # `last` keeps only the final weights: no copy at the evaluations before them
+                        if improved and (options.select_on != "last" or step == total):
                             state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
                             best = (score, state, step, epoch + 1)
                     stale = 0 if improved else stale + 1

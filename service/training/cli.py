@@ -41,6 +41,11 @@ SEED = typer.Option(42, help="Seed for the split, initialisation, data order, ma
 THREADS = typer.Option(0, help="Torch threads (0: every core this process may use).")
 PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
 BF16 = typer.Option(True, "--bf16/--no-bf16", help="bf16 autocast where the CPU supports it.")
+TRAIN_EMBEDDINGS = typer.Option(
+    True,
+    "--train-embeddings/--freeze-embeddings",
+    help="Train the word embeddings (in a masked LM they are also the tied decoder).",
+)
 
 
 def _interrupted() -> None:
@@ -97,6 +102,10 @@ def train(
     ),
     evals_per_epoch: int = typer.Option(2, help="Evaluations (and checkpoint choices) per epoch."),
     class_weight: ClassWeight = typer.Option(ClassWeight.sqrt, help="Loss weights against imbalance."),
+    label_smoothing: float = typer.Option(
+        0.0, min=0.0, max=0.99, help="Share of each target spread evenly over all labels (single-label)."
+    ),
+    train_embeddings: bool = TRAIN_EMBEDDINGS,
     ema_decay: float = typer.Option(
         0.0, min=0.0, max=0.9999, help="Keep a moving average of the weights with this decay (0: off)."
     ),
@@ -127,6 +136,8 @@ def train(
         select_on=select_on.value if select_on else None,
         evals_per_epoch=evals_per_epoch,
         class_weight=class_weight.value,
+        label_smoothing=label_smoothing,
+        train_embeddings=train_embeddings,
         ema_decay=ema_decay,
         ordinal=[label.strip() for label in ordinal.split(",")] if ordinal else None,
         seed=seed,
@@ -168,9 +179,7 @@ def pretrain(
     learning_rate: float = typer.Option(2e-4, help="Encoder learning rate."),
     head_learning_rate: float = typer.Option(None, help="MLM head learning rate (default 5x)."),
     train_layers: int = typer.Option(-1, help="Top encoder layers to train (-1: all, 0: head only)."),
-    train_embeddings: bool = typer.Option(
-        True, "--train-embeddings/--freeze-embeddings", help="Train the word embeddings (= tied decoder)."
-    ),
+    train_embeddings: bool = TRAIN_EMBEDDINGS,
     mask_probability: float = typer.Option(0.15, help="Share of tokens to predict (80/10/10)."),
     heldout_fraction: float = typer.Option(0.05, help="Share of passages held out for top-1/top-5."),
     eval_every: int = typer.Option(100, help="Held-out evaluation every N steps (0: only at the end)."),

@@ -386,3 +386,26 @@ def test_cli_train(store_root, tiny_classifier_dir, reviews_csv):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "published cli@" in result.output and "macro_f1=" in result.output
+
+
+def test_cli_fine_tune_with_frozen_word_embeddings_and_label_smoothing(
+    store_root, tiny_classifier_dir, reviews_csv
+):
+    """--freeze-embeddings keeps the word embeddings bit-identical while the layers above them train;
+    both options reach the manifest."""
+    from service.cli import app
+
+    args = ["train", str(reviews_csv), "--name", "cli", "--base", str(tiny_classifier_dir)]
+    args += ["--store", str(store_root), "--epochs", "2", "--max-length", "32", "--no-bf16"]
+    args += ["--freeze-embeddings", "--label-smoothing", "0.1", "--no-progress"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    store = ModelStore(store_root)
+    hyperparameters = store.read_manifest("cli", 1).training["hyperparameters"]
+    assert hyperparameters["train_embeddings"] is False and hyperparameters["label_smoothing"] == 0.1
+    base = load_file(tiny_classifier_dir / "model.safetensors")
+    trained = load_file(Path(store.version_dir("cli", 1)) / "model.safetensors")
+    words = "bert.embeddings.word_embeddings.weight"
+    assert torch.equal(base[words], trained[words]), "frozen word embeddings changed"
+    layers = [k for k in base if k.startswith("bert.encoder.") and k.endswith("weight")]
+    assert any(not torch.equal(base[k], trained[k]) for k in layers), "the encoder did not train"
