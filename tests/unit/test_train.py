@@ -220,16 +220,20 @@ def test_compare_recipes_scores_every_row_once_per_recipe_and_seed(tiny_classifi
     command = [sys.executable, str(Path(__file__).parents[2] / "scripts" / "compare_recipes.py")]
     command += ["--base", str(tiny_classifier_dir), "--data", str(data), "--text-column", "text"]
     command += ["--label-column", "label", "--folds", "3", "--train-seeds", "1,2", "--output", str(output)]
+    command += ["--train-fraction", "0.5"]
     averaged = json.dumps({**tiny, "ema_decay": 0.9})
     command += ["--recipe", f"plain={json.dumps(tiny)}", "--recipe", f"ema={averaged}"]
     run = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     report = json.loads(output.read_text())
     assert report["rows"] == 30 and set(report["recipes"]) == {"plain", "ema"}
+    assert report["train_fraction"] == 0.5
     for recipe in report["recipes"].values():
         assert [run["seed"] for run in recipe["runs"]] == [1, 2]
         for one in recipe["runs"]:
             assert len(one["folds"]) == 3
+            # 20 rows outside each fold, 3 to inner validation; of the 17 left, each class's half (rounded)
+            assert [fold["trained_on"] for fold in one["folds"]] == [8, 8, 8]
             pooled = one["pooled"]
             assert pooled["n"] == 30, "the folds partition the data: every row is held out exactly once"
             assert sum(c["support"] for c in pooled["per_class"].values()) == 30
