@@ -355,12 +355,16 @@ def run_server(settings: Settings) -> None:
     server._init_manager = init_manager_after_our_logging
     server._start_server = start_with_queues
 
+    main_process = os.getpid()
+
     def drain_in_background(*_) -> None:
+        if os.getpid() != main_process:
+            return  # a forked HTTP process: uvicorn stopped it and re-raised the signal; main drains, once
         threading.Thread(
             target=_drain_then_stop, args=(server, drain_flag, in_flight, settings), daemon=True
         ).start()
 
-    # Ctrl-C drains like an orchestrator's SIGTERM; the forked HTTP processes inherit this handler
+    # Ctrl-C drains like an orchestrator's SIGTERM; forked HTTP processes inherit the handler as a no-op
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, drain_in_background)
     server.run(
