@@ -8,12 +8,14 @@ inference workers batch, run the model and send answers back.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import multiprocessing as mp
 import os
 import signal
 import threading
 import time
+from multiprocessing import resource_tracker
 from pathlib import Path
 
 import litserve as ls
@@ -331,6 +333,25 @@ def _drain_then_stop(server: ls.LitServer, drain_flag: Path, in_flight: InFlight
         server._shutdown_event.set()
 
 
+def _launched_deaf_to_ctrl_c(launch):
+    """Inference workers are spawned (fork + exec) with SIGINT blocked, a mask that survives both: a Ctrl-C
+    during their imports would otherwise kill them before they report ready, and start-up would wait for
+    them forever. The main process stops them. In the launching thread the signal only waits for the
+    launch to finish."""
+
+    @functools.wraps(launch)
+    def launch_with_sigint_blocked(*args, **kwargs):
+        # the first spawn starts multiprocessing's resource tracker, which unblocks SIGINT when launched
+        resource_tracker.ensure_running()
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            return launch(*args, **kwargs)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+    return launch_with_sigint_blocked
+
+
 def run_server(settings: Settings) -> None:
     logs.configure_logging(settings)
     metrics_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
@@ -348,23 +369,32 @@ def run_server(settings: Settings) -> None:
         return original_init_manager(*args, **kwargs)
 
     def start_with_queues(*args, **kwargs):
+        if drain_flag.exists():  # a stop came while the workers loaded: never open the port
+            logger.info("stopped during start-up: not starting the HTTP servers")
+            server._shutdown_event.set()  # the drain may have run before LitServe created the event
+            return {}
         server._bertserve_queues.update(server.litapi_request_queues)
         supervisor.start()
         return original_run(*args, **kwargs)
 
     server._init_manager = init_manager_after_our_logging
     server._start_server = start_with_queues
+    # the first workers, and the ones the supervisor restarts
+    server.launch_inference_worker = _launched_deaf_to_ctrl_c(server.launch_inference_worker)
+    server.launch_single_inference_worker = _launched_deaf_to_ctrl_c(server.launch_single_inference_worker)
 
     main_process = os.getpid()
 
     def drain_in_background(*_) -> None:
         if os.getpid() != main_process:
-            return  # a forked HTTP process: uvicorn stopped it and re-raised the signal; main drains, once
+            # A forked HTTP process: uvicorn has shut it down and re-raised the signal, or the signal came
+            # before uvicorn took the signals over (a stop during start-up). Either way: end now, quietly.
+            raise SystemExit(0)
         threading.Thread(
             target=_drain_then_stop, args=(server, drain_flag, in_flight, settings), daemon=True
         ).start()
 
-    # Ctrl-C drains like an orchestrator's SIGTERM; forked HTTP processes inherit the handler as a no-op
+    # Ctrl-C drains like an orchestrator's SIGTERM; the forked HTTP processes inherit the handler
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, drain_in_background)
     server.run(

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -32,11 +32,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def healthy(base: ServerURL) -> bool:
+    with contextlib.suppress(httpx.HTTPError):
+        return httpx.get(f"{base}/health", timeout=2).status_code == 200
+    return False
+
+
 @contextlib.contextmanager
 def running_server(
-    store: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 180
+    store: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 180,
+    until: Callable[[ServerURL], bool] = healthy,
 ) -> Iterator[ServerURL]:
-    """Yield the base URL of a server on `store`; stop it (SIGTERM, then SIGKILL) afterwards."""
+    """Yield the base URL of a server on `store` once `until` holds (by default: /health says ready);
+    stop it (SIGTERM, then SIGKILL) afterwards."""
     port = free_port()
     log = Path(store).parent / f"server-{port}.log"
     scratch = Path(store).parent / f"tmp-{port}"
@@ -74,12 +85,11 @@ def running_server(
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
+            if until(base):
+                break
             if time.monotonic() > deadline:
-                raise RuntimeError(f"server not healthy after {timeout} s:\n{log.read_text()[-4000:]}")
-            time.sleep(0.5)
+                raise RuntimeError(f"server not ready after {timeout} s:\n{log.read_text()[-4000:]}")
+            time.sleep(0.5 if until is healthy else 0.02)
         yield base
     finally:
         stop(process)

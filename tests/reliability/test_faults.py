@@ -5,6 +5,7 @@ every process of the server with exit code 0 and no traceback."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -176,6 +177,42 @@ def test_ctrl_c_stops_every_process_quietly(tmp_path):
     messages = [entry["message"] for entry in log_entries(base.log)]
     drained = [message for message in messages if message.startswith("drained")]
     assert len(drained) == 1, f"the main process drains, once (HTTP processes inherit its handler): {drained}"
+
+
+def spawned_workers(group: int) -> list[str]:
+    """Live members of the server's process group started by multiprocessing's spawn (inference workers)."""
+    workers = []
+    for pid in live_group_members(group):
+        with contextlib.suppress(OSError):
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                workers.append(pid)
+    return workers
+
+
+@pytest.mark.parametrize("stop", ["sigterm", "ctrl-c"])
+def test_a_stop_during_start_up_ends_without_opening_the_port(tmp_path, stop):
+    """A pod deleted, or a Ctrl-C, while the workers start: the server stops as soon as they are up, starts no
+    HTTP process (nothing would be served), and exits 0 with every process gone and every log line JSON.
+    Before, an early SIGTERM hung 30 s on an HTTP process that had not yet taken over the signals, and a
+    Ctrl-C killed workers during their imports (tracebacks) and left start-up waiting for them for ever."""
+    store = build_tiny_store(tmp_path / "model_store", tmp_path / "hf")
+
+    def loading(base) -> bool:  # both inference workers are spawned: they are importing torch and loading
+        return len(spawned_workers(base.process.pid)) >= 2
+
+    with running_server(store.root, "--log-level", "info", until=loading) as base:
+        group = os.getpgid(base.process.pid)
+        if stop == "sigterm":
+            base.process.send_signal(signal.SIGTERM)  # an orchestrator signals the main process
+        else:
+            os.killpg(group, signal.SIGINT)  # a terminal signals every process of the group
+        code = base.process.wait(timeout=120)
+        wait_for(lambda: not live_group_members(group), 30, "every process of the server to exit")
+    assert code == 0
+    messages = [entry["message"] for entry in log_entries(base.log)]
+    assert "stopped during start-up: not starting the HTTP servers" in messages, messages[-10:]
+    assert not [message for message in messages if message.startswith("Started server process")]
+    assert not [message for message in messages if "Did not terminate gracefully" in message]
 
 
 def test_a_worker_that_cannot_come_back_makes_the_server_exit_non_zero(tmp_path, classifier_dirs):
