@@ -64,9 +64,8 @@ class ClassifyOptions:
     evals_per_epoch: int = 2
     class_weight: Literal["none", "sqrt", "balanced"] = "sqrt"
     label_smoothing: float = 0.0  # single-label targets spread this share evenly over all labels
-    train_embeddings: bool = (
-        True  # fine-tuning moves the word embeddings too (off: bit-identical to the base's)
-    )
+    # fine-tuning moves the word embeddings too (off: they stay bit-identical to the base's)
+    train_embeddings: bool = True
     ema_decay: float = 0.0  # evaluate and keep a moving average of the weights with this decay (0: off)
     threshold: float = 0.5  # multi-label decision threshold on sigmoid scores
     ordinal: list[str] | None = None  # labels low to high: one score direction, adjacent-category logits
