@@ -35,10 +35,10 @@ RUN pip install ${TORCH_PIP_ARGS} "torch==${TORCH_VERSION}" \
  && python -c "import sys, torch; sys.exit(f'CUDA torch {torch.__version__}' if torch.version.cuda else 0)"
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY service ./service
+COPY bertserve ./bertserve
 RUN pip install . \
  && if pip list 2>/dev/null | grep -i '^nvidia-'; then echo 'nvidia wheels were pulled in' >&2; exit 1; fi \
- && python -c "import torch, service.cli; print('torch', torch.__version__, 'cuda', torch.version.cuda)" \
+ && python -c "import torch, bertserve.cli; print('torch', torch.__version__, 'cuda', torch.version.cuda)" \
  && bertserve --help > /dev/null
 
 # ---------------------------------------------------------------------------------------------------------
@@ -68,7 +68,7 @@ COPY --from=builder /opt/venv /opt/venv
 COPY --from=models /models /models
 
 # Threads: BERTSERVE_TORCH_THREADS=0 means auto: the CPUs the process may run on, capped by the cgroup CPU
-# quota (`docker run --cpus 2`, a Kubernetes CPU limit), divided among the workers (service/config.py).
+# quota (`docker run --cpus 2`, a Kubernetes CPU limit), divided among the workers (bertserve/config.py).
 # Tokenizers' own thread pool is off: batches are already parallel inside torch, and forked workers must
 # not share a rayon pool.
 ENV PATH=/opt/venv/bin:$PATH \

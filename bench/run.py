@@ -79,8 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def load_texts(kind: str, tokenizer, labels: list[str], seed: int = 0):
     """(workload source texts, labelled test texts, test labels, held-out MLM texts)."""
     if kind == "drugscom":
-        from service.training import assets
-        from service.training.data import load_examples
+        from bertserve.training import assets
+        from bertserve.training.data import load_examples
 
         folder = assets.fetch(assets.REVIEWS)
         train = load_examples(folder / "drugsComTrain.tsv", "review", "rating")
@@ -118,15 +118,15 @@ def cut_to_tokens(tokenizer, texts: list[str], low: int, high: int, seed: int = 
 
 
 def server_threads() -> int:
-    from service.config import Settings
+    from bertserve.config import Settings
 
     return Settings().resolved_torch_threads()
 
 
 def open_model(store_root: Path, ref: str, backend: str):
-    from service.runtime.loaded import LoadedModel
-    from service.store.layout import ModelStore
-    from service.store.resolve import resolve
+    from bertserve.runtime.loaded import LoadedModel
+    from bertserve.store.layout import ModelStore
+    from bertserve.store.resolve import resolve
 
     store = ModelStore(store_root)
     name, version = resolve(store, ref)
@@ -138,7 +138,7 @@ def open_model(store_root: Path, ref: str, backend: str):
 
 def ceiling(model, texts: list[str], batch_size: int, seconds: float, limits: tuple[int, int]) -> dict:
     """Sequences/s of tokenize (one call per batch) + pad + forward + decode, the server's path minus HTTP."""
-    from service.runtime.loaded import Prepared
+    from bertserve.runtime.loaded import Prepared
 
     def one(start: int) -> float:
         chunk = [texts[(start + i) % len(texts)] for i in range(batch_size)]
@@ -163,8 +163,8 @@ def ceiling(model, texts: list[str], batch_size: int, seconds: float, limits: tu
 def evaluate_classifier(model, texts: list[str], truth: list[str], limits) -> dict:
     import numpy as np
 
-    from service.runtime.loaded import Prepared
-    from service.training.report import classification_metrics
+    from bertserve.runtime.loaded import Prepared
+    from bertserve.training.report import classification_metrics
 
     (answer,) = model.classify([Prepared(model, model.encode(texts, True))], *limits)
     predicted = [ranking[0]["label"] for ranking in answer]
@@ -205,7 +205,7 @@ def mlm_probes(model, texts: list[str], seed: int = 0, max_tokens: int = 128) ->
 
 
 def evaluate_mlm(model, probes, limits) -> dict:
-    from service.runtime.loaded import Encoded, Prepared
+    from bertserve.runtime.loaded import Encoded, Prepared
 
     request = Prepared(model, [Encoded(ids, types) for ids, types, _ in probes], top_k=5)
     (answer,) = model.fill_mask([request], *limits)
@@ -223,7 +223,7 @@ def evaluate_mlm(model, probes, limits) -> dict:
 def measure_backends(args, workloads: dict, evaluation: dict, limits, batch_sizes: list[int]) -> dict:
     import torch
 
-    from service.runtime.backends import BackendUnavailable
+    from bertserve.runtime.backends import BackendUnavailable
 
     torch.set_num_threads(server_threads())
     results: dict = {}
@@ -407,7 +407,7 @@ def served(store: Path, backend: str, log_dir: Path):
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     env["BERTSERVE_DRAIN_SECONDS"] = "1"
     log = log_dir / f"server-{backend}.log"
-    command = [sys.executable, "-m", "service.cli", "serve", "--store", str(store), "--host", "127.0.0.1"]
+    command = [sys.executable, "-m", "bertserve.cli", "serve", "--store", str(store), "--host", "127.0.0.1"]
     command += ["--port", str(port), "--backend", backend, "--log-level", "warning"]
     started = time.monotonic()
     with open(log, "wb") as output:
@@ -595,7 +595,7 @@ def machine() -> dict:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    from service.runtime.cpu import cpu_flags
+    from bertserve.runtime.cpu import cpu_flags
 
     flags = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx")) or "vnni" in f or "bf16" in f)
     versions = {"torch": torch.__version__}
@@ -761,8 +761,8 @@ def main(argv: list[str] | None = None) -> Path:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per backend and model
-    from service.config import Settings
-    from service.runtime.backends import resolve_backend_name
+    from bertserve.config import Settings
+    from bertserve.runtime.backends import resolve_backend_name
 
     settings = Settings()
     limits = (settings.max_batch_size, settings.max_batch_tokens)

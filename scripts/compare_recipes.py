@@ -28,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from service.training import assets
-from service.training.bootstrap import BUDGETS, SPLIT_SEED, VALIDATION_FRACTION
-from service.training.classify import ClassifierTrainer, ClassifyOptions
-from service.training.data import Examples, load_examples, stratified_folds, stratified_split
-from service.training.report import classification_metrics
+from bertserve.training import assets
+from bertserve.training.bootstrap import BUDGETS, SPLIT_SEED, VALIDATION_FRACTION
+from bertserve.training.classify import ClassifierTrainer, ClassifyOptions
+from bertserve.training.data import Examples, load_examples, stratified_folds, stratified_split
+from bertserve.training.report import classification_metrics
 
 
 def cross_validate(

@@ -21,8 +21,8 @@ LABELS = ("negative", "neutral", "positive")
 
 
 def make_tiny_store(root: Path) -> Path:
-    from service.store.layout import ModelStore
-    from service.store.publish import import_hf_folder, set_alias
+    from bertserve.store.layout import ModelStore
+    from bertserve.store.publish import import_hf_folder, set_alias
     from tests.tiny_models import build_classifier, build_masked_lm
 
     root = Path(root)

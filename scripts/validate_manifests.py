@@ -9,7 +9,7 @@
 --policies  cross-object checks no schema or scanner sees: selectors match, named ports and referenced
             ConfigMaps / PVCs exist, probes hit /health, the grace period covers preStop + drain, pods meet
             the "restricted" Pod Security Standard their namespace enforces, ConfigMap keys are real
-            BERTSERVE_* settings (read from service/config.py). Needs only PyYAML.
+            BERTSERVE_* settings (read from bertserve/config.py). Needs only PyYAML.
 Neither flag: both. Exit status 1 on any problem; every problem is printed.
 """
 
@@ -87,8 +87,8 @@ def schema_errors(objects: list[dict]) -> Iterator[str]:
 
 
 def known_settings() -> set[str]:
-    """BERTSERVE_<FIELD> for every field of service.config.Settings, read from the source (no import)."""
-    tree = ast.parse((REPO / "service" / "config.py").read_text())
+    """BERTSERVE_<FIELD> for every field of bertserve.config.Settings, read from the source (no import)."""
+    tree = ast.parse((REPO / "bertserve" / "config.py").read_text())
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name == "Settings":
             return {
@@ -98,7 +98,7 @@ def known_settings() -> set[str]:
                 and isinstance(stmt.target, ast.Name)
                 and stmt.target.id != "model_config"
             }
-    raise RuntimeError("class Settings not found in service/config.py")
+    raise RuntimeError("class Settings not found in bertserve/config.py")
 
 
 def pod_spec(obj: dict) -> dict | None:
@@ -199,7 +199,7 @@ def _policy_errors(source: str, objects: list[dict], claims: set, settings: set[
     for name, cm in configmaps.items():
         for key in cm.get("data", {}):
             if key.startswith("BERTSERVE_") and key not in settings:
-                yield f"{source}: ConfigMap {name}: {key} is not a setting of service/config.py (ignored!)"
+                yield f"{source}: ConfigMap {name}: {key} is not a setting of bertserve/config.py (ignored!)"
 
     for ns_name, ns in namespaces.items():
         if ns["metadata"].get("labels", {}).get("pod-security.kubernetes.io/enforce") != "restricted":

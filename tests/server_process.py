@@ -60,7 +60,7 @@ def running_server(
     command = [
         sys.executable,
         "-m",
-        "service.cli",
+        "bertserve.cli",
         "serve",
         "--store",
         str(store),

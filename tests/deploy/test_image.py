@@ -73,6 +73,6 @@ def test_dockerignore_keeps_the_context_small():
     patterns = (REPO / ".dockerignore").read_text().split()
     assert patterns[patterns.index("*") :][:1] == ["*"]  # allow-list: everything else is excluded
     included = {p[1:] for p in patterns if p.startswith("!")}
-    assert included == {"pyproject.toml", "README.md", "service/"}
+    assert included == {"pyproject.toml", "README.md", "bertserve/"}
     for copied in re.findall(r"^COPY (?!--from)(\S+)", DOCKERFILE, flags=re.M):
-        assert copied in {"pyproject.toml", "service"}, copied
+        assert copied in {"pyproject.toml", "bertserve"}, copied

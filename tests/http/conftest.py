@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from service.store.layout import ModelStore
-from service.store.publish import import_hf_folder, set_alias
+from bertserve.store.layout import ModelStore
+from bertserve.store.publish import import_hf_folder, set_alias
 from tests.server_process import running_server
 from tests.tiny_models import build_classifier, build_masked_lm
 

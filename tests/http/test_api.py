@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from service.store.publish import set_alias
+from bertserve.store.publish import set_alias
 
 
 def post(base: str, path: str, body) -> httpx.Response:

@@ -7,8 +7,8 @@ import time
 import httpx
 import pytest
 
-from service.auth import UNAUTHORIZED_MESSAGE, configured_keys, read_keys_file
-from service.config import Settings
+from bertserve.auth import UNAUTHORIZED_MESSAGE, configured_keys, read_keys_file
+from bertserve.config import Settings
 from tests.server_process import ServerURL, log_entries, running_server
 
 ENV_KEY = "env-key-3f9c2a71d5"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from service.runtime.backend_names import resolve_backend_name
+from bertserve.runtime.backend_names import resolve_backend_name
 from tests.http.conftest import build_tiny_store
 from tests.server_process import running_server
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification
 
-from service.store.layout import ModelStore
-from service.store.resolve import resolve
-from service.training.bootstrap import bootstrap
+from bertserve.store.layout import ModelStore
+from bertserve.store.resolve import resolve
+from bertserve.training.bootstrap import bootstrap
 
 pytestmark = pytest.mark.integration
 

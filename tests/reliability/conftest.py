@@ -13,8 +13,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.store.layout import ModelStore
-from service.store.publish import import_hf_folder, set_alias
+from bertserve.store.layout import ModelStore
+from bertserve.store.publish import import_hf_folder, set_alias
 from tests.tiny_models import build_classifier
 
 # 32 inputs of ~60 tokens each: with --max-batch-size 32 every request is one forward pass of its own, heavy

@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.store.layout import ModelStore
-from service.store.publish import import_hf_folder, verify_version
+from bertserve.store.layout import ModelStore
+from bertserve.store.publish import import_hf_folder, verify_version
 from tests.http.conftest import build_tiny_store
 from tests.server_process import log_entries, running_server
 
@@ -92,8 +92,8 @@ def test_damaged_versions_are_refused_and_the_rest_serve(tmp_path, tiny_classifi
 PAUSING_IMPORT = """
 import sys, time
 from pathlib import Path
-import service.store.publish as publish
-from service.cli import app
+import bertserve.store.publish as publish
+from bertserve.cli import app
 
 point, ready = sys.argv[1], Path(sys.argv[2])
 def pause():
@@ -112,7 +112,7 @@ app(sys.argv[3:], prog_name="bertserve")
 
 
 def bertserve_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "service.cli", *args]
+    return [sys.executable, "-m", "bertserve.cli", *args]
 
 
 @pytest.mark.parametrize("point", ["staged", "manifest"])

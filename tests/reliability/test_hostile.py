@@ -15,12 +15,12 @@ from xml.etree import ElementTree
 import httpx
 import pytest
 
-from service.store.errors import IntegrityError, StoreError
-from service.store.layout import ModelStore
-from service.store.publish import publish_version, verify_version
+from bertserve.store.errors import IntegrityError, StoreError
+from bertserve.store.layout import ModelStore
+from bertserve.store.publish import publish_version, verify_version
 from tests.http.conftest import server, tiny_store  # noqa: F401  (the shared tiny store and its server)
 
-SERVICE = Path(__file__).parents[2] / "service"
+SERVICE = Path(__file__).parents[2] / "bertserve"
 JSON = {"content-type": "application/json"}
 TEN_MB = 10 * 1024 * 1024
 

@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from service.api.buffer import ExpiringResponseBuffer
+from bertserve.api.buffer import ExpiringResponseBuffer
 from tests.reliability.conftest import (
     HEAVY,
     LIGHT,

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from service.runtime.loaded import LoadedModel, Prepared
-from service.store.layout import ModelStore
-from service.store.publish import import_hf_folder, set_alias
+from bertserve.runtime.loaded import LoadedModel, Prepared
+from bertserve.store.layout import ModelStore
+from bertserve.store.publish import import_hf_folder, set_alias
 from tests.reliability.conftest import (
     LIGHT,
     Outcome,
@@ -42,7 +42,7 @@ class Switch:
 
 def store_cli(store: ModelStore, *args: str) -> None:
     subprocess.run(
-        [sys.executable, "-m", "service.cli", "store", *args, "--store", str(store.root)],
+        [sys.executable, "-m", "bertserve.cli", "store", *args, "--store", str(store.root)],
         check=True,
         capture_output=True,
         timeout=120,

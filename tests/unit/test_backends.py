@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from service.runtime import backend_names, backends
-from service.runtime.backends import TOLERANCE, BackendUnavailable, compare, make_backend, probe_batch
-from service.runtime.batching import pad_batch
+from bertserve.runtime import backend_names, backends
+from bertserve.runtime.backends import TOLERANCE, BackendUnavailable, compare, make_backend, probe_batch
+from bertserve.runtime.batching import pad_batch
 
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None
 ALL = ["fp32", "bf16", "int8"] + (["onnx", "onnx-int8"] if HAS_ORT else [])

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.config import Settings, cgroup_cpu_limit
+from bertserve.config import Settings, cgroup_cpu_limit
 
 AFFINITY = len(os.sched_getaffinity(0))
 

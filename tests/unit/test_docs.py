@@ -6,8 +6,8 @@ from pathlib import Path
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from service import metrics
-from service.config import Settings
+from bertserve import metrics
+from bertserve.config import Settings
 
 README = (Path(__file__).parents[2] / "README.md").read_text()
 

@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM, AutoTokenizer, BertModel
 
-from service.store.layout import ModelStore
-from service.training.jobs import pretrain_job
-from service.training.mlm import PretrainOptions, load_masked_lm, mask_tokens, masked_logits, pack
+from bertserve.store.layout import ModelStore
+from bertserve.training.jobs import pretrain_job
+from bertserve.training.mlm import PretrainOptions, load_masked_lm, mask_tokens, masked_logits, pack
 from tests.tiny_models import tiny_config, write_tokenizer
 
 SENTENCES = [

@@ -11,13 +11,13 @@ import threading
 import time
 from types import SimpleNamespace
 
-from service.api import request_queue
-from service.api.loop import SequenceBatchingLoop
-from service.api.transport import ResponseTransport
-from service.config import Settings
-from service.server import InFlight, build_server
-from service.store.layout import ModelStore
-from service.store.publish import import_hf_folder
+from bertserve.api import request_queue
+from bertserve.api.loop import SequenceBatchingLoop
+from bertserve.api.transport import ResponseTransport
+from bertserve.config import Settings
+from bertserve.server import InFlight, build_server
+from bertserve.store.layout import ModelStore
+from bertserve.store.publish import import_hf_folder
 
 
 def test_server_queues_requests_in_bulk_and_answers_over_zmq(

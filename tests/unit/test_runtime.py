@@ -6,10 +6,10 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
-from service.errors import ClientError
-from service.runtime.batching import pad_batch, plan_batches
-from service.runtime.loaded import LoadedModel, Prepared
-from service.store.manifest import Manifest
+from bertserve.errors import ClientError
+from bertserve.runtime.batching import pad_batch, plan_batches
+from bertserve.runtime.loaded import LoadedModel, Prepared
+from bertserve.store.manifest import Manifest
 
 TEXTS = [
     "the drug worked and my headache went away",

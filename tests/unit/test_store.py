@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
-from service.store.errors import IntegrityError, PromotionRefused, StoreError, UnknownModelError
-from service.store.layout import ModelStore
-from service.store.publish import (
+from bertserve.store.errors import IntegrityError, PromotionRefused, StoreError, UnknownModelError
+from bertserve.store.layout import ModelStore
+from bertserve.store.publish import (
     import_hf_folder,
     promote,
     publish_version,
@@ -23,7 +23,7 @@ from service.store.publish import (
     set_alias,
     verify_version,
 )
-from service.store.resolve import parse_ref, resolve
+from bertserve.store.resolve import parse_ref, resolve
 
 
 def _publish(root: str, source: str) -> str:
@@ -88,8 +88,8 @@ def test_crash_before_rename_leaves_no_version(store_root, tiny_classifier_dir):
     """A publisher killed mid-copy leaves only a hidden staging folder, which readers ignore."""
     script = (
         "import os, shutil, sys\n"
-        "from service.store.layout import ModelStore\n"
-        "from service.store import publish\n"
+        "from bertserve.store.layout import ModelStore\n"
+        "from bertserve.store import publish\n"
         "def die(*a, **k):\n    os._exit(9)\n"
         "publish.write_atomic = die\n"
         f"publish.publish_version(ModelStore({str(store_root)!r}), 'm', {str(tiny_classifier_dir)!r},"
@@ -168,7 +168,7 @@ def test_promotion_gate(store_root, tiny_classifier_dir):
 def test_store_cli(store_root, tiny_classifier_dir, tiny_mlm_dir):
     def cli(*args: str, ok: bool = True) -> str:
         run = subprocess.run(
-            [sys.executable, "-m", "service.cli", "store", *args, "--store", str(store_root)],
+            [sys.executable, "-m", "bertserve.cli", "store", *args, "--store", str(store_root)],
             capture_output=True,
             text=True,
             cwd=Path(__file__).parents[2],

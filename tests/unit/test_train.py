@@ -15,11 +15,11 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from typer.testing import CliRunner
 
-from service.store.layout import ModelStore
-from service.training.classify import ClassifyOptions
-from service.training.data import load_examples, sha256_file, stratified_split
-from service.training.jobs import Columns, train_job
-from service.training.loop import WeightAverage
+from bertserve.store.layout import ModelStore
+from bertserve.training.classify import ClassifyOptions
+from bertserve.training.data import load_examples, sha256_file, stratified_split
+from bertserve.training.jobs import Columns, train_job
+from bertserve.training.loop import WeightAverage
 
 GOOD, BAD, MEH = (
     ("good", "great", "love", "helped"),
@@ -141,7 +141,7 @@ def test_ordinal_head_is_one_score_axis_saved_as_a_plain_classifier(
 
 @pytest.mark.parametrize("select_on", ["macro_f1", "loss", "last"])
 def test_the_kept_checkpoint_is_the_one_select_on_names(tiny_classifier_dir, reviews_csv, select_on):
-    from service.training.classify import ClassifierTrainer
+    from bertserve.training.classify import ClassifierTrainer
 
     train, evaluation = stratified_split(load_examples(reviews_csv, "text", "label"), 0.25, 0)
     options = _options("fine-tune", epochs=4, evals_per_epoch=3, select_on=select_on)
@@ -172,7 +172,7 @@ def test_the_kept_checkpoint_is_the_one_select_on_names(tiny_classifier_dir, rev
     ],
 )
 def test_cli_refuses_bad_input_in_one_line(store_root, tiny_classifier_dir, reviews_csv, extra, message):
-    from service.cli import app
+    from bertserve.cli import app
 
     args = ["train", str(reviews_csv), "--name", "cli", "--base", str(tiny_classifier_dir)]
     result = CliRunner().invoke(app, [*args, "--store", str(store_root), "--no-progress", *extra])
@@ -358,7 +358,7 @@ def test_stratified_split_is_seeded_and_keeps_every_class(tmp_path):
 
 
 def test_cli_commands_have_help():
-    from service.cli import app
+    from bertserve.cli import app
 
     runner = CliRunner()
     for command in ("train", "pretrain", "bootstrap"):
@@ -368,7 +368,7 @@ def test_cli_commands_have_help():
 
 
 def test_cli_train(store_root, tiny_classifier_dir, reviews_csv):
-    from service.cli import app
+    from bertserve.cli import app
 
     args = [
         "train",
@@ -397,7 +397,7 @@ def test_cli_fine_tune_with_frozen_word_embeddings_and_label_smoothing(
 ):
     """--freeze-embeddings keeps the word embeddings bit-identical while the layers above them train;
     both options reach the manifest."""
-    from service.cli import app
+    from bertserve.cli import app
 
     args = ["train", str(reviews_csv), "--name", "cli", "--base", str(tiny_classifier_dir)]
     args += ["--store", str(store_root), "--epochs", "2", "--max-length", "32", "--no-bf16"]

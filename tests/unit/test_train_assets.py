@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from service.training.assets import AssetError, Package, fetch
-from service.training.corpus import stdlib_passages
+from bertserve.training.assets import AssetError, Package, fetch
+from bertserve.training.corpus import stdlib_passages
 
 
 def _zip(members: dict[str, bytes]) -> bytes:

@@ -1,0 +1,135 @@
+"""What both task APIs share: loading the served versions in a worker, picking one per request, metrics."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+
+import litserve as ls
+import orjson
+from starlette.responses import Response
+
+from bertserve import metrics
+from bertserve.api.loop import SequenceBatchingLoop
+from bertserve.config import Settings
+from bertserve.errors import ClientError
+
+
+class TaskAPI(ls.LitAPI):
+    """One endpoint (= one task). Each inference worker loads every served version of the task's models."""
+
+    task: str = ""
+    endpoint: str = ""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(
+            max_batch_size=settings.max_batch_size,
+            batch_timeout=settings.batch_timeout,
+            api_path=f"/v1/{self.endpoint}",
+            loop=SequenceBatchingLoop(),
+        )
+        self.settings = settings
+        self.default_ref = (
+            settings.default_classify_model
+            if self.task == "classification"
+            else settings.default_fill_mask_model
+        )
+
+    async def authorize(self) -> None:
+        """LitServe's per-route auth dependency. ServiceMiddleware has already checked the key; being async,
+        this no-op spares every request the thread-pool hop FastAPI makes for LitServe's sync default."""
+
+    def health(self) -> bool:
+        """Runs in the HTTP processes: LitServe already waits for every worker's setup (load + warm-up)."""
+        drain_flag = getattr(self, "drain_flag", None)
+        return drain_flag is None or not drain_flag.exists()
+
+    # ---- worker start-up -------------------------------------------------------------------------
+
+    def setup(self, device: str) -> None:
+        import torch
+
+        from bertserve.logs import configure_logging, route_transformers_output
+        from bertserve.runtime.registry import ModelRegistry
+
+        configure_logging(self.settings)  # a spawned process: it inherits no logging set-up
+        route_transformers_output()
+        # A terminal's Ctrl-C reaches every process of the group; the main process drains and stops the
+        # workers, so a worker interrupted on its own would only print a KeyboardInterrupt traceback.
+        # Spawned with SIGINT blocked (server._launched_deaf_to_ctrl_c) for the imports before this line;
+        # from here on it is ignored for the process, whatever mask a thread ends up with.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        torch.set_num_threads(self.settings.resolved_torch_threads())
+        self.registry = ModelRegistry(self.settings, self.task, self.endpoint)
+        self.registry.load_initial()
+
+    def refresh(self) -> None:
+        """Between batches: let the registry pick up alias moves and new versions (see registry.py)."""
+        self.registry.refresh()
+
+    # ---- per request -----------------------------------------------------------------------------
+
+    def model_for(self, ref: str | None):
+        return self.registry.pick(ref or self.default_ref)
+
+    def check_limits(self, inputs: Sequence[str | tuple[str, str]]) -> None:
+        if len(inputs) > self.settings.max_inputs:
+            raise ClientError(
+                413,
+                f"{len(inputs)} inputs in one request; the limit is {self.settings.max_inputs}",
+                "too_many_inputs",
+            )
+        for index, item in enumerate(inputs):
+            chars = len(item) if isinstance(item, str) else sum(map(len, item))
+            if chars > self.settings.max_input_chars:
+                raise ClientError(
+                    413,
+                    f"input {index} has {chars} characters; the limit is {self.settings.max_input_chars}",
+                    "input_too_large",
+                )
+
+    # ---- per batch -------------------------------------------------------------------------------
+
+    def observe_queue(self, waiting: Sequence[tuple]) -> None:
+        now = time.monotonic()
+        for prepared, submitted_at in waiting:
+            model = prepared.model
+            metrics.QUEUE_DURATION.labels(self.endpoint, model.name, model.version).observe(
+                now - submitted_at
+            )
+
+    def predict(self, batch: list) -> list:
+        """Run each model's share of the batch in its own forward passes; answers keep the batch's order."""
+        by_model: dict = defaultdict(list)
+        for index, prepared in enumerate(batch):
+            by_model[prepared.model].append(index)
+        outputs: list = [None] * len(batch)
+        for model, indices in by_model.items():
+            requests = [batch[i] for i in indices]
+            started = time.perf_counter()
+            answers = self.run_model(model, requests)
+            labels = (self.endpoint, model.name, model.version)
+            metrics.MODEL_DURATION.labels(*labels).observe(time.perf_counter() - started)
+            metrics.BATCH_REQUESTS.labels(*labels).observe(len(requests))
+            sequences = sum(r.sequences for r in requests)
+            metrics.BATCH_SEQUENCES.labels(*labels).observe(sequences)
+            metrics.BATCH_TOKENS.labels(*labels).observe(model.padded_tokens)
+            metrics.SEQUENCES.labels(*labels).inc(sequences)
+            for i, answer in zip(indices, answers, strict=True):
+                outputs[i] = (model, answer)
+        return outputs
+
+    def run_model(self, model, requests: list) -> list:
+        raise NotImplementedError
+
+    def encode_response(self, output) -> Response:
+        """orjson bytes plus X-Model-Version, which the metrics middleware reads for its labels."""
+        model, predictions = output
+        body = {"model": model.name, "version": model.version, "predictions": predictions}
+        return Response(
+            orjson.dumps(body),
+            media_type="application/json",
+            headers={"X-Model-Version": model.ref},
+        )

@@ -1,0 +1,77 @@
+"""`bertserve` command line: serve, store, train, pretrain, bootstrap. Heavy imports stay inside commands."""
+
+from __future__ import annotations
+
+import typer
+
+from bertserve.store.cli import store_app
+from bertserve.training.cli import register_training_commands
+
+app = typer.Typer(
+    help="bertserve: BERT classification and fill-mask REST service with a versioned model store.",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(store_app, name="store", help="Inspect and change the versioned model store.")
+register_training_commands(app)
+
+
+@app.command()
+def serve(
+    store: str = typer.Option(None, help="Model store root [BERTSERVE_STORE]."),
+    host: str = typer.Option(None, help="Interface to listen on [BERTSERVE_HOST]."),
+    port: int = typer.Option(None, help="HTTP port [BERTSERVE_PORT]."),
+    workers: int = typer.Option(None, help="Inference workers per endpoint [BERTSERVE_WORKERS]."),
+    api_servers: int = typer.Option(None, help="HTTP server processes, 0 = workers [BERTSERVE_API_SERVERS]."),
+    torch_threads: int = typer.Option(
+        None, help="Torch threads per worker, 0 = auto [BERTSERVE_TORCH_THREADS]."
+    ),
+    models: str = typer.Option(None, help="Model refs to load, '*' = all [BERTSERVE_MODELS]."),
+    default_classify_model: str = typer.Option(None, help="[BERTSERVE_DEFAULT_CLASSIFY_MODEL]"),
+    default_fill_mask_model: str = typer.Option(None, help="[BERTSERVE_DEFAULT_FILL_MASK_MODEL]"),
+    backend: str = typer.Option(
+        None, help="fp32 | bf16 | int8 | onnx | onnx-int8 | auto [BERTSERVE_BACKEND]."
+    ),
+    model_backends: str = typer.Option(
+        None, help="Per-model backends, e.g. 'sentiment=int8,mlm=fp32' [BERTSERVE_MODEL_BACKENDS]."
+    ),
+    max_batch_size: int = typer.Option(None, help="Most sequences per forward [BERTSERVE_MAX_BATCH_SIZE]."),
+    max_batch_tokens: int = typer.Option(
+        None, help="Most padded tokens per forward [BERTSERVE_MAX_BATCH_TOKENS]."
+    ),
+    batch_timeout: float = typer.Option(
+        None, help="Seconds to wait for more requests [BERTSERVE_BATCH_TIMEOUT]."
+    ),
+    max_inputs: int = typer.Option(None, help="Most inputs per request [BERTSERVE_MAX_INPUTS]."),
+    max_input_chars: int = typer.Option(None, help="Most characters per input [BERTSERVE_MAX_INPUT_CHARS]."),
+    max_body_bytes: int = typer.Option(None, help="Largest body in bytes [BERTSERVE_MAX_BODY_BYTES]."),
+    max_queue: int = typer.Option(None, help="Most queued requests per endpoint [BERTSERVE_MAX_QUEUE]."),
+    request_timeout: float = typer.Option(None, help="Seconds before 504 [BERTSERVE_REQUEST_TIMEOUT]."),
+    drain_seconds: float = typer.Option(
+        None, help="Grace for in-flight requests on SIGTERM [BERTSERVE_DRAIN_SECONDS]."
+    ),
+    log_level: str = typer.Option(None, help="HTTP server log level [BERTSERVE_LOG_LEVEL]."),
+    log_format: str = typer.Option(None, help="json | text [BERTSERVE_LOG_FORMAT]."),
+    api_keys_file: str = typer.Option(
+        None, help="File of API keys, one per line (keys themselves: env only) [BERTSERVE_API_KEYS_FILE]."
+    ),
+    auth_open_paths: str = typer.Option(
+        None, help="Paths open without a key, comma-separated [BERTSERVE_AUTH_OPEN_PATHS]."
+    ),
+    reload_interval: float = typer.Option(
+        None, help="Least seconds between store checks, 0 = every batch [BERTSERVE_RELOAD_INTERVAL]."
+    ),
+) -> None:
+    """Serve the store's models: POST /v1/classify, /v1/fill-mask; GET /v1/models, /health, /metrics."""
+    overrides = {key: value for key, value in locals().items() if value is not None}
+    from bertserve.config import Settings, serving_metrics_dir
+
+    settings = Settings(**overrides)
+    with serving_metrics_dir():  # before bertserve.metrics is imported anywhere
+        from bertserve.server import run_server
+
+        run_server(settings)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,239 @@
+"""A loaded store version: its tokenizer, a backend, and the task's decode (labels, softmax, top-k, masks).
+
+`encode` runs per request (it is where client mistakes are found, so one bad request never fails a batch);
+`classify` / `fill_mask` run on everything a batch holds, in length-sorted forward passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from bertserve.errors import ClientError
+from bertserve.runtime.backends import Backend, make_backend
+from bertserve.runtime.batching import pad_batch, plan_batches
+from bertserve.store.manifest import Manifest
+
+ClassifyInput = str | tuple[str, str]
+
+
+@dataclass
+class Encoded:
+    """One tokenized input, unpadded."""
+
+    ids: list[int]
+    type_ids: list[int]
+
+
+@dataclass
+class Prepared:
+    """One HTTP request after validation and tokenization, waiting for its batch."""
+
+    model: LoadedModel
+    inputs: list[Encoded]
+    top_k: int | None = None
+    target_ids: list[int] | None = None
+    sequences: int = field(init=False)
+    tokens: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sequences = len(self.inputs)
+        self.tokens = sum(len(item.ids) for item in self.inputs)
+
+
+class LoadedModel:
+    def __init__(self, manifest: Manifest, version_dir: Path, backend_name: str = "fp32") -> None:
+        self.manifest = manifest
+        self.name, self.version, self.task = manifest.name, manifest.version, manifest.task
+        self.tokenizer = AutoTokenizer.from_pretrained(version_dir)
+        auto_model = (
+            AutoModelForSequenceClassification if self.task == "classification" else AutoModelForMaskedLM
+        )
+        model = auto_model.from_pretrained(version_dir, dtype=torch.float32, use_safetensors=True).eval()
+        self.config = model.config
+        rows, highest = model.get_input_embeddings().num_embeddings, max(self.tokenizer.get_vocab().values())
+        if highest >= rows:  # a request holding such a token would fail its whole batch
+            raise ValueError(
+                f"{manifest.name}@{manifest.version}: the tokenizer has token id {highest}, "
+                f"the model embeds only {rows} ids"
+            )
+        input_names = tuple(self.tokenizer.model_input_names)
+        weights = manifest.files.get("model.safetensors")
+        self.backend: Backend = make_backend(
+            backend_name,
+            model,
+            input_names,
+            version_dir,
+            weights.sha256 if weights else None,
+            self.tokenizer,
+        )
+        self.max_length = min(
+            manifest.max_length or 512,
+            getattr(self.config, "max_position_embeddings", 512) or 512,
+            self.tokenizer.model_max_length or 512,
+        )
+        id2label = getattr(self.config, "id2label", None) or {}
+        self.labels = list(manifest.labels or [id2label[i] for i in sorted(id2label)])
+        self.multi_label = manifest.problem_type == "multi_label"
+        self.pad_id = self.tokenizer.pad_token_id or 0
+        self.mask_id = self.tokenizer.mask_token_id
+        self._drop_ids = set(self.tokenizer.all_special_ids) - {self.mask_id}
+        self.padded_tokens = 0
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    # ---- per request: validation + tokenization -------------------------------------------------
+
+    def encode(self, inputs: Sequence[ClassifyInput], truncate: bool) -> list[Encoded]:
+        """Tokenize one request's inputs; a 422 names the first input that cannot be answered."""
+        singles = [(i, text) for i, text in enumerate(inputs) if isinstance(text, str)]
+        pairs = [(i, pair) for i, pair in enumerate(inputs) if not isinstance(pair, str)]
+        encoded: dict[int, Encoded] = {}
+        for group, is_pair in ((singles, False), (pairs, True)):
+            if not group:
+                continue
+            first = [item[1][0] if is_pair else item[1] for item in group]
+            second = [item[1][1] for item in group] if is_pair else None
+            full = self.tokenizer(first, second, add_special_tokens=True, truncation=False)
+            too_long = [k for k, ids in enumerate(full["input_ids"]) if len(ids) > self.max_length]
+            if too_long and not truncate:
+                k = too_long[0]
+                raise ClientError(
+                    422,
+                    f"input {group[k][0]} has {len(full['input_ids'][k])} tokens; model {self.ref} takes "
+                    f"at most {self.max_length} (send truncate=true to cut it)",
+                    "input_too_long",
+                )
+            if too_long:
+                full = self.tokenizer(first, second, truncation=True, max_length=self.max_length)
+            type_ids = full.get("token_type_ids") or [[0] * len(ids) for ids in full["input_ids"]]
+            for (index, _), ids, types in zip(group, full["input_ids"], type_ids, strict=True):
+                encoded[index] = Encoded(list(ids), list(types))
+        return [encoded[i] for i in range(len(inputs))]
+
+    def encode_masked(self, texts: Sequence[str], truncate: bool) -> list[Encoded]:
+        """Like encode, and every input must keep at least one mask token."""
+        mask = self.tokenizer.mask_token
+        for index, text in enumerate(texts):
+            if mask not in text:
+                raise ClientError(422, f"input {index} holds no {mask} token", "no_mask_token")
+        encoded = self.encode(texts, truncate)
+        for index, item in enumerate(encoded):
+            if self.mask_id not in item.ids:
+                raise ClientError(
+                    422,
+                    f"input {index}: every {mask} lies beyond the {self.max_length}-token limit",
+                    "no_mask_token",
+                )
+        return encoded
+
+    def target_ids(self, targets: Sequence[str]) -> list[int]:
+        """Vocabulary ids of target words; each must be exactly one token."""
+        ids = []
+        for target in targets:
+            tokens = self.tokenizer.tokenize(target)
+            if (
+                len(tokens) != 1
+                or self.tokenizer.convert_tokens_to_ids(tokens[0]) == self.tokenizer.unk_token_id
+            ):
+                raise ClientError(
+                    422,
+                    f"target {target!r} is not a single token of model {self.ref}'s vocabulary",
+                    "bad_target",
+                )
+            ids.append(self.tokenizer.convert_tokens_to_ids(tokens[0]))
+        return list(dict.fromkeys(ids))
+
+    # ---- per batch: forward + decode -----------------------------------------------------------
+
+    def _passes(self, sequences: list[Encoded], max_batch_size: int, max_batch_tokens: int):
+        """Length-sorted, padded forward passes; `padded_tokens` keeps their total size for the metrics."""
+        lengths = [len(item.ids) for item in sequences]
+        self.padded_tokens = 0
+        for group in plan_batches(lengths, max_batch_size, max_batch_tokens):
+            batch = pad_batch(
+                [sequences[i].ids for i in group], [sequences[i].type_ids for i in group], self.pad_id
+            )
+            self.padded_tokens += batch["input_ids"].numel()
+            yield group, batch
+
+    def classify(
+        self, requests: Sequence[Prepared], max_batch_size: int, max_batch_tokens: int
+    ) -> list[list[list[dict]]]:
+        """Per request, per input: labels with scores, best first (softmax, or sigmoid when multi-label)."""
+        sequences = [item for request in requests for item in request.inputs]
+        scores = torch.empty((len(sequences), len(self.labels)))
+        for group, batch in self._passes(sequences, max_batch_size, max_batch_tokens):
+            logits = self.backend.sequence_logits(batch)
+            scores[group] = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
+        order = torch.argsort(scores, dim=-1, descending=True).tolist()
+        values = scores.tolist()
+        answers, start = [], 0
+        for request in requests:
+            rows = range(start, start + request.sequences)
+            start += request.sequences
+            k = request.top_k or len(self.labels)
+            answers.append(
+                [[{"label": self.labels[j], "score": values[r][j]} for j in order[r][:k]] for r in rows]
+            )
+        return answers
+
+    def fill_mask(
+        self, requests: Sequence[Prepared], max_batch_size: int, max_batch_tokens: int
+    ) -> list[list[list[list[dict]]]]:
+        """Per request, per input, per mask (left to right): the top-k tokens with the filled-in sequence."""
+        sequences = [item for request in requests for item in request.inputs]
+        per_sequence: list[list[tuple[list[int], list[float]]]] = [[] for _ in sequences]
+        owner = [r for r, request in enumerate(requests) for _ in request.inputs]
+        for group, batch in self._passes(sequences, max_batch_size, max_batch_tokens):
+            positions = (batch["input_ids"] == self.mask_id).nonzero()
+            probs = torch.softmax(self.backend.masked_logits(batch, positions), dim=-1)
+            for (row, _), mask_probs in zip(positions.tolist(), probs, strict=True):
+                request = requests[owner[group[row]]]
+                if request.target_ids:
+                    candidates = torch.tensor(request.target_ids)
+                    chosen = mask_probs[candidates]
+                    top = torch.argsort(chosen, descending=True)[: request.top_k]
+                    per_sequence[group[row]].append((candidates[top].tolist(), chosen[top].tolist()))
+                else:
+                    top = torch.topk(mask_probs, k=min(request.top_k or 5, mask_probs.shape[-1]))
+                    per_sequence[group[row]].append((top.indices.tolist(), top.values.tolist()))
+        answers: list[list[list[list[dict]]]] = [[] for _ in requests]
+        for index, sequence in enumerate(sequences):
+            answers[owner[index]].append(self._describe_masks(sequence.ids, per_sequence[index]))
+        return answers
+
+    def _describe_masks(self, ids: list[int], masks: list[tuple[list[int], list[float]]]) -> list[list[dict]]:
+        mask_columns = [col for col, token in enumerate(ids) if token == self.mask_id]
+        described = []
+        for col, (tokens, scores) in zip(mask_columns, masks, strict=True):
+            candidates = []
+            for token, score in zip(tokens, scores, strict=True):
+                filled = [
+                    token if c == col else t for c, t in enumerate(ids) if t not in self._drop_ids or c == col
+                ]
+                candidates.append(
+                    {
+                        "token": token,
+                        "token_str": self.tokenizer.decode([token]),
+                        "score": score,
+                        "sequence": self.tokenizer.decode(filled),
+                    }
+                )
+            described.append(candidates)
+        return described
+
+    def warm_up(self) -> None:
+        """One forward per task so the first real request does not pay for lazy initialisation."""
+        if self.task == "classification":
+            request = Prepared(self, self.encode(["warm up", ("warm", "up")], truncate=True))
+            self.classify([request], 8, 4096)
+        else:
+            text = f"warm {self.tokenizer.mask_token} up"
+            self.fill_mask([Prepared(self, self.encode_masked([text], True), top_k=1)], 8, 4096)

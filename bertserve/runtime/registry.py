@@ -1,0 +1,222 @@
+"""The versions one inference worker has loaded for its task, and the store snapshot requests resolve against.
+
+Requests resolve `name` and `name:alias` against the snapshot taken when the loaded set last changed, not
+against the live store. When `store alias` / `store rollback` / a publish changes what the configured model
+refs name, the worker keeps answering with what it has, loads and warms the new versions in a background
+thread, then switches in one step (new snapshot + new model set) and drops the versions no ref names any more.
+So a swap never answers 404 for a version still loading, and never stops the batches while a model loads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from bertserve import metrics
+from bertserve.config import Settings
+from bertserve.runtime.selection import Served, model_tasks, pick_version, served_versions
+from bertserve.store.layout import ALIASES_NAME, ModelStore
+
+if TYPE_CHECKING:
+    from bertserve.runtime.loaded import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+Fingerprint = tuple[tuple[str, int, int], ...]
+
+
+def store_fingerprint(store: ModelStore) -> Fingerprint:
+    """Changes whenever a version is published or removed or an alias moves, for a few stat calls (it runs
+    before every batch by default). Each of those is a rename inside a model folder (model-store.md), which
+    bumps the folder's mtime; the new alias file's inode also tells apart two moves in one mtime tick."""
+    marks = []
+    with contextlib.suppress(OSError), os.scandir(store.root) as entries:
+        for entry in entries:
+            if entry.name.startswith(".") or not entry.is_dir():
+                continue
+            try:
+                aliases = os.stat(os.path.join(entry.path, ALIASES_NAME)).st_ino
+            except OSError:
+                aliases = 0
+            with contextlib.suppress(OSError):  # removed while scanned: it is missing from the marks
+                marks.append((entry.name, entry.stat().st_mtime_ns, aliases))
+    return tuple(sorted(marks))
+
+
+@dataclass(frozen=True)
+class StoreSnapshot:
+    """The store's versions and aliases at one moment; answers resolve()'s questions like a ModelStore."""
+
+    published: dict[str, list[str]]
+    alias_map: dict[str, dict[str, str]]
+
+    @classmethod
+    def read(cls, store: ModelStore, names: list[str]) -> StoreSnapshot:
+        return cls({n: store.versions(n) for n in names}, {n: store.aliases(n) for n in names})
+
+    def models(self) -> list[str]:
+        return sorted(self.published)
+
+    def versions(self, name: str) -> list[str]:
+        return self.published.get(name, [])
+
+    def aliases(self, name: str) -> dict[str, str]:
+        return self.alias_map.get(name, {})
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the configured refs name in the store at one moment."""
+
+    served: Served
+    tasks: dict[str, str]
+    snapshot: StoreSnapshot
+
+    def keys(self, task: str) -> list[Key]:
+        return [(n, v) for n, versions in self.served.items() if self.tasks[n] == task for v in versions]
+
+    def without(self, refused: set[Key]) -> Plan:
+        """The plan minus versions that could not be loaded: requests naming them get pick_version's 404."""
+        served = {n: [v for v in versions if (n, v) not in refused] for n, versions in self.served.items()}
+        return Plan({n: v for n, v in served.items() if v}, self.tasks, self.snapshot)
+
+
+class ModelRegistry:
+    """Per worker and task: the loaded versions, request resolution, and the store polling that swaps them."""
+
+    def __init__(self, settings: Settings, task: str, endpoint: str) -> None:
+        self.settings = settings
+        self.task = task
+        self.endpoint = endpoint
+        self.store = ModelStore(settings.store)
+        self.models: dict[Key, LoadedModel] = {}
+        self.plan: Plan | None = None
+        self._pending: tuple[Plan, Future] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._next_check = 0.0
+        self._seen: Fingerprint = ()  # the store state last acted on (applied, or refused and logged)
+
+    # ---- start-up and per request ----------------------------------------------------------------
+
+    def load_initial(self) -> None:
+        """Load everything the refs name; a version that fails verification or loading is refused, with a
+        log line, and the others serve. Raises when none of this task's versions can be loaded."""
+        self._seen = store_fingerprint(self.store)
+        plan = self._plan()
+        loaded = self._load(plan, refuse_failed=True)
+        if plan.keys(self.task) and not loaded:
+            raise RuntimeError(f"{self.endpoint}: none of {plan.keys(self.task)} could be loaded")
+        self._apply(plan.without(set(plan.keys(self.task)) - set(loaded)), loaded)
+
+    def pick(self, ref: str) -> LoadedModel:
+        """The loaded model a request's ref names, resolved against the snapshot of the last swap."""
+        assert self.plan is not None, "load_initial() first"
+        name, version = pick_version(self.plan.snapshot, self.plan.served, self.plan.tasks, ref, self.task)
+        return self.models[(name, version)]
+
+    # ---- swaps -----------------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Called by the worker loop between batches: cheap unless a store check is due or a load is done."""
+        if self._pending is not None:
+            if self._pending[1].done():
+                pending, self._pending = self._pending, None
+                self._finish(*pending)
+            return
+        now = time.monotonic()
+        if now < self._next_check:
+            return
+        self._next_check = now + self.settings.reload_interval
+        fingerprint = store_fingerprint(self.store)
+        if fingerprint == self._seen:
+            return
+        self._seen = fingerprint  # whatever happens next is logged once, then retried on the next change
+        try:
+            plan = self._plan()
+        except Exception:  # e.g. a configured alias was removed: keep serving what is loaded
+            logger.exception("%s: cannot serve the store change; keeping the loaded versions", self.endpoint)
+            return
+        if self._same_models(plan):
+            self._apply(plan, {})
+            return
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="model-load")
+        self._pending = plan, self._executor.submit(self._load, plan, False)
+
+    def _same_models(self, plan: Plan) -> bool:
+        return set(plan.keys(self.task)) == set(self.models)
+
+    def _finish(self, plan: Plan, loading: Future) -> None:
+        try:
+            loaded = loading.result()
+        except Exception:
+            logger.exception(
+                "%s: refusing the store change (a new version failed to load); still serving %s",
+                self.endpoint,
+                ", ".join(f"{n}@{v}" for n, v in sorted(self.models)),
+            )
+            return
+        self._apply(plan, loaded)
+
+    # ---- helpers ---------------------------------------------------------------------------------
+
+    def _plan(self) -> Plan:
+        served = served_versions(self.store, self.settings.models)
+        return Plan(served, model_tasks(self.store, served), StoreSnapshot.read(self.store, list(served)))
+
+    def _load(self, plan: Plan, refuse_failed: bool) -> dict[Key, LoadedModel]:
+        """Verify, load and warm every version of the plan not loaded yet. A failure raises, unless
+        `refuse_failed` (start-up), where the version is logged and left out."""
+        from bertserve.runtime.loaded import LoadedModel
+        from bertserve.store.publish import verify_version
+
+        loaded: dict[Key, LoadedModel] = {}
+        for name, version in plan.keys(self.task):
+            if (name, version) in self.models:
+                continue
+            try:
+                verify_version(self.store, name, version)
+                model = LoadedModel(
+                    self.store.read_manifest(name, version),
+                    self.store.version_dir(name, version),
+                    self.settings.backend_for(name),
+                )
+                model.warm_up()
+            except Exception as exc:
+                if not refuse_failed:
+                    raise
+                logger.error("%s: refusing %s@%s, it cannot be loaded: %s", self.endpoint, name, version, exc)
+                continue
+            loaded[(name, version)] = model
+        return loaded
+
+    def _apply(self, plan: Plan, loaded: dict[Key, LoadedModel]) -> None:
+        """Switch in one step: requests decoded from now on resolve against the new snapshot."""
+        wanted = plan.keys(self.task)
+        models = {
+            key: self.models.get(key) or loaded[key] for key in wanted if key in self.models or key in loaded
+        }
+        dropped = [self.models[key] for key in self.models if key not in models]
+        for model in models.values():
+            metrics.MODEL_INFO.labels(
+                self.endpoint, model.name, model.version, self.task, model.backend.name
+            ).set(1)
+        for model in dropped:
+            metrics.MODEL_INFO.labels(
+                self.endpoint, model.name, model.version, self.task, model.backend.name
+            ).set(0)
+        self.models, self.plan = models, plan
+        for key in loaded:
+            logger.info("%s: serving %s@%s", self.endpoint, *key)
+        for model in dropped:
+            logger.info("%s: unloaded %s (no configured model ref names it now)", self.endpoint, model.ref)
+        if dropped:
+            del dropped
+            gc.collect()

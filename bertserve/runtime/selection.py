@@ -1,0 +1,68 @@
+"""Which store versions a server loads, and which one a request's `model` field picks. No torch here:
+the HTTP processes use it for /v1/models, the workers for every request."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from bertserve.errors import ClientError
+from bertserve.store.errors import StoreError
+from bertserve.store.layout import ModelStore
+from bertserve.store.resolve import parse_ref, resolve
+
+if TYPE_CHECKING:
+    from bertserve.runtime.registry import StoreSnapshot
+
+Served = dict[str, list[str]]
+
+
+def served_versions(store: ModelStore, spec: str) -> Served:
+    """'*' loads every published version; otherwise a comma list of refs, each loading one version."""
+    served: Served = {}
+    if spec.strip() == "*":
+        for name in store.models():
+            served[name] = store.versions(name)
+        return served
+    for ref in filter(None, (part.strip() for part in spec.split(","))):
+        parsed = parse_ref(ref)
+        if parsed.version is None and parsed.alias is None:
+            versions = store.versions(parsed.name)  # a bare name serves all its versions, so aliases can move
+            if not versions:
+                raise StoreError(f"model {parsed.name!r} has no published version in {store.root}")
+            served.setdefault(parsed.name, []).extend(versions)
+        else:
+            name, version = resolve(store, parsed)
+            served.setdefault(name, []).append(version)
+    return {name: sorted(set(versions), key=int) for name, versions in served.items()}
+
+
+def model_tasks(store: ModelStore, served: Served) -> dict[str, str]:
+    """A model name has one task; read it once at start-up instead of per request."""
+    return {name: store.read_manifest(name, versions[-1]).task for name, versions in served.items()}
+
+
+def pick_version(
+    store: ModelStore | StoreSnapshot, served: Served, tasks: dict[str, str], ref: str, task: str
+) -> tuple[str, str]:
+    """Resolve a request's model ref against the worker's store snapshot (see registry.py) and loaded set."""
+    try:
+        parsed = parse_ref(ref)
+    except ValueError as exc:
+        raise ClientError(422, f"model {ref!r} is not 'name', 'name@version' or 'name:alias': {exc}") from exc
+    if parsed.name not in served:
+        known = ", ".join(sorted(served)) or "none"
+        raise ClientError(404, f"model {parsed.name!r} is not served here (served: {known})", "unknown_model")
+    try:
+        name, version = resolve(store, parsed)
+    except StoreError as exc:
+        raise ClientError(404, str(exc), "unknown_model") from exc
+    if version not in served[name]:
+        raise ClientError(
+            404,
+            f"{name}@{version} is in the store but not loaded by this server (loaded: "
+            f"{', '.join(served[name])}); restart with BERTSERVE_MODELS including it",
+            "version_not_loaded",
+        )
+    if tasks[name] != task:
+        raise ClientError(422, f"model {name!r} is a {tasks[name]} model, not {task}", "wrong_task")
+    return name, version

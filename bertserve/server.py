@@ -1,0 +1,413 @@
+"""Assembles the LitServer: the task APIs, /v1/models, /metrics, the error handlers, the middleware.
+
+Process layout (LitServe's): the main process supervises; `api_servers` uvicorn processes (forked) parse
+HTTP and hand requests to `workers` inference processes per endpoint (spawned) through a queue; the
+inference workers batch, run the model and send answers back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+from multiprocessing import resource_tracker
+from pathlib import Path
+
+import litserve as ls
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from bertserve import logs, metrics
+from bertserve.api import request_queue
+from bertserve.api.base import TaskAPI
+from bertserve.api.buffer import ExpiringResponseBuffer
+from bertserve.api.classify import ClassifyAPI
+from bertserve.api.fill_mask import FillMaskAPI
+from bertserve.api.supervisor import WorkerSupervisor
+from bertserve.api.transport import ResponseTransport
+from bertserve.auth import Authenticator
+from bertserve.config import Settings
+from bertserve.errors import error_response, install_error_handlers
+from bertserve.runtime.selection import model_tasks, served_versions
+from bertserve.schemas import ModelInfo, ModelsResponse, ModelVersionInfo
+from bertserve.store.errors import StoreError
+from bertserve.store.layout import ModelStore
+
+logger = logging.getLogger("bertserve")
+
+INSTRUMENTED = {"/v1/classify": "classify", "/v1/fill-mask": "fill-mask", "/v1/models": "models"}
+
+
+class InFlight:
+    """Requests being handled per endpoint, counted across every HTTP process in shared memory (forked with
+    them). SIGTERM's drain waits for it to reach 0; admission asks the request queue its size (a round trip
+    to the Manager process, ~0.3 ms of the event loop) only when this count passes the queue's bound."""
+
+    def __init__(self, endpoints: tuple[str, ...] = tuple(INSTRUMENTED.values())) -> None:
+        self._slot = {endpoint: index for index, endpoint in enumerate(endpoints)}
+        self._counts = mp.get_context("fork").Array("i", len(endpoints))
+
+    def enter(self, endpoint: str) -> int:
+        """Count one more request in `endpoint`; returns the endpoint's count, this request included."""
+        with self._counts.get_lock():
+            self._counts[self._slot[endpoint]] += 1
+            return self._counts[self._slot[endpoint]]
+
+    def leave(self, endpoint: str) -> None:
+        with self._counts.get_lock():
+            self._counts[self._slot[endpoint]] -= 1
+
+    def total(self) -> int:
+        with self._counts.get_lock():
+            return sum(self._counts)
+
+
+class ServiceMiddleware:
+    """Pure ASGI (cheap): request id + access log, auth, body limit, queue admission, timeout, and the
+    HTTP-side metrics."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        settings: Settings,
+        auth: Authenticator,
+        queues: dict,
+        in_flight: InFlight,
+        drain_flag: Path,
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.auth = auth
+        self.queues = queues
+        self.in_flight = in_flight
+        self.drain_flag = drain_flag
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        path = scope.get("path", "")
+        endpoint = INSTRUMENTED.get(path)
+        headers = dict(scope.get("headers", ()))
+        request_id = logs.request_id(headers.get(b"x-request-id"))
+        seen = {"status": 500, "model": "", "version": ""}
+        respond = logs.echo_request_id(send, request_id)
+
+        async def send_and_observe(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                seen["status"] = message["status"]
+                for key, value in message.get("headers", ()):
+                    if key == b"x-model-version":
+                        seen["model"], _, seen["version"] = value.decode().partition("@")
+            await respond(message)
+
+        try:
+            if not self.auth.allows(path, headers):
+                await self.auth.challenge()(scope, receive, send_and_observe)
+            elif endpoint is None:
+                await self.app(scope, receive, send_and_observe)
+            else:
+                await self._admit(endpoint, scope, receive, send_and_observe, headers)
+        finally:
+            elapsed = time.perf_counter() - started
+            if endpoint is not None:
+                labels = (endpoint, seen["model"], seen["version"], str(seen["status"]))
+                metrics.REQUESTS.labels(*labels).inc()
+                metrics.REQUEST_DURATION.labels(*labels).observe(elapsed)
+            logs.log_request(
+                scope["method"], path, seen["status"], elapsed, seen["model"], seen["version"], request_id
+            )
+
+    async def _admit(
+        self, endpoint: str, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes]
+    ) -> None:
+        metrics.IN_FLIGHT.labels(endpoint).inc()
+        count = self.in_flight.enter(endpoint)
+        try:
+            rejection = self._reject(scope, headers, count)
+            if rejection is not None:
+                await rejection(scope, receive, send)
+            else:
+                await self._call_with_limits(scope, receive, send)
+        finally:
+            self.in_flight.leave(endpoint)
+            metrics.IN_FLIGHT.labels(endpoint).dec()
+
+    def _reject(self, scope: Scope, headers: dict[bytes, bytes], in_flight: int) -> Response | None:
+        """`in_flight`: this endpoint's requests in all HTTP processes, this one included."""
+        if scope["method"] != "POST":
+            return None
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.settings.max_body_bytes:
+            return error_response(
+                413, f"body of {int(length)} bytes; the limit is {self.settings.max_body_bytes}"
+            )
+        # The queue holds at most the other requests in flight (plus any whose client already got 504), so
+        # below the bound there is no need to ask it: that is a round trip to the Manager process.
+        queue = self.queues.get(scope["path"])
+        limit = self.settings.max_queue
+        if queue is not None and in_flight > limit and queue.qsize() >= limit:
+            return error_response(503, "server busy: request queue is full", headers={"Retry-After": "1"})
+        if self.drain_flag.exists():
+            return error_response(503, "server is shutting down", headers={"Retry-After": "1"})
+        return None
+
+    async def _call_with_limits(self, scope: Scope, receive: Receive, send: Send) -> None:
+        received = 0
+        limit = self.settings.max_body_bytes
+        started = too_large = False
+
+        async def counting_receive() -> Message:
+            nonlocal received, too_large
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:
+                too_large = True
+                raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if too_large:
+                return  # FastAPI's 400 for a body it could not read: the 413 below replaces it
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await asyncio.wait_for(
+                self.app(scope, counting_receive, tracking_send), self.settings.request_timeout
+            )
+        except _BodyTooLarge:
+            pass
+        except TimeoutError:
+            if not started:
+                message = f"no answer within {self.settings.request_timeout:g} s"
+                await error_response(504, message)(scope, receive, send)
+        if too_large and not started:  # a chunked body (no Content-Length) that grew past the limit
+            await error_response(413, f"body over the limit of {limit} bytes")(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def describe_models(store: ModelStore, settings: Settings) -> ModelsResponse:
+    """GET /v1/models, from the store's manifests (read fresh: aliases may have moved) and what the
+    inference workers report loaded (a version refused at start-up is listed, not served)."""
+    loaded = metrics.loaded_versions()
+    defaults = {"classify": settings.default_classify_model, "fill-mask": settings.default_fill_mask_model}
+    models = []
+    for name in store.models():
+        manifests = [store.read_manifest(name, v) for v in store.versions(name)]
+        aliases = store.aliases(name)
+        try:
+            from bertserve.store.resolve import resolve
+
+            default_version = resolve(store, name)[1]
+        except StoreError:
+            default_version = None
+        versions = [
+            ModelVersionInfo(
+                version=m.version,
+                served=(name, m.version) in loaded,
+                backend=loaded.get((name, m.version)),
+                encoder=m.encoder,
+                base_model=m.base_model,
+                labels=m.labels,
+                problem_type=m.problem_type,
+                max_length=m.max_length,
+                metrics=m.metrics,
+                created_at=m.created_at,
+            )
+            for m in manifests
+        ]
+        models.append(
+            ModelInfo(
+                name=name,
+                task=manifests[-1].task,
+                versions=versions,
+                aliases=aliases,
+                default_version=default_version,
+                default_for=[ep for ep, ref in defaults.items() if ref.split("@")[0].split(":")[0] == name],
+            )
+        )
+    return ModelsResponse(models=models)
+
+
+def _document_plain_text_routes(app: FastAPI) -> None:
+    """LitServe's `/` and `/health` answer a short text with no Content-Type; /openapi.json said JSON."""
+    for route in app.routes:
+        if isinstance(route, APIRoute) and route.path in ("/", "/health"):
+            route.response_class = Response
+
+
+def _add_routes(app: FastAPI, store: ModelStore, settings: Settings) -> None:
+    @app.get("/v1/models", response_model=ModelsResponse, tags=["models"])
+    def list_models() -> ModelsResponse:
+        """Every model in the store: versions, aliases, which are served, labels, encoder, metrics."""
+        return describe_models(store, settings)
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        body, content_type = metrics.render_latest()
+        return Response(body, media_type=content_type)
+
+
+def _use_fast_queues(server: ls.LitServer) -> None:
+    """Answers over ZeroMQ (ResponseTransport: LitServe's own `fast_queue` path is broken in 0.2.19) and
+    request queues that hand a worker its batch in one round trip (request_queue.py). Both are put in place
+    when LitServe creates its Manager and transport, before it starts any worker."""
+    request_queue.register()
+    server.transport_config.transport_type = "zmq"
+    init_manager = server._init_manager
+
+    def init_manager_with_fast_queues(num_api_servers: int):
+        manager = init_manager(num_api_servers)
+        config = server.transport_config  # the broker's addresses: backend = its XSUB, frontend = its XPUB
+        server._transport = ResponseTransport(config.backend_address, config.frontend_address)
+        for api_path in server.litapi_request_queues:
+            server.litapi_request_queues[api_path] = manager.RequestQueue()
+        return manager
+
+    server._init_manager = init_manager_with_fast_queues
+
+
+def build_server(settings: Settings, drain_flag: Path, in_flight: InFlight) -> ls.LitServer:
+    store = ModelStore(settings.store)
+    served = served_versions(store, settings.models)
+    if not served:
+        raise StoreError(
+            f"no model to serve in {store.root}: run `bertserve bootstrap` or `bertserve store import`"
+        )
+    tasks = set(model_tasks(store, served).values())
+    apis: list[TaskAPI] = [api(settings) for api in (ClassifyAPI, FillMaskAPI) if api.task in tasks]
+    for api in apis:
+        api.drain_flag = drain_flag
+    server = ls.LitServer(
+        apis,
+        accelerator="cpu",
+        workers_per_device=settings.workers,
+        timeout=settings.request_timeout,
+        track_requests=False,
+        fast_queue=True,
+    )
+    _use_fast_queues(server)
+    queues: dict = {}
+    server.middlewares = []
+    server.app.user_middleware.clear()
+    server.app.add_middleware(
+        ServiceMiddleware,
+        settings=settings,
+        auth=Authenticator(settings),
+        queues=queues,
+        in_flight=in_flight,
+        drain_flag=drain_flag,
+    )
+    server._bertserve_queues = queues
+    server.response_buffer = ExpiringResponseBuffer(settings.request_timeout + 10)
+    install_error_handlers(server.app)
+    _add_routes(server.app, store, settings)
+    _document_plain_text_routes(server.app)
+    server.app.title = "bertserve"
+    server.app.description = "BERT text classification and fill-mask, from a versioned model store."
+    return server
+
+
+def _drain_then_stop(server: ls.LitServer, drain_flag: Path, in_flight: InFlight, settings: Settings) -> None:
+    """SIGTERM or Ctrl-C: fail /health at once (load balancers stop sending), let in-flight requests finish,
+    stop."""
+    drain_flag.touch()
+    deadline = time.monotonic() + settings.drain_seconds
+    while time.monotonic() < deadline and in_flight.total() > 0:
+        time.sleep(0.1)
+    logger.info("drained (%d requests still in flight); shutting down", in_flight.total())
+    if server._shutdown_event is not None:
+        server._shutdown_event.set()
+
+
+def _launched_deaf_to_ctrl_c(launch):
+    """Inference workers are spawned (fork + exec) with SIGINT blocked, a mask that survives both: a Ctrl-C
+    during their imports would otherwise kill them before they report ready, and start-up would wait for
+    them forever. The main process stops them. In the launching thread the signal only waits for the
+    launch to finish."""
+
+    @functools.wraps(launch)
+    def launch_with_sigint_blocked(*args, **kwargs):
+        # the first spawn starts multiprocessing's resource tracker, which unblocks SIGINT when launched
+        resource_tracker.ensure_running()
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            return launch(*args, **kwargs)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+    return launch_with_sigint_blocked
+
+
+def run_server(settings: Settings) -> None:
+    logs.configure_logging(settings)
+    metrics_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    drain_flag = metrics_dir / "draining"
+    drain_flag.unlink(missing_ok=True)
+    in_flight = InFlight()
+    server = build_server(settings, drain_flag, in_flight)
+
+    original_init_manager, original_run = server._init_manager, server._start_server
+    supervisor = WorkerSupervisor(server)
+
+    def init_manager_after_our_logging(*args, **kwargs):
+        # again: LitServe's run() has just given its logger a text handler, and the manager's broker logs
+        logs.configure_logging(settings)
+        return original_init_manager(*args, **kwargs)
+
+    def start_with_queues(*args, **kwargs):
+        if drain_flag.exists():  # a stop came while the workers loaded: never open the port
+            logger.info("stopped during start-up: not starting the HTTP servers")
+            server._shutdown_event.set()  # the drain may have run before LitServe created the event
+            return {}
+        server._bertserve_queues.update(server.litapi_request_queues)
+        supervisor.start()
+        return original_run(*args, **kwargs)
+
+    server._init_manager = init_manager_after_our_logging
+    server._start_server = start_with_queues
+    # the first workers, and the ones the supervisor restarts
+    server.launch_inference_worker = _launched_deaf_to_ctrl_c(server.launch_inference_worker)
+    server.launch_single_inference_worker = _launched_deaf_to_ctrl_c(server.launch_single_inference_worker)
+
+    main_process = os.getpid()
+
+    def drain_in_background(*_) -> None:
+        if os.getpid() != main_process:
+            # A forked HTTP process: uvicorn has shut it down and re-raised the signal, or the signal came
+            # before uvicorn took the signals over (a stop during start-up). Either way: end now, quietly.
+            raise SystemExit(0)
+        threading.Thread(
+            target=_drain_then_stop, args=(server, drain_flag, in_flight, settings), daemon=True
+        ).start()
+
+    # Ctrl-C drains like an orchestrator's SIGTERM; the forked HTTP processes inherit the handler
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, drain_in_background)
+    server.run(
+        host=settings.host,
+        port=settings.port,
+        num_api_servers=settings.api_servers or None,
+        log_level=settings.log_level,
+        generate_client_file=False,
+        # Outlive clients' and load balancers' idle timeouts (httpx 5 s, cloud LBs 60 s): a server closing an
+        # idle connection just as a client reuses it makes that request fail with a connection reset.
+        timeout_keep_alive=75,
+        log_config=logs.uvicorn_log_config(settings),
+        access_log=False,  # ServiceMiddleware writes the access log, with request ids
+    )
+    if supervisor.failed:
+        raise SystemExit("an inference worker failed its setup; exiting for the orchestrator to restart us")

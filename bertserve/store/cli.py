@@ -1,0 +1,168 @@
+"""`bertserve store ...`: import, list, show, verify, alias, promote, rollback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from bertserve.store.errors import StoreError
+from bertserve.store.layout import ModelStore
+from bertserve.store.resolve import parse_ref, resolve
+
+store_app = typer.Typer(no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})
+
+StoreOption = typer.Option("model_store", "--store", envvar="BERTSERVE_STORE", help="Model store root.")
+
+
+def _fail(error: Exception) -> None:
+    typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(1)
+
+
+def _resolve(store: ModelStore, ref: str) -> tuple[str, str]:
+    try:
+        return resolve(store, ref)
+    except (StoreError, ValueError) as error:
+        _fail(error)
+        raise  # unreachable: _fail exits
+
+
+@store_app.command("import")
+def import_(
+    path: Path = typer.Argument(..., help="Local Hugging Face folder (config.json, weights, tokenizer)."),
+    name: str = typer.Option(..., "--name", help="Model name in the store."),
+    task: str = typer.Option(None, help="classification | fill-mask (default: from config.architectures)."),
+    alias: str = typer.Option(None, help="Also point this alias at the new version."),
+    store: Path = StoreOption,
+) -> None:
+    """Publish a Hugging Face BERT-family folder as the next version of NAME (pickle weights converted)."""
+    from bertserve.store.publish import import_hf_folder, set_alias
+
+    model_store = ModelStore(store)
+    try:
+        manifest = import_hf_folder(model_store, path, name, task=task)
+        if alias:
+            set_alias(model_store, name, alias, manifest.version)
+    except (StoreError, OSError, ValueError) as error:
+        _fail(error)
+    typer.echo(f"published {manifest.name}@{manifest.version} ({manifest.task}, {len(manifest.files)} files)")
+
+
+@store_app.command("list")
+def list_(store: Path = StoreOption) -> None:
+    """Every model with its versions, tasks, aliases and headline metric."""
+    model_store = ModelStore(store)
+    names = model_store.models()
+    if not names:
+        typer.echo(f"(no models in {store})")
+    for name in names:
+        aliases = model_store.aliases(name)
+        for version in model_store.versions(name):
+            manifest = model_store.read_manifest(name, version)
+            tags = ",".join(a for a, v in sorted(aliases.items()) if v == version)
+            typer.echo(
+                f"{name}@{version}\t{manifest.task}\t{manifest.encoder or '-'}\t"
+                f"{_headline(manifest.metrics)}\t{tags}\t{manifest.created_at}"
+            )
+
+
+def _headline(metrics: dict) -> str:
+    keys = ("accuracy", "macro_f1", "micro_f1", "top1", "top5")
+    return " ".join(f"{k}={metrics[k]:.3f}" for k in keys if isinstance(metrics.get(k), int | float)) or "-"
+
+
+@store_app.command()
+def show(
+    ref: str = typer.Argument(..., help="name, name@version or name:alias."),
+    store: Path = StoreOption,
+) -> None:
+    """Print a version's manifest: task, labels, base, training, metrics (files summarised)."""
+    model_store = ModelStore(store)
+    name, version = _resolve(model_store, ref)
+    manifest = model_store.read_manifest(name, version)
+    data = manifest.model_dump()
+    files = data.pop("files")
+    data["files"] = {path: entry["size"] for path, entry in files.items()}
+    data["aliases"] = {a: v for a, v in model_store.aliases(name).items() if v == version}
+    typer.echo(json.dumps(data, indent=2))
+
+
+@store_app.command()
+def verify(
+    ref: str = typer.Argument(None, help="name, name@version or name:alias; default: every version."),
+    store: Path = StoreOption,
+) -> None:
+    """Check file hashes against the manifests. Exit 1 naming each file that does not match."""
+    from bertserve.store.publish import verify_version
+
+    model_store = ModelStore(store)
+    if ref is None:
+        targets = [(n, v) for n in model_store.models() for v in model_store.versions(n)]
+    elif parse_ref(ref).version or parse_ref(ref).alias:
+        targets = [_resolve(model_store, ref)]
+    else:
+        targets = [(ref, v) for v in model_store.versions(ref)] or [_resolve(model_store, ref)]
+    failures = 0
+    for name, version in targets:
+        try:
+            verify_version(model_store, name, version)
+            typer.echo(f"ok      {name}@{version}")
+        except StoreError as error:
+            failures += 1
+            typer.secho(f"FAILED  {error}", fg=typer.colors.RED)
+    if failures:
+        raise typer.Exit(1)
+
+
+@store_app.command()
+def alias(
+    name: str = typer.Argument(..., help="Model name."),
+    alias_name: str = typer.Argument(..., metavar="ALIAS", help="Alias, e.g. production or staging."),
+    version: str = typer.Argument(..., help="Version number the alias should point to."),
+    store: Path = StoreOption,
+) -> None:
+    """Point ALIAS at VERSION unconditionally (recorded, so `rollback` can undo it)."""
+    from bertserve.store.publish import set_alias
+
+    try:
+        set_alias(ModelStore(store), name, alias_name, version)
+    except (StoreError, ValueError) as error:
+        _fail(error)
+    typer.echo(f"{name}:{alias_name} -> {version}")
+
+
+@store_app.command()
+def promote(
+    name: str = typer.Argument(..., help="Model name."),
+    version: str = typer.Argument(..., help="Candidate version."),
+    alias_name: str = typer.Option("production", "--alias", help="Alias to move."),
+    metric: str = typer.Option("macro_f1", help="Manifest metric the gate compares (higher is better)."),
+    force: bool = typer.Option(False, help="Skip the gate."),
+    store: Path = StoreOption,
+) -> None:
+    """Move ALIAS to VERSION only if its held-out metric is not worse than the current version's."""
+    from bertserve.store.publish import promote as promote_version
+
+    try:
+        promote_version(ModelStore(store), name, version, alias=alias_name, metric=metric, force=force)
+    except (StoreError, ValueError) as error:
+        _fail(error)
+    typer.echo(f"{name}:{alias_name} -> {version}")
+
+
+@store_app.command()
+def rollback(
+    name: str = typer.Argument(..., help="Model name."),
+    alias_name: str = typer.Argument("production", metavar="[ALIAS]", help="Alias to move back."),
+    store: Path = StoreOption,
+) -> None:
+    """Move ALIAS back to the version it pointed to before its last move."""
+    from bertserve.store.publish import rollback as rollback_alias
+
+    try:
+        before, after = rollback_alias(ModelStore(store), name, alias_name)
+    except StoreError as error:
+        _fail(error)
+    typer.echo(f"{name}:{alias_name} {before} -> {after}")

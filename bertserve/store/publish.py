@@ -1,0 +1,261 @@
+"""Changing the store: publish a version, verify it, move aliases, promote through the gate, import.
+
+Every change is write-to-temporary then rename inside the same folder, under an exclusive lock on the
+model folder, so readers (a running server, `store list`) never see half a version or half an alias
+file, and two concurrent publishes get two different version numbers."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from bertserve.store.errors import IntegrityError, PromotionRefused, StoreError, UnknownModelError
+from bertserve.store.layout import ALIASES_NAME, HISTORY_NAME, ModelStore, check_name
+from bertserve.store.manifest import MANIFEST_NAME, Manifest, hash_folder, sha256_file
+
+LOCK_NAME = ".lock"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+@contextlib.contextmanager
+def locked(folder: Path) -> Iterator[None]:
+    """An exclusive advisory lock on a model folder, held while version numbers or aliases change."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK_NAME, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write beside the target, fsync, rename: the file is either the old one or the new one."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "w") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def publish_version(
+    store: ModelStore,
+    name: str,
+    source_dir: str | Path,
+    manifest_fields: dict,
+    created_by: str,
+    move: bool = False,
+) -> Manifest:
+    """Copy (or move) a finished folder into the store as the next version of `name` and return its
+    manifest. The files are hashed and synced in a hidden staging folder first; only the rename makes
+    the version visible, and it happens under the model lock so numbers never collide."""
+    check_name("model name", name)
+    source = Path(source_dir)
+    if not (source / "config.json").is_file():
+        raise StoreError(f"{source} is not a model folder: config.json is missing")
+    pickles = [p.name for p in source.iterdir() if p.suffix in PICKLE_SUFFIXES]
+    if pickles:
+        raise StoreError(f"refusing pickle weights {pickles}: the store holds safetensors only")
+    model_dir = store.model_dir(name)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    staging = model_dir / f".publish-{uuid.uuid4().hex}"
+    try:
+        if move:
+            shutil.move(str(source), staging)
+        else:
+            shutil.copytree(source, staging)
+        (staging / MANIFEST_NAME).unlink(missing_ok=True)
+        fields = {k: v for k, v in manifest_fields.items() if k not in ("name", "version", "files")}
+        files = hash_folder(staging)
+        _fsync_tree(staging)
+        with locked(model_dir):
+            versions = store.versions(name)
+            version = str(int(versions[-1]) + 1 if versions else 1)
+            manifest = Manifest(name=name, version=version, files=files, created_by=created_by, **fields)
+            write_atomic(staging / MANIFEST_NAME, manifest.dump())
+            os.rename(staging, store.version_dir(name, version))
+        return manifest
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def verify_version(store: ModelStore, name: str, version: str | int) -> Manifest:
+    """Check every file against the manifest (presence, size, sha256) and that nothing was added.
+    Raises IntegrityError naming the first file that does not match."""
+    manifest = store.read_manifest(name, version)
+    folder = store.version_dir(name, version)
+    where = f"{name}@{version}"
+    for relative, entry in manifest.files.items():
+        path = folder / relative
+        if not path.is_file():
+            raise IntegrityError(f"{where}: file {relative} is missing")
+        if path.stat().st_size != entry.size:
+            raise IntegrityError(
+                f"{where}: file {relative} has {path.stat().st_size} bytes, manifest says {entry.size}"
+            )
+        if sha256_file(path) != entry.sha256:
+            raise IntegrityError(f"{where}: file {relative} does not match its sha256 in the manifest")
+    extra = sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and p.name != MANIFEST_NAME and p.relative_to(folder).as_posix() not in manifest.files
+    )
+    if extra:
+        raise IntegrityError(f"{where}: file {extra[0]} is not in the manifest")
+    if not any(relative.endswith(".safetensors") for relative in manifest.files):
+        raise IntegrityError(f"{where}: no .safetensors weights")
+    return manifest
+
+
+def set_alias(store: ModelStore, name: str, alias: str, version: str | int) -> None:
+    """Point `alias` at an existing version; the move is recorded so `rollback` can undo it."""
+    check_name("alias", alias)
+    version = str(int(version))
+    if version not in store.versions(name):
+        raise UnknownModelError(f"unknown version {name}@{version} (versions: {store.versions(name)})")
+    model_dir = store.model_dir(name)
+    with locked(model_dir):
+        aliases = store.aliases(name)
+        history = store.alias_history(name)
+        trail = history.setdefault(alias, [])
+        if not trail and alias in aliases:
+            trail.append(aliases[alias])
+        if aliases.get(alias) != version:
+            trail.append(version)
+        aliases[alias] = version
+        write_atomic(model_dir / HISTORY_NAME, json.dumps(history, indent=2) + "\n")
+        write_atomic(model_dir / ALIASES_NAME, json.dumps(aliases, indent=2, sort_keys=True) + "\n")
+
+
+def rollback(store: ModelStore, name: str, alias: str = "production") -> tuple[str, str]:
+    """Move `alias` back to the version it pointed to before its last move. Returns (from, to)."""
+    model_dir = store.model_dir(name)
+    with locked(model_dir):
+        aliases = store.aliases(name)
+        history = store.alias_history(name)
+        if alias not in aliases:
+            raise UnknownModelError(
+                f"{name} has no alias {alias!r} (aliases: {', '.join(aliases) or 'none'})"
+            )
+        trail = history.get(alias, [])
+        if len(trail) < 2:
+            raise StoreError(f"{name}:{alias} has no earlier version to roll back to")
+        current, previous = trail.pop(), trail[-1]
+        aliases[alias] = previous
+        write_atomic(model_dir / HISTORY_NAME, json.dumps(history, indent=2) + "\n")
+        write_atomic(model_dir / ALIASES_NAME, json.dumps(aliases, indent=2, sort_keys=True) + "\n")
+    return current, previous
+
+
+def promote(
+    store: ModelStore,
+    name: str,
+    version: str | int,
+    alias: str = "production",
+    metric: str = "macro_f1",
+    force: bool = False,
+) -> None:
+    """Move `alias` to `version` only if its held-out `metric` is at least that of the current one."""
+    version = str(int(version))
+    current = store.aliases(name).get(alias)
+    if not force and current is not None and current != version:
+        candidate_score = store.read_manifest(name, version).metrics.get(metric)
+        current_score = store.read_manifest(name, current).metrics.get(metric)
+        if candidate_score is None:
+            raise PromotionRefused(f"{name}@{version} has no metric {metric!r} to compare (use --force)")
+        if current_score is not None and candidate_score < current_score:
+            raise PromotionRefused(
+                f"{name}@{version} {metric}={candidate_score:.4f} is worse than "
+                f"{name}:{alias}=@{current} {metric}={current_score:.4f} (use --force)"
+            )
+    set_alias(store, name, alias, version)
+
+
+def detect_task(architectures: list[str]) -> str | None:
+    for architecture in architectures:
+        if architecture.endswith("ForSequenceClassification"):
+            return "classification"
+        if architecture.endswith(("ForMaskedLM", "ForPreTraining")):
+            return "fill-mask"
+    return None
+
+
+def import_hf_folder(
+    store: ModelStore, path: str | Path, name: str, task: str | None = None, created_by: str | None = None
+) -> Manifest:
+    """Publish a local Hugging Face BERT-family folder as the next version of `name`.
+
+    The model is loaded once here with its task head (pickle `.bin` weights are read with
+    `weights_only` and re-saved as safetensors, so the server never unpickles anything), the fast
+    tokenizer is saved beside it, and a folder whose head would be freshly initialised is refused:
+    serving random head weights would answer confidently and wrongly."""
+    from transformers import (
+        AutoConfig,
+        AutoModelForMaskedLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
+
+    source = Path(path).expanduser()
+    if not (source / "config.json").is_file():
+        raise StoreError(f"{source} is not a Hugging Face model folder: config.json is missing")
+    config = AutoConfig.from_pretrained(source)
+    task = task or detect_task(list(config.architectures or []))
+    if task not in ("classification", "fill-mask"):
+        raise StoreError(
+            f"cannot tell the task of {source} (architectures {config.architectures}): pass --task; "
+            "a bare encoder has no head to serve, train one with `bertserve train` or `bertserve pretrain`"
+        )
+    model_class = AutoModelForSequenceClassification if task == "classification" else AutoModelForMaskedLM
+    model, info = model_class.from_pretrained(source, output_loading_info=True)
+    missing = [key for key in info["missing_keys"] if not key.endswith("position_ids")]
+    if missing:
+        raise StoreError(
+            f"{source} has no trained {task} head (missing {', '.join(missing[:3])}...): "
+            "train one with `bertserve train` / `bertserve pretrain` instead"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True)
+    if not tokenizer.is_fast:
+        raise StoreError(f"{source}: no fast tokenizer could be built (tokenizer.json or vocab.txt needed)")
+    limits = [tokenizer.model_max_length, getattr(config, "max_position_embeddings", 512)]
+    fields: dict = {
+        "task": task,
+        "base_model": str(source.resolve()),
+        "max_length": int(min(limit for limit in limits if limit and limit < 1_000_000)),
+    }
+    if task == "classification":
+        fields["labels"] = [config.id2label[i] for i in range(config.num_labels)]
+        multi = config.problem_type == "multi_label_classification"
+        fields["problem_type"] = "multi_label" if multi else "single_label"
+    with tempfile.TemporaryDirectory(prefix="bertserve-import-") as scratch:
+        folder = Path(scratch) / "version"
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+        return publish_version(
+            store,
+            name,
+            folder,
+            fields,
+            created_by=created_by or f"bertserve store import {source}",
+            move=True,
+        )
