@@ -1,7 +1,7 @@
 """The real bootstrap path (PyPI downloads, sha256 checks, training, publishing, promotion) on a small budget.
 
 `bootstrap(..., budget="quick")` trains on a few dozen reviews for a step or two: the numbers are not
-the point here, the path is. The full budget's numbers are in the README (training section)."""
+the point here, the path is. The full budget's numbers are in docs/models-and-training.md."""
 
 from __future__ import annotations
 
