@@ -21,16 +21,21 @@ def serve(
     store: str = typer.Option(None, help="Model store root [BERTSERVE_STORE]."),
     host: str = typer.Option(None, help="Interface to listen on [BERTSERVE_HOST]."),
     port: int = typer.Option(None, help="HTTP port [BERTSERVE_PORT]."),
-    workers: int = typer.Option(None, help="Inference workers per endpoint [BERTSERVE_WORKERS]."),
-    api_servers: int = typer.Option(None, help="HTTP server processes, 0 = workers [BERTSERVE_API_SERVERS]."),
+    device: str = typer.Option(
+        None, help="auto | cpu | cuda | cuda:N[,M] (auto: cuda when torch sees a GPU) [BERTSERVE_DEVICE]."
+    ),
+    workers: int = typer.Option(
+        None, help="Inference workers per endpoint (per GPU), 0 = sizing [BERTSERVE_WORKERS]."
+    ),
+    api_servers: int = typer.Option(None, help="HTTP server processes, 0 = sizing [BERTSERVE_API_SERVERS]."),
     torch_threads: int = typer.Option(
-        None, help="Torch threads per worker, 0 = auto [BERTSERVE_TORCH_THREADS]."
+        None, help="Torch threads per worker, 0 = sizing [BERTSERVE_TORCH_THREADS]."
     ),
     models: str = typer.Option(None, help="Model refs to load, '*' = all [BERTSERVE_MODELS]."),
     default_classify_model: str = typer.Option(None, help="[BERTSERVE_DEFAULT_CLASSIFY_MODEL]"),
     default_fill_mask_model: str = typer.Option(None, help="[BERTSERVE_DEFAULT_FILL_MASK_MODEL]"),
     backend: str = typer.Option(
-        None, help="fp32 | bf16 | int8 | onnx | onnx-int8 | auto [BERTSERVE_BACKEND]."
+        None, help="fp32 | fp16 | bf16 | int8 | onnx | onnx-int8 | auto [BERTSERVE_BACKEND]."
     ),
     model_backends: str = typer.Option(
         None, help="Per-model backends, e.g. 'sentiment=int8,mlm=fp32' [BERTSERVE_MODEL_BACKENDS]."
@@ -64,13 +69,26 @@ def serve(
 ) -> None:
     """Serve the store's models: POST /v1/classify, /v1/fill-mask; GET /v1/models, /health, /metrics."""
     overrides = {key: value for key, value in locals().items() if value is not None}
-    from bertserve.config import Settings, serving_metrics_dir
+    from pydantic import ValidationError
 
-    settings = Settings(**overrides)
+    from bertserve.config import Settings, serving_metrics_dir
+    from bertserve.runtime.device import DeviceUnavailable
+
+    try:  # a configuration mistake or a missing GPU: one line and exit 2, no traceback
+        settings = Settings(**overrides).resolved()
+    except ValidationError as exc:
+        _refuse("; ".join(f"{error['loc'][0]}: {error['msg']}" for error in exc.errors()))
+    except DeviceUnavailable as exc:
+        _refuse(str(exc))
     with serving_metrics_dir():  # before bertserve.metrics is imported anywhere
         from bertserve.server import run_server
 
         run_server(settings)
+
+
+def _refuse(message: str) -> None:
+    typer.echo(f"bertserve serve: {message}", err=True)
+    raise typer.Exit(2)
 
 
 if __name__ == "__main__":

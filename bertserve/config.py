@@ -11,9 +11,9 @@ from typing import Literal, get_args
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-Backend = Literal["auto", "fp32", "bf16", "int8", "onnx", "onnx-int8"]
-# Where the kernel shows this process's cgroup (its CPU quota); a parameter below so tests can fake it.
-CGROUP_ROOT = Path("/sys/fs/cgroup")
+from bertserve.runtime.device import check_device, cuda_gpus, pick_sizing, resolve_device, usable_cpus
+
+Backend = Literal["auto", "fp32", "fp16", "bf16", "int8", "onnx", "onnx-int8"]
 
 
 class Settings(BaseSettings):
@@ -24,11 +24,15 @@ class Settings(BaseSettings):
     store: Path = Field(Path("model_store"), description="Model store root folder.")
     host: str = Field("127.0.0.1", description="Interface to listen on (0.0.0.0 in containers).")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
-    workers: int = Field(1, ge=1, le=32, description="Inference worker processes per endpoint.")
-    api_servers: int = Field(0, ge=0, le=32, description="HTTP server processes (0: same as workers).")
-    torch_threads: int = Field(
-        0, ge=0, description="Torch intra-op threads per worker (0: CPU count / inference workers)."
+    device: str = Field(
+        "auto",
+        description="Where models run: cpu, cuda (every GPU), cuda:N[,M] or auto (cuda when torch sees one).",
     )
+    workers: int = Field(
+        0, ge=0, le=32, description="Inference worker processes per endpoint, per GPU on cuda (0: sizing)."
+    )
+    api_servers: int = Field(0, ge=0, le=32, description="HTTP server processes (0: sizing).")
+    torch_threads: int = Field(0, ge=0, description="Torch intra-op threads per worker (0: sizing).")
     models: str = Field(
         "*",
         description="Comma-separated model refs to load (name, name@V, name:alias); '*' loads every version.",
@@ -45,9 +49,13 @@ class Settings(BaseSettings):
         description="Per-model backends overriding backend, comma-separated name=backend "
         "(e.g. 'sentiment=int8,mlm=fp32').",
     )
-    max_batch_size: int = Field(32, ge=1, le=1024, description="Most sequences in one forward pass.")
+    max_batch_size: int = Field(
+        32, ge=1, le=1024, description="Most sequences in one forward pass (unset on cuda: 128)."
+    )
     max_batch_tokens: int = Field(
-        16384, ge=64, description="Most padded tokens (sequences x longest) in one forward pass."
+        16384,
+        ge=64,
+        description="Most padded tokens (sequences x longest) in one forward pass (unset on cuda: 65536).",
     )
     batch_timeout: float = Field(
         0.0,
@@ -91,6 +99,11 @@ class Settings(BaseSettings):
         "swapped in without downtime (0: check before every batch, a few stat calls).",
     )
 
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        return check_device(value)
+
     @field_validator("model_backends")
     @classmethod
     def _check_model_backends(cls, value: str) -> str:
@@ -101,19 +114,26 @@ class Settings(BaseSettings):
         """The backend the named model is served with."""
         return parse_model_backends(self.model_backends).get(model_name, self.backend)
 
-    def resolved_torch_threads(self, cgroup_root: Path = CGROUP_ROOT) -> int:
-        """Threads per worker: share the cores among both endpoints' workers unless set explicitly.
+    def resolved(self, cpus: int | None = None, probe=cuda_gpus) -> Settings:
+        """A copy for this machine: the device resolved (auto -> cpu or cuda:0,...) and every sizing setting
+        left at 0 or unset filled in from the sizing table (runtime/device.py pick_sizing). `cpus` (usable
+        CPUs) and `probe` (GPU count) are parameters for tests. Raises DeviceUnavailable."""
+        placement = resolve_device(self.device, probe)
+        sizing = pick_sizing(cpus or usable_cpus(), len(placement.gpus), self.workers)
+        update = {
+            "device": placement.spec,
+            "workers": sizing.workers,
+            "torch_threads": self.torch_threads or sizing.torch_threads,
+            "api_servers": self.api_servers or sizing.api_servers,
+        }
+        for name in ("max_batch_size", "max_batch_tokens"):
+            if name not in self.model_fields_set:
+                update[name] = getattr(sizing, name)
+        return self.model_copy(update=update)
 
-        The cores are the CPUs this process may run on, capped by a cgroup CPU quota (`docker run --cpus`, a
-        Kubernetes CPU limit), which the affinity mask does not show: more threads than the quota only get
-        throttled."""
-        if self.torch_threads:
-            return self.torch_threads
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        quota = cgroup_cpu_limit(cgroup_root)
-        if quota is not None:
-            cpus = min(cpus, quota)
-        return max(1, cpus // self.workers)
+    def resolved_torch_threads(self) -> int:
+        """Torch threads per inference worker on this machine (bench/ runs its in-process models so)."""
+        return self.resolved().torch_threads
 
 
 def parse_model_backends(text: str) -> dict[str, str]:
@@ -128,24 +148,6 @@ def parse_model_backends(text: str) -> dict[str, str]:
             )
         overrides[name] = backend
     return overrides
-
-
-def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> int | None:
-    """Whole CPUs (rounded down, at least 1) a cgroup CPU quota allows; None when unlimited or unknown.
-
-    Reads cgroup v2's cpu.max ("max 100000" or "200000 100000") or v1's cpu/cpu.cfs_quota_us (-1: unlimited)
-    and cpu/cpu.cfs_period_us."""
-    try:
-        if (root / "cpu.max").exists():
-            quota, period = (root / "cpu.max").read_text().split()[:2]
-        else:
-            quota = (root / "cpu" / "cpu.cfs_quota_us").read_text().strip()
-            period = (root / "cpu" / "cpu.cfs_period_us").read_text().strip()
-        if quota == "max" or int(quota) <= 0 or int(period) <= 0:
-            return None
-        return max(1, int(quota) // int(period))
-    except (OSError, ValueError):
-        return None
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ batch shapes, predicted labels) all write there and /metrics sums them.
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -127,8 +128,8 @@ WORKER_RESTARTS = Counter(
 )
 MODEL_INFO = Gauge(
     f"{PREFIX}_model_info",
-    "1 for every model version loaded by a worker.",
-    ["endpoint", "model", "version", "task", "backend"],
+    "1 for every model version loaded by a worker, with the backend and the device (cpu, cuda:N) it runs on.",
+    ["endpoint", "model", "version", "task", "backend", "device"],
     multiprocess_mode="liveall",
 )
 
@@ -142,17 +143,28 @@ def render_latest() -> tuple[bytes, str]:
     return generate_latest(), CONTENT_TYPE_LATEST
 
 
-def loaded_versions() -> dict[tuple[str, str], str]:
-    """(model, version) -> backend for every version an inference worker reports loaded (MODEL_INFO = 1):
+class Loaded(NamedTuple):
+    """How a version is served; device: every device a worker runs it on, comma-joined ('cuda:0,cuda:1')."""
+
+    backend: str | None = None
+    device: str | None = None
+
+
+def loaded_versions() -> dict[tuple[str, str], Loaded]:
+    """(model, version) -> Loaded for every version an inference worker reports loaded (MODEL_INFO = 1):
     what /v1/models calls served, so a version refused at load time shows as not served."""
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return {}
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
-    return {
-        (sample.labels["model"], sample.labels["version"]): sample.labels["backend"]
-        for family in registry.collect()
-        if family.name == MODEL_INFO._name
-        for sample in family.samples
-        if sample.value == 1
-    }
+    backends: dict[tuple[str, str], str] = {}
+    devices: dict[tuple[str, str], set[str]] = {}
+    for family in registry.collect():
+        if family.name != MODEL_INFO._name:
+            continue
+        for sample in family.samples:
+            if sample.value == 1:
+                key = sample.labels["model"], sample.labels["version"]
+                backends[key] = sample.labels["backend"]
+                devices.setdefault(key, set()).add(sample.labels["device"])
+    return {key: Loaded(backend, ",".join(sorted(devices[key]))) for key, backend in backends.items()}

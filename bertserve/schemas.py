@@ -93,6 +93,9 @@ class ModelVersionInfo(BaseModel):
     version: str
     served: bool
     backend: str | None = None
+    device: str | None = Field(
+        None, description="Where the served version runs: cpu, cuda:N (several: comma-joined)."
+    )
     encoder: str | None = None
     base_model: str | None = None
     labels: list[str] | None = None

@@ -35,6 +35,7 @@ from bertserve.api.transport import ResponseTransport
 from bertserve.auth import Authenticator
 from bertserve.config import Settings
 from bertserve.errors import error_response, install_error_handlers
+from bertserve.runtime.device import resolve_device
 from bertserve.runtime.selection import model_tasks, served_versions
 from bertserve.schemas import ModelInfo, ModelsResponse, ModelVersionInfo
 from bertserve.store.errors import StoreError
@@ -218,13 +219,14 @@ def describe_models(store: ModelStore, settings: Settings) -> ModelsResponse:
             ModelVersionInfo(
                 version=m.version,
                 served=(name, m.version) in loaded,
-                backend=loaded.get((name, m.version)),
+                **loaded.get((name, m.version), metrics.Loaded())._asdict(),
                 encoder=m.encoder,
                 base_model=m.base_model,
                 labels=m.labels,
                 problem_type=m.problem_type,
                 max_length=m.max_length,
                 metrics=m.metrics,
+                below_baseline=m.metrics.get("holdout", {}).get("below_baseline"),
                 created_at=m.created_at,
             )
             for m in manifests
@@ -281,6 +283,8 @@ def _use_fast_queues(server: ls.LitServer) -> None:
 
 
 def build_server(settings: Settings, drain_flag: Path, in_flight: InFlight) -> ls.LitServer:
+    settings = settings.resolved()  # a no-op when run_server already did it
+    gpus = resolve_device(settings.device).gpus
     store = ModelStore(settings.store)
     served = served_versions(store, settings.models)
     if not served:
@@ -293,7 +297,8 @@ def build_server(settings: Settings, drain_flag: Path, in_flight: InFlight) -> l
         api.drain_flag = drain_flag
     server = ls.LitServer(
         apis,
-        accelerator="cpu",
+        accelerator="cuda" if gpus else "cpu",
+        devices=list(gpus) or 1,
         workers_per_device=settings.workers,
         timeout=settings.request_timeout,
         track_requests=False,
@@ -353,7 +358,20 @@ def _launched_deaf_to_ctrl_c(launch):
 
 
 def run_server(settings: Settings) -> None:
+    """Serve until stopped. Raises DeviceUnavailable (before anything starts) when the device is not here."""
+    settings = settings.resolved()
     logs.configure_logging(settings)
+    logger.info(
+        "device %s: %d inference worker(s) per endpoint%s x %d torch threads, %d HTTP process(es), "
+        "batches of <= %d sequences / %d tokens",
+        settings.device,
+        settings.workers,
+        " per GPU" if settings.device != "cpu" else "",
+        settings.torch_threads,
+        settings.api_servers,
+        settings.max_batch_size,
+        settings.max_batch_tokens,
+    )
     metrics_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     drain_flag = metrics_dir / "draining"
     drain_flag.unlink(missing_ok=True)
@@ -400,7 +418,7 @@ def run_server(settings: Settings) -> None:
     server.run(
         host=settings.host,
         port=settings.port,
-        num_api_servers=settings.api_servers or None,
+        num_api_servers=settings.api_servers,
         log_level=settings.log_level,
         generate_client_file=False,
         # Outlive clients' and load balancers' idle timeouts (httpx 5 s, cloud LBs 60 s): a server closing an

@@ -54,8 +54,13 @@ def running_server(
     scratch.mkdir()
     environment = {k: v for k, v in os.environ.items() if not k.startswith("BERTSERVE_")}
     environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    # fp32 unless a test asks otherwise: answers are compared with transformers' own float32 outputs
-    defaults = {"BERTSERVE_DRAIN_SECONDS": "2", "BERTSERVE_TORCH_THREADS": "1", "BERTSERVE_BACKEND": "fp32"}
+    # fp32 on the CPU unless a test asks otherwise: answers are compared with transformers' own CPU float32
+    defaults = {
+        "BERTSERVE_DRAIN_SECONDS": "2",
+        "BERTSERVE_TORCH_THREADS": "1",
+        "BERTSERVE_BACKEND": "fp32",
+        "BERTSERVE_DEVICE": "cpu",
+    }
     environment.update({**defaults, "TMPDIR": str(scratch), **(env or {})})
     command = [
         sys.executable,

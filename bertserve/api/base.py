@@ -61,8 +61,10 @@ class TaskAPI(ls.LitAPI):
         # Spawned with SIGINT blocked (server._launched_deaf_to_ctrl_c) for the imports before this line;
         # from here on it is ignored for the process, whatever mask a thread ends up with.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        torch.set_num_threads(self.settings.resolved_torch_threads())
-        self.registry = ModelRegistry(self.settings, self.task, self.endpoint)
+        torch.set_num_threads(self.settings.torch_threads)  # resolved for this machine by build_server
+        if device.startswith("cuda"):
+            torch.cuda.set_device(device)  # LitServe's pick for this worker: cuda:N
+        self.registry = ModelRegistry(self.settings, self.task, self.endpoint, device)
         self.registry.load_initial()
 
     def refresh(self) -> None:

@@ -3,16 +3,19 @@
 The task decode (softmax, top-k, labels) lives in loaded.py and never knows which backend ran.
 
 Backends (Settings.backend / BERTSERVE_BACKEND / --backend):
-- fp32: eager PyTorch float32, the reference every other backend is verified against;
-- bf16: PyTorch with bfloat16 weights; fast only with native bf16 (AVX-512 BF16 / AMX), emulated otherwise;
+- fp32: PyTorch float32, the reference every other backend is verified against;
+- fp16: PyTorch with float16 weights, for CUDA GPUs (tensor cores; on a CPU it runs, slowly);
+- bf16: PyTorch with bfloat16 weights; on a CPU fast only with native bf16 (AVX-512 BF16 / AMX);
 - int8: PyTorch dynamic quantization (torch.ao quantize_dynamic): nn.Linear weights int8, activations
   quantized per batch;
 - onnx / onnx-int8: ONNX Runtime on a graph exported on first load (cached, see onnx_export.py), fp32 or
   with dynamically quantized int8 MatMul weights;
 - auto: the first of backend_names.auto_candidates() that can be built and passes verification.
+The PyTorch backends run on the worker's device (cpu or cuda:N); int8 and the ONNX backends on the CPU only.
 
 Every non-reference backend is verified when it is built: its logits on fixed probe inputs must stay within
-the backend's tolerance of the fp32 model's, with the same top-1 wherever fp32's top-1 is not a near tie.
+the backend's tolerance of the fp32 model's on the same device, with the same top-1 wherever fp32's top-1 is
+not a near tie.
 A backend that fails is not used: an explicit choice raises BackendUnavailable, `auto` moves on.
 """
 
@@ -29,7 +32,7 @@ import torch
 from torch import nn
 
 from bertserve.runtime import backend_names
-from bertserve.runtime.backend_names import BACKENDS, resolve_backend_name
+from bertserve.runtime.backend_names import BACKENDS, CPU_ONLY, resolve_backend_name
 from bertserve.runtime.cpu import native_bf16
 
 logger = logging.getLogger(__name__)
@@ -38,7 +41,8 @@ __all__ = ["BACKENDS", "Backend", "BackendUnavailable", "make_backend", "resolve
 # Largest allowed RMS(backend - fp32) / std(fp32) over the probe logits. Exact backends must agree to float
 # rounding; the quantized ones are only guarded against gross breakage here (a wrong export scores ~1):
 # their accuracy cost is measured on held-out data by bench/ (see bench/README-performance.md).
-TOLERANCE = {"fp32": 1e-5, "onnx": 1e-3, "bf16": 0.08, "int8": 0.5, "onnx-int8": 0.5}
+TOLERANCE = {"fp32": 1e-5, "onnx": 1e-3, "fp16": 0.02, "bf16": 0.08, "int8": 0.5, "onnx-int8": 0.5}
+FLOAT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PROBE_TEXTS = (
     "the drug worked and my headache went away after two days",
     "terrible side effects, i could not sleep at all",
@@ -74,24 +78,26 @@ def _masked_lm_parts(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
 
 
 class TorchBackend:
-    """Eager PyTorch in float32 (the reference), bfloat16 weights, or dynamically quantized int8 Linears."""
+    """PyTorch in float32 (the reference), float16 or bfloat16 weights on the CPU or a GPU, or dynamically
+    quantized int8 Linears (CPU). Takes CPU tensors and returns float32 CPU logits on any device."""
 
     def __init__(
         self,
         model: nn.Module,
-        dtype: torch.dtype = torch.float32,
+        name: str = "fp32",
         input_names: tuple[str, ...] = (),
-        quantized: bool = False,
+        device: str = "cpu",
     ):
+        self.name = name
         self.input_names = input_names or ("input_ids", "attention_mask", "token_type_ids")
-        if quantized:
+        self.device = torch.device(device)
+        if name == "int8":
             import warnings
 
             with warnings.catch_warnings():  # torch.ao.quantization warns that it moves to torchao
                 warnings.simplefilter("ignore")
                 from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-                self.name = "int8"
                 # Only the encoder's Linears (where the time goes); the task head stays fp32: the MLM head
                 # runs at masked positions only, and its vocabulary projection is the most error-prone.
                 # Per output channel: 3-4x smaller error than one scale per weight matrix, same speed.
@@ -103,25 +109,30 @@ class TorchBackend:
                     inplace=True,
                 )
         else:
-            self.name = "fp32" if dtype == torch.float32 else "bf16"
-            self.model = model.to(dtype).eval()
+            self.model = model.to(self.device, FLOAT_DTYPES[name]).eval()
         self._mlm_parts = _masked_lm_parts(self.model)
 
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """On a GPU: copied from pinned memory without blocking, so the copy overlaps the CPU's work."""
+        if self.device.type == "cpu":
+            return tensor
+        return tensor.pin_memory().to(self.device, non_blocking=True)
+
     def _inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {key: value for key, value in batch.items() if key in self.input_names}
+        return {key: self._to_device(value) for key, value in batch.items() if key in self.input_names}
 
     @torch.inference_mode()
     def sequence_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.model(**self._inputs(batch)).logits.float()
+        return self.model(**self._inputs(batch)).logits.float().cpu()
 
     @torch.inference_mode()
     def masked_logits(self, batch: dict[str, torch.Tensor], positions: torch.Tensor) -> torch.Tensor:
-        rows, cols = positions[:, 0], positions[:, 1]
+        rows, cols = self._to_device(positions[:, 0]), self._to_device(positions[:, 1])
         if self._mlm_parts is None:
-            return self.model(**self._inputs(batch)).logits[rows, cols].float()
+            return self.model(**self._inputs(batch)).logits[rows, cols].float().cpu()
         encoder, head = self._mlm_parts
         hidden = encoder(**self._inputs(batch)).last_hidden_state
-        return head(hidden[rows, cols]).float()
+        return head(hidden[rows, cols]).float().cpu()
 
 
 class OrtBackend:
@@ -264,16 +275,17 @@ def weights_digest(folder: Path | None) -> str:
 
 
 def _build(
-    name: str, model: nn.Module, input_names: tuple[str, ...], weights_sha256: str | None, folder: Path | None
+    name: str,
+    model: nn.Module,
+    input_names: tuple[str, ...],
+    weights_sha256: str | None,
+    folder: Path | None,
+    device: str,
 ) -> Backend:
-    if name == "fp32":
-        return TorchBackend(model, torch.float32, input_names)
-    if name == "bf16":
-        if not native_bf16():
-            logger.warning("bf16 requested but this CPU has no native bf16: torch emulates it (slow)")
-        return TorchBackend(model, torch.bfloat16, input_names)
-    if name == "int8":
-        return TorchBackend(model, input_names=input_names, quantized=True)
+    if name == "bf16" and device == "cpu" and not native_bf16():
+        logger.warning("bf16 requested but this CPU has no native bf16: torch emulates it (slow)")
+    if name in FLOAT_DTYPES or name == "int8":
+        return TorchBackend(model, name, input_names, device)
     if name in ("onnx", "onnx-int8"):
         digest = weights_sha256 or weights_digest(folder)
         try:
@@ -292,16 +304,22 @@ def make_backend(
     folder: Path | None = None,
     weights_sha256: str | None = None,
     tokenizer=None,
+    device: str = "cpu",
 ) -> Backend:
-    """Build (and verify against fp32) the named backend for a loaded transformers model in float32.
+    """Build (and verify against fp32 on `device`) the named backend for a loaded transformers model in
+    float32 on the CPU.
 
     `folder` is the checkpoint folder (the ONNX cache is keyed by its model.safetensors sha256, or by
     `weights_sha256` when the caller already knows it). Verification probes with PROBE_TEXTS when the
-    `tokenizer` is given, else with random token ids. bf16 converts `model` in place: do not reuse it."""
+    `tokenizer` is given, else with random token ids. The PyTorch backends move and convert `model` in
+    place: do not reuse it."""
     if name != "auto" and name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r} (choose from auto, {', '.join(BACKENDS)})")
+    accelerator = torch.device(device).type
+    if name in CPU_ONLY and accelerator != "cpu":
+        raise BackendUnavailable(f"{name} runs on the CPU only; on {device} use fp16, bf16 or fp32")
     model = model.float().eval()
-    candidates = backend_names.auto_candidates() if name == "auto" else [name]
+    candidates = backend_names.auto_candidates(accelerator) if name == "auto" else [name]
     masked = _masked_lm_parts(model) is not None
     if tokenizer is not None:
         batch, positions = text_probe(tokenizer, input_names, masked)
@@ -309,13 +327,14 @@ def make_backend(
         batch, positions = probe_batch(getattr(model, "config", None), input_names)
     reference = None
     if candidates != ["fp32"]:
-        reference = _probe(TorchBackend(model, torch.float32, input_names), masked, batch, positions)
+        reference = _probe(TorchBackend(model, "fp32", input_names, device), masked, batch, positions)
     failures = []
     for candidate in candidates:
-        # bf16 converts in place: when another candidate may follow, it gets a copy
-        source = copy.deepcopy(model) if candidate == "bf16" and len(candidates) > 1 else model
+        # fp16 and bf16 convert in place: when another candidate may follow, they get a copy
+        converts = candidate in ("fp16", "bf16") and len(candidates) > 1
+        source = copy.deepcopy(model) if converts else model
         try:
-            backend = _build(candidate, source, input_names, weights_sha256, folder)
+            backend = _build(candidate, source, input_names, weights_sha256, folder, device)
         except BackendUnavailable as exc:
             failures.append(str(exc))
             if name != "auto":

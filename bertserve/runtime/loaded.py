@@ -46,14 +46,20 @@ class Prepared:
 
 
 class LoadedModel:
-    def __init__(self, manifest: Manifest, version_dir: Path, backend_name: str = "fp32") -> None:
+    def __init__(
+        self, manifest: Manifest, version_dir: Path, backend_name: str = "fp32", device: str = "cpu"
+    ) -> None:
         self.manifest = manifest
         self.name, self.version, self.task = manifest.name, manifest.version, manifest.task
+        self.device = device
         self.tokenizer = AutoTokenizer.from_pretrained(version_dir)
         auto_model = (
             AutoModelForSequenceClassification if self.task == "classification" else AutoModelForMaskedLM
         )
-        model = auto_model.from_pretrained(version_dir, dtype=torch.float32, use_safetensors=True).eval()
+        # SDPA: PyTorch's fused attention kernels (flash / memory-efficient on a GPU), never the eager one
+        model = auto_model.from_pretrained(
+            version_dir, dtype=torch.float32, use_safetensors=True, attn_implementation="sdpa"
+        ).eval()
         self.config = model.config
         rows, highest = model.get_input_embeddings().num_embeddings, max(self.tokenizer.get_vocab().values())
         if highest >= rows:  # a request holding such a token would fail its whole batch
@@ -70,6 +76,7 @@ class LoadedModel:
             version_dir,
             weights.sha256 if weights else None,
             self.tokenizer,
+            device,
         )
         self.max_length = min(
             manifest.max_length or 512,

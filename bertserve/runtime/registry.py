@@ -91,10 +91,11 @@ class Plan:
 class ModelRegistry:
     """Per worker and task: the loaded versions, request resolution, and the store polling that swaps them."""
 
-    def __init__(self, settings: Settings, task: str, endpoint: str) -> None:
+    def __init__(self, settings: Settings, task: str, endpoint: str, device: str = "cpu") -> None:
         self.settings = settings
         self.task = task
         self.endpoint = endpoint
+        self.device = device  # this worker's: cpu or cuda:N
         self.store = ModelStore(settings.store)
         self.models: dict[Key, LoadedModel] = {}
         self.plan: Plan | None = None
@@ -187,6 +188,7 @@ class ModelRegistry:
                     self.store.read_manifest(name, version),
                     self.store.version_dir(name, version),
                     self.settings.backend_for(name),
+                    self.device,
                 )
                 model.warm_up()
             except Exception as exc:
@@ -197,6 +199,9 @@ class ModelRegistry:
             loaded[(name, version)] = model
         return loaded
 
+    def _info(self, model: LoadedModel) -> tuple[str, ...]:
+        return self.endpoint, model.name, model.version, self.task, model.backend.name, model.device
+
     def _apply(self, plan: Plan, loaded: dict[Key, LoadedModel]) -> None:
         """Switch in one step: requests decoded from now on resolve against the new snapshot."""
         wanted = plan.keys(self.task)
@@ -205,13 +210,9 @@ class ModelRegistry:
         }
         dropped = [self.models[key] for key in self.models if key not in models]
         for model in models.values():
-            metrics.MODEL_INFO.labels(
-                self.endpoint, model.name, model.version, self.task, model.backend.name
-            ).set(1)
+            metrics.MODEL_INFO.labels(*self._info(model)).set(1)
         for model in dropped:
-            metrics.MODEL_INFO.labels(
-                self.endpoint, model.name, model.version, self.task, model.backend.name
-            ).set(0)
+            metrics.MODEL_INFO.labels(*self._info(model)).set(0)
         self.models, self.plan = models, plan
         for key in loaded:
             logger.info("%s: serving %s@%s", self.endpoint, *key)

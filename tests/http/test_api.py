@@ -78,7 +78,7 @@ def test_models_endpoint_lists_versions_aliases_and_what_is_served(server):
     sentiment = models["sentiment"]
     assert sentiment["task"] == "classification" and sentiment["aliases"] == {"production": "1"}
     assert [v["version"] for v in sentiment["versions"]] == ["1", "2"]
-    assert all(v["served"] and v["backend"] == "fp32" for v in sentiment["versions"])
+    assert all(v["served"] and (v["backend"], v["device"]) == ("fp32", "cpu") for v in sentiment["versions"])
     assert sentiment["versions"][0]["labels"] == ["negative", "neutral", "positive"]
     assert sentiment["default_for"] == ["classify"] and models["mlm"]["default_for"] == ["fill-mask"]
     assert models["topics"]["versions"][0]["problem_type"] == "multi_label"

@@ -13,7 +13,7 @@ from bertserve.runtime.backends import TOLERANCE, BackendUnavailable, compare, m
 from bertserve.runtime.batching import pad_batch
 
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None
-ALL = ["fp32", "bf16", "int8"] + (["onnx", "onnx-int8"] if HAS_ORT else [])
+ALL = ["fp32", "fp16", "bf16", "int8"] + (["onnx", "onnx-int8"] if HAS_ORT else [])
 TEXTS = [
     "the drug worked and my headache went away",
     "terrible side effects",
@@ -42,7 +42,7 @@ def assert_close_logits(reference, got, name):
     assert check.relative <= TOLERANCE[name], check
     # same top-1 on every row whose fp32 top-1 is not a near tie (margin > 0.25 std of the logits)
     assert check.top1_agreement == 1.0, check
-    if name in ("fp32", "onnx", "bf16"):
+    if name in ("fp32", "onnx", "fp16", "bf16"):
         assert torch.equal(reference.argmax(-1), got.argmax(-1)), check
 
 
@@ -90,10 +90,32 @@ def test_auto_picks_a_verified_backend_and_falls_back(tiny_classifier_dir, monke
     assert backend.name == backend_names.auto_candidates()[0] == backends.resolve_backend_name("auto")
     # a backend that fails verification is skipped by auto and refused when asked for by name
     monkeypatch.setitem(backends.TOLERANCE, "int8", 0.0)
-    monkeypatch.setattr(backend_names, "auto_candidates", lambda: ["int8", "fp32"])
+    monkeypatch.setattr(backend_names, "auto_candidates", lambda accelerator: ["int8", "fp32"])
     assert make_backend("auto", load(tiny_classifier_dir), input_names).name == "fp32"
     with pytest.raises(BackendUnavailable, match="int8 differs from fp32"):
         make_backend("int8", load(tiny_classifier_dir), input_names)
+
+
+def test_gpu_backends_are_verified_on_the_device_they_run_on(tiny_mlm_dir, monkeypatch):
+    """auto's CUDA order, run on the CPU (the device is a parameter): fp16 is built there and verified
+    against fp32 computed there; a failing fp16 falls back to bf16."""
+    assert backend_names.auto_candidates("cuda") == ["fp16", "bf16", "fp32"]
+    monkeypatch.setattr(backend_names, "auto_candidates", lambda accelerator: ["fp16", "bf16", "fp32"])
+    _, input_names = encode(tiny_mlm_dir, TEXTS)
+    load = AutoModelForMaskedLM.from_pretrained
+    backend = make_backend("auto", load(tiny_mlm_dir), input_names, device="cpu")
+    assert backend.name == "fp16" and next(backend.model.parameters()).dtype == torch.float16
+    assert 0 < backend.verification.relative <= TOLERANCE["fp16"]
+    monkeypatch.setitem(backends.TOLERANCE, "fp16", 0.0)
+    assert make_backend("auto", load(tiny_mlm_dir), input_names, device="cpu").name == "bf16"
+
+
+@pytest.mark.parametrize("name", ["int8", "onnx", "onnx-int8"])
+def test_cpu_only_backends_are_refused_on_a_gpu(name, tiny_classifier_dir):
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_classifier_dir)
+    with pytest.raises(BackendUnavailable, match=f"{name} runs on the CPU only; on cuda:0 use fp16"):
+        make_backend(name, model, ("input_ids",), tiny_classifier_dir, device="cuda:0")
+    assert next(model.parameters()).device.type == "cpu", "refused before any weight moved"
 
 
 def test_probe_batch_respects_position_limit():

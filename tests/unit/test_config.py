@@ -1,67 +1,53 @@
-"""Settings logic: automatic torch threads (the CPUs the process may use, capped by a cgroup CPU quota faked
-in tmp_path) and per-model backends."""
+"""Settings logic: per-model backends, and the device and sizing resolved for the machine (the table itself is
+tested in test_device.py)."""
 
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from bertserve.config import Settings, cgroup_cpu_limit
-
-AFFINITY = len(os.sched_getaffinity(0))
-
-
-def cgroup_v2(root: Path, cpu_max: str) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "cpu.max").write_text(cpu_max + "\n")
-    return root
+from bertserve.config import Settings
+from bertserve.runtime.device import CPU_BATCH, CUDA_BATCH, DeviceUnavailable
 
 
-def cgroup_v1(root: Path, quota: str, period: str) -> Path:
-    (root / "cpu").mkdir(parents=True, exist_ok=True)
-    (root / "cpu" / "cpu.cfs_quota_us").write_text(quota + "\n")
-    (root / "cpu" / "cpu.cfs_period_us").write_text(period + "\n")
-    return root
+def no_gpu() -> tuple[int, str]:
+    return 0, "none in this test"
 
 
-@pytest.mark.parametrize(
-    ("cpu_max", "cpus"),
-    [
-        ("200000 100000", 2),  # docker run --cpus 2 / limits.cpu: 2
-        ("150000 100000", 1),  # 1.5 CPUs: rounded down, never more threads than the quota
-        ("50000 100000", 1),  # half a CPU: still one
-        ("6400000 100000", 64),
-        ("max 100000", None),  # unlimited
-        ("garbage", None),
-    ],
-)
-def test_cgroup_v2_cpu_max(tmp_path, cpu_max, cpus):
-    assert cgroup_cpu_limit(cgroup_v2(tmp_path, cpu_max)) == cpus
+def two_gpus() -> tuple[int, str]:
+    return 2, ""
 
 
-def test_cgroup_v1_quota_and_period(tmp_path):
-    assert cgroup_cpu_limit(cgroup_v1(tmp_path / "limited", "300000", "100000")) == 3
-    assert cgroup_cpu_limit(cgroup_v1(tmp_path / "unlimited", "-1", "100000")) is None
-    assert cgroup_cpu_limit(tmp_path / "no-cgroup-files") is None
+def test_sizing_fills_only_what_is_left_to_it():
+    on_16 = Settings().resolved(cpus=16, probe=no_gpu)
+    assert (on_16.device, on_16.workers, on_16.torch_threads, on_16.api_servers) == ("cpu", 4, 4, 4)
+    assert (on_16.max_batch_size, on_16.max_batch_tokens) == CPU_BATCH
+    explicit = Settings(workers=2, torch_threads=3, api_servers=5, max_batch_size=8).resolved(16, no_gpu)
+    assert (explicit.workers, explicit.torch_threads, explicit.api_servers) == (2, 3, 5)
+    assert (explicit.max_batch_size, explicit.max_batch_tokens) == (8, CPU_BATCH[1])
+    # explicit workers still share the CPUs: 16 / 2 threads each, as many HTTP processes
+    assert Settings(workers=2).resolved(16, no_gpu).torch_threads == 8
+    assert Settings(workers=2).resolved(16, no_gpu).api_servers == 2
 
 
-def test_threads_follow_the_quota_and_the_workers(tmp_path):
-    one_cpu = cgroup_v2(tmp_path / "one", "100000 100000")
-    assert Settings(torch_threads=0).resolved_torch_threads(one_cpu) == 1
-    huge = cgroup_v2(tmp_path / "huge", "6400000 100000")  # a quota above the CPUs we may use changes nothing
-    assert Settings(torch_threads=0).resolved_torch_threads(huge) == AFFINITY
-    unlimited = cgroup_v2(tmp_path / "unlimited", "max 100000")
-    assert Settings(torch_threads=0, workers=2).resolved_torch_threads(unlimited) == max(1, AFFINITY // 2)
-    v1 = cgroup_v1(tmp_path / "v1", "100000", "100000")
-    assert Settings(torch_threads=0, workers=2).resolved_torch_threads(v1) == 1  # never below one
+def test_on_cuda_the_batches_grow_unless_set(monkeypatch):
+    gpu = Settings(device="cuda").resolved(cpus=16, probe=two_gpus)
+    assert (gpu.device, gpu.workers, gpu.max_batch_size, gpu.max_batch_tokens) == ("cuda:0,1", 1, *CUDA_BATCH)
+    monkeypatch.setenv("BERTSERVE_MAX_BATCH_TOKENS", "4096")  # set in the environment counts as set
+    assert Settings(device="auto").resolved(16, two_gpus).max_batch_tokens == 4096
+    assert Settings(device="cpu").resolved(16, two_gpus).device == "cpu"
 
 
-def test_explicit_threads_win_over_the_quota(tmp_path):
-    limited = cgroup_v2(tmp_path, "100000 100000")
-    assert Settings(torch_threads=3).resolved_torch_threads(limited) == 3
+def test_resolving_twice_changes_nothing():
+    once = Settings(device="cuda:1").resolved(cpus=16, probe=two_gpus)
+    assert once.resolved(cpus=16, probe=two_gpus) == once
+
+
+def test_a_missing_gpu_is_refused_and_a_bad_device_is_invalid():
+    with pytest.raises(DeviceUnavailable, match="none in this test"):
+        Settings(device="cuda").resolved(cpus=4, probe=no_gpu)
+    with pytest.raises(ValidationError, match="device"):
+        Settings(device="gpu")
 
 
 def test_model_backends_override_the_default_backend(monkeypatch):

@@ -87,6 +87,17 @@ def test_multi_label_answers_sigmoid(tiny_multilabel_dir):
     assert any(abs(sum(d["score"] for d in ranking) - 1) > 0.05 for ranking in answer), "sigmoid, not softmax"
 
 
+def test_a_half_precision_model_on_its_device_answers_like_fp32(classifier, tiny_classifier_dir):
+    """fp16 is the GPU backend; the device is a parameter, so the same code path runs here on the CPU."""
+    half = LoadedModel(classifier.manifest, tiny_classifier_dir, "fp16", device="cpu")
+    assert (half.device, half.backend.name, half.config._attn_implementation) == ("cpu", "fp16", "sdpa")
+    (reference,) = classifier.classify([Prepared(classifier, classifier.encode(TEXTS, True))], 32, 4096)
+    (answer,) = half.classify([Prepared(half, half.encode(TEXTS, True))], 32, 4096)
+    labels = classifier.labels
+    torch.testing.assert_close(as_matrix(answer, labels), as_matrix(reference, labels), atol=0.02, rtol=0)
+    assert [r[0]["label"] for r in answer] == [r[0]["label"] for r in reference]
+
+
 def test_top_k_and_requests_batched_together_keep_their_own_answers(classifier):
     alone = [
         classifier.classify([Prepared(classifier, classifier.encode([t], True))], 32, 4096)[0][0]
