@@ -102,6 +102,11 @@ class ModelVersionInfo(BaseModel):
     problem_type: str | None = None
     max_length: int | None = None
     metrics: dict[str, Any] = {}
+    below_baseline: bool | None = Field(
+        None,
+        description="True: on its holdout (metrics.holdout) the version is less accurate than always "
+        "answering the most frequent label, and promotion refuses it. None: no holdout recorded.",
+    )
     created_at: str | None = None
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from bertserve.store.errors import StoreError
+from bertserve.store.gate import DEFAULT_MARGIN
 from bertserve.store.layout import ModelStore
 from bertserve.store.resolve import parse_ref, resolve
 
@@ -94,17 +95,31 @@ def verify(
     ref: str = typer.Argument(None, help="name, name@version or name:alias; default: every version."),
     store: Path = StoreOption,
 ) -> None:
-    """Check file hashes against the manifests. Exit 1 naming each file that does not match."""
-    from bertserve.store.publish import verify_version
+    """Check file hashes against the manifests, and that every model has versions and its aliases exist.
+    Exit 1 naming each problem; an empty store fails too: a server started on it has nothing to serve."""
+    from bertserve.store.publish import model_problems, verify_version
 
     model_store = ModelStore(store)
     if ref is None:
-        targets = [(n, v) for n in model_store.models() for v in model_store.versions(n)]
+        names = model_store.models()
+        if not names:
+            _fail(
+                StoreError(
+                    f"the store {store} holds no models: seed it before serving "
+                    "(`bertserve bootstrap --store`, or copy a built store into it)"
+                )
+            )
+        targets = [(n, v) for n in names for v in model_store.versions(n)]
     elif parse_ref(ref).version or parse_ref(ref).alias:
         targets = [_resolve(model_store, ref)]
+        names = [targets[0][0]]
     else:
         targets = [(ref, v) for v in model_store.versions(ref)] or [_resolve(model_store, ref)]
-    failures = 0
+        names = [ref]
+    problems = model_problems(model_store, names)
+    for problem in problems:
+        typer.secho(f"FAILED  {problem}", fg=typer.colors.RED)
+    failures = len(problems)
     for name, version in targets:
         try:
             verify_version(model_store, name, version)
@@ -138,18 +153,28 @@ def promote(
     name: str = typer.Argument(..., help="Model name."),
     version: str = typer.Argument(..., help="Candidate version."),
     alias_name: str = typer.Option("production", "--alias", help="Alias to move."),
-    metric: str = typer.Option("macro_f1", help="Manifest metric the gate compares (higher is better)."),
-    force: bool = typer.Option(False, help="Skip the gate."),
+    metric: str = typer.Option(
+        "macro_f1", help="What the gate compares on the holdout: macro_f1 or accuracy."
+    ),
+    margin: float = typer.Option(
+        DEFAULT_MARGIN, min=0.0, help="Pass if the 95% interval of candidate - current stays above -MARGIN."
+    ),
+    force: bool = typer.Option(
+        False, help="Promote even if the gate refuses (its reasons are still printed)."
+    ),
     store: Path = StoreOption,
 ) -> None:
-    """Move ALIAS to VERSION only if its held-out metric is not worse than the current version's."""
+    """Move ALIAS to VERSION only if, on a holdout neither version trained or selected on, it beats the
+    majority baseline and is not worse than the current version by more than MARGIN (paired bootstrap)."""
     from bertserve.store.publish import promote as promote_version
 
     try:
-        promote_version(ModelStore(store), name, version, alias=alias_name, metric=metric, force=force)
+        why = promote_version(
+            ModelStore(store), name, version, alias=alias_name, metric=metric, margin=margin, force=force
+        )
     except (StoreError, ValueError) as error:
         _fail(error)
-    typer.echo(f"{name}:{alias_name} -> {version}")
+    typer.echo(f"{name}:{alias_name} -> {version}: {why}")
 
 
 @store_app.command()

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bertserve.store.errors import IntegrityError, PromotionRefused, StoreError, UnknownModelError
+from bertserve.store.gate import DEFAULT_MARGIN, HOLDOUT_FILE, METRICS, Holdout, compare
 from bertserve.store.layout import ALIASES_NAME, HISTORY_NAME, ModelStore, check_name
 from bertserve.store.manifest import MANIFEST_NAME, Manifest, hash_folder, sha256_file
 
@@ -127,6 +128,19 @@ def verify_version(store: ModelStore, name: str, version: str | int) -> Manifest
     return manifest
 
 
+def model_problems(store: ModelStore, names: list[str]) -> list[str]:
+    """What leaves a model unservable beyond its files: no published version, or an alias to none."""
+    problems = []
+    for name in names:
+        versions = store.versions(name)
+        if not versions:
+            problems.append(f"{name}: no published versions")
+        for alias, version in sorted(store.aliases(name).items()):
+            if version not in versions:
+                problems.append(f"{name}:{alias} points to version {version}, which the store does not have")
+    return problems
+
+
 def set_alias(store: ModelStore, name: str, alias: str, version: str | int) -> None:
     """Point `alias` at an existing version; the move is recorded so `rollback` can undo it."""
     check_name("alias", alias)
@@ -167,28 +181,83 @@ def rollback(store: ModelStore, name: str, alias: str = "production") -> tuple[s
     return current, previous
 
 
+def read_holdout(store: ModelStore, name: str, version: str) -> Holdout | None:
+    """A version's recorded holdout predictions (None: it has none), checked against the manifest's hash."""
+    manifest = store.read_manifest(name, version)
+    entry = manifest.files.get(HOLDOUT_FILE)
+    if "holdout" not in manifest.metrics or entry is None:
+        return None
+    path = store.version_dir(name, version) / HOLDOUT_FILE
+    if not path.is_file() or sha256_file(path) != entry.sha256:
+        raise IntegrityError(
+            f"{name}@{version}: file {HOLDOUT_FILE} does not match its sha256 in the manifest"
+        )
+    return Holdout.from_json(json.loads(path.read_text()))
+
+
+def gate(
+    store: ModelStore, name: str, version: str, alias: str, metric: str, margin: float
+) -> tuple[bool, str]:
+    """(passes, why): the candidate must beat the majority baseline on its holdout and, if `alias` points
+    elsewhere, must not be worse than that version by more than `margin` (95% paired bootstrap interval)
+    on the rows of a shared holdout that neither version's training or selection read."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown gate metric {metric!r}: use one of {', '.join(METRICS)}")
+    candidate = read_holdout(store, name, version)
+    if candidate is None:
+        return False, (
+            f"{name}@{version} has no recorded holdout predictions: nothing shows how it does on data its "
+            "training never read (`bertserve train --test-file` records them)"
+        )
+    summary = candidate.summary()
+    if not summary["rows"]:
+        return (
+            False,
+            f"{name}@{version}: its training read every one of its {len(candidate.truth)} holdout rows",
+        )
+    baseline = summary["majority_baseline"]
+    scores = (
+        f"{name}@{version} holdout accuracy {summary['accuracy']:.4f} macro_f1 {summary['macro_f1']:.4f} on "
+        f"{summary['rows']} rows, majority baseline (always {baseline['label']!r}) accuracy "
+        f"{baseline['accuracy']:.4f}"
+    )
+    if summary["below_baseline"]:
+        return False, f"{scores}: below the majority baseline"
+    current_version = store.aliases(name).get(alias)
+    if current_version is None or current_version == version:
+        return True, f"{scores}; {name}:{alias} pointed to no other version"
+    current = read_holdout(store, name, current_version)
+    versus = f"{scores}; against {name}:{alias}=@{current_version}:"
+    if current is None or current.sha256 != candidate.sha256:
+        found = "none recorded" if current is None else f"holdout sha256 {current.sha256[:12]}"
+        return False, (
+            f"{versus} no shared holdout to compare on (candidate: sha256 {candidate.sha256[:12]}, "
+            f"@{current_version}: {found})"
+        )
+    if not len(candidate.clean_rows(current)):
+        return False, f"{versus} every row of the shared holdout was read in training by one of them"
+    comparison = compare(candidate, current, metric)
+    return comparison.passes(margin), f"{versus} {comparison.describe(margin)}"
+
+
 def promote(
     store: ModelStore,
     name: str,
     version: str | int,
     alias: str = "production",
     metric: str = "macro_f1",
+    margin: float = DEFAULT_MARGIN,
     force: bool = False,
-) -> None:
-    """Move `alias` to `version` only if its held-out `metric` is at least that of the current one."""
+) -> str:
+    """Move `alias` to `version` if the gate passes, or anyway with `force`; returns the gate's reasons.
+    Raises PromotionRefused naming the numbers, rows, interval and margin when it does not pass."""
     version = str(int(version))
-    current = store.aliases(name).get(alias)
-    if not force and current is not None and current != version:
-        candidate_score = store.read_manifest(name, version).metrics.get(metric)
-        current_score = store.read_manifest(name, current).metrics.get(metric)
-        if candidate_score is None:
-            raise PromotionRefused(f"{name}@{version} has no metric {metric!r} to compare (use --force)")
-        if current_score is not None and candidate_score < current_score:
-            raise PromotionRefused(
-                f"{name}@{version} {metric}={candidate_score:.4f} is worse than "
-                f"{name}:{alias}=@{current} {metric}={current_score:.4f} (use --force)"
-            )
+    store.read_manifest(name, version)  # an unknown version fails here, before the gate reads anything
+    passes, why = gate(store, name, version, alias, metric, margin)
+    if not passes and not force:
+        raise PromotionRefused(f"{why} (use --force to promote anyway)")
     set_alias(store, name, alias, version)
+    return why if passes else f"forced past the gate: {why}"
 
 
 def detect_task(architectures: list[str]) -> str | None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import random
+import re
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -14,6 +17,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
 from bertserve.store.errors import IntegrityError, PromotionRefused, StoreError, UnknownModelError
+from bertserve.store.gate import HOLDOUT_FILE, Holdout, holdout_sha256
 from bertserve.store.layout import ModelStore
 from bertserve.store.publish import (
     import_hf_folder,
@@ -146,23 +150,162 @@ def test_refs_aliases_rollback_and_history(store_root, tiny_classifier_dir):
         set_alias(store, "s", "production", "7")
 
 
-def test_promotion_gate(store_root, tiny_classifier_dir):
-    store = ModelStore(store_root)
-    for f1 in (0.6, 0.5, 0.7):
-        publish_version(
-            store, "s", tiny_classifier_dir, {"task": "classification", "metrics": {"macro_f1": f1}}, "t"
-        )
-    promote(store, "s", "1")
-    with pytest.raises(PromotionRefused, match="worse"):
-        promote(store, "s", "2")
-    assert store.aliases("s") == {"production": "1"}
-    promote(store, "s", "3")
-    promote(store, "s", "2", force=True)
-    assert store.aliases("s") == {"production": "2"} and store.alias_history("s")["production"] == [
-        "1",
-        "3",
-        "2",
+HOLDOUT_LABELS = ["negative", "neutral", "positive"]
+
+
+def _truth(rows: int = 300) -> list[tuple[str, ...]]:
+    """60% positive, 30% negative, 10% neutral: always answering 'positive' scores accuracy 0.6."""
+    return [
+        ("positive",) if i % 10 < 6 else ("negative",) if i % 10 < 9 else ("neutral",) for i in range(rows)
     ]
+
+
+def _predictions(truth: list[tuple[str, ...]], wrong_every: int, seed: int) -> list[tuple[str, ...]]:
+    """Right on every row except about one in `wrong_every` (which rows depends on `seed`)."""
+    rng = random.Random(seed)
+    out = []
+    for label_set in truth:
+        if rng.randrange(wrong_every) == 0:
+            label_set = (rng.choice([label for label in HOLDOUT_LABELS if label not in label_set]),)
+        out.append(label_set)
+    return out
+
+
+def _publish_scored(
+    store: ModelStore, source: Path, tmp_path: Path, predicted: list, truth: list | None = None, seen=()
+) -> str:
+    """A version with recorded holdout predictions, as `bertserve train --test-file` publishes one."""
+    truth = truth or _truth()
+    texts = [f"review {i}" for i in range(len(truth))]
+    holdout = Holdout(holdout_sha256(texts, None, truth), truth, predicted, frozenset(seen))
+    folder = tmp_path / f"candidate-{len(store.versions('s'))}"
+    shutil.copytree(source, folder)
+    (folder / HOLDOUT_FILE).write_text(json.dumps(holdout.to_json()))
+    fields = {"task": "classification", "labels": HOLDOUT_LABELS, "metrics": {"holdout": holdout.summary()}}
+    return publish_version(store, "s", folder, fields, "test").version
+
+
+def test_holdout_scores_match_scikit_learn():
+    from sklearn.metrics import accuracy_score, f1_score
+
+    truth = _truth(200)
+    predicted = _predictions(truth, 3, seed=1)
+    summary = Holdout("x", truth, predicted, frozenset()).summary()
+    assert summary["accuracy"] == round(accuracy_score(truth, predicted), 4)
+    assert summary["macro_f1"] == round(f1_score(truth, predicted, average="macro"), 4)
+    assert summary["majority_baseline"] == {"label": "positive", "accuracy": 0.6, "macro_f1": 0.25}
+    assert summary["rows"] == 200 and not summary["below_baseline"]
+    seen = Holdout("x", truth, predicted, frozenset(range(100))).summary()
+    assert (seen["rows"], seen["rows_seen_in_training"]) == (100, 100)
+
+
+def test_gate_passes_a_clear_win_and_says_why(store_root, tiny_classifier_dir, tmp_path):
+    store = ModelStore(store_root)
+    weak = _publish_scored(store, tiny_classifier_dir, tmp_path, _predictions(_truth(), 3, seed=1))
+    strong = _publish_scored(store, tiny_classifier_dir, tmp_path, _predictions(_truth(), 10, seed=2))
+    first = promote(store, "s", weak)
+    assert "on 300 rows" in first and "pointed to no other version" in first
+    why = promote(store, "s", strong)
+    assert store.aliases("s") == {"production": strong}
+    interval = re.search(
+        r"macro_f1 (\S+) vs (\S+) on 300 shared holdout rows .*\[([-+.\d]+), ([-+.\d]+)\]", why
+    )
+    assert interval, why
+    candidate, current, low, high = map(float, interval.groups())
+    assert candidate > current and 0 < low < candidate - current < high
+    assert "2000 resamples" in why and "-0.0100" in why
+
+
+def test_gate_refuses_a_difference_within_noise(store_root, tiny_classifier_dir, tmp_path):
+    store = ModelStore(store_root)
+    current = _publish_scored(store, tiny_classifier_dir, tmp_path, _predictions(_truth(), 5, seed=1))
+    candidate = _publish_scored(store, tiny_classifier_dir, tmp_path, _predictions(_truth(), 5, seed=2))
+    promote(store, "s", current)
+    with pytest.raises(
+        PromotionRefused, match=r"refused: the gate needs the lower bound above -0\.0100"
+    ) as refused:
+        promote(store, "s", candidate)
+    assert "on 300 shared holdout rows" in str(refused.value) and "--force" in str(refused.value)
+    assert store.aliases("s") == {"production": current}
+    assert "passes" in promote(store, "s", candidate, margin=0.5)  # a wide enough margin accepts it
+
+
+def test_gate_refuses_rows_read_in_training_and_foreign_holdouts(store_root, tiny_classifier_dir, tmp_path):
+    store = ModelStore(store_root)
+    current = _publish_scored(store, tiny_classifier_dir, tmp_path, _predictions(_truth(), 5, seed=1))
+    promote(store, "s", current)
+    everything = _publish_scored(
+        store, tiny_classifier_dir, tmp_path, _predictions(_truth(), 20, seed=2), seen=range(300)
+    )
+    with pytest.raises(PromotionRefused, match="its training read every one of its 300 holdout rows"):
+        promote(store, "s", everything)
+    half = _publish_scored(
+        store, tiny_classifier_dir, tmp_path, _predictions(_truth(), 20, seed=2), seen=range(150)
+    )
+    assert "on 150 shared holdout rows (150 excluded: read in training)" in promote(store, "s", half)
+    other = _truth(280)
+    foreign = _publish_scored(store, tiny_classifier_dir, tmp_path, _predictions(other, 20, seed=3), other)
+    with pytest.raises(PromotionRefused, match="no shared holdout to compare on"):
+        promote(store, "s", foreign)
+    assert store.aliases("s") == {"production": half}
+
+
+def test_gate_refuses_below_baseline_and_unscored_versions_unless_forced(
+    store_root, tiny_classifier_dir, tmp_path
+):
+    store = ModelStore(store_root)
+    truth = _truth()
+    guesses = _publish_scored(store, tiny_classifier_dir, tmp_path, _predictions(truth, 2, seed=1))
+    with pytest.raises(PromotionRefused, match=r"majority baseline \(always 'positive'\) accuracy 0\.6000"):
+        promote(store, "s", guesses)  # no current version: the baseline alone decides
+    assert store.aliases("s") == {}
+    imported = import_hf_folder(store, tiny_classifier_dir, "s").version
+    with pytest.raises(PromotionRefused, match="no recorded holdout predictions"):
+        promote(store, "s", imported)
+    assert promote(store, "s", guesses, force=True).startswith("forced past the gate: ")
+    assert ModelStore(store_root).read_manifest("s", guesses).metrics["holdout"]["below_baseline"] is True
+    assert store.aliases("s") == {"production": guesses}
+    with pytest.raises(ValueError, match="unknown gate metric"):
+        promote(store, "s", guesses, metric="loss")
+
+
+def test_gate_refuses_edited_predictions(store_root, tiny_classifier_dir, tmp_path):
+    store = ModelStore(store_root)
+    version = _publish_scored(store, tiny_classifier_dir, tmp_path, _predictions(_truth(), 2, seed=1))
+    path = store.version_dir("s", version) / HOLDOUT_FILE
+    data = json.loads(path.read_text())
+    data["predicted"] = data["truth"]  # a perfect score, written by hand
+    path.write_text(json.dumps(data))
+    with pytest.raises(IntegrityError, match=r"holdout\.json does not match its sha256"):
+        promote(store, "s", version)
+
+
+def test_verify_fails_an_empty_store_and_aliases_to_nothing(store_root, tiny_classifier_dir):
+    def verify() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "bertserve.cli", "store", "verify", "--store", str(store_root)],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parents[2],
+        )
+
+    empty = verify()
+    assert empty.returncode == 1 and "holds no models: seed it before serving" in empty.stderr
+    assert len(empty.stderr.strip().splitlines()) == 1
+    store = ModelStore(store_root)
+    (store_root / "ghost").mkdir()
+    import_hf_folder(store, tiny_classifier_dir, "s")
+    set_alias(store, "s", "production", "1")
+    aliases = store_root / "s" / "aliases.json"
+    aliases.write_text(json.dumps({"production": "1", "staging": "7"}))
+    broken = verify()
+    assert broken.returncode == 1, broken.stdout
+    assert "FAILED  ghost: no published versions" in broken.stdout
+    assert "FAILED  s:staging points to version 7, which the store does not have" in broken.stdout
+    assert "ok      s@1" in broken.stdout
+    (store_root / "ghost").rmdir()
+    aliases.write_text(json.dumps({"production": "1"}))
+    assert verify().returncode == 0
 
 
 def test_store_cli(store_root, tiny_classifier_dir, tiny_mlm_dir):
