@@ -97,7 +97,8 @@ def bootstrap(
     reviews = assets.fetch(assets.REVIEWS, cache)
     full_train = _reviews(reviews, "drugsComTrain.tsv", plan.rows)
     test = _reviews(reviews, "drugsComTest.tsv", plan.rows)
-    # Hyper-parameters and checkpoints are chosen on this validation split; drugsComTest only reports.
+    # Checkpoints are chosen on this validation split. drugsComTest is the holdout: training never reads
+    # it, and the promotion gate compares versions on it.
     train, validation = stratified_split(full_train, VALIDATION_FRACTION, SPLIT_SEED)
     data = {
         "train": file_record(reviews / "drugsComTrain.tsv"),
@@ -145,16 +146,20 @@ def bootstrap(
 
 
 def _brief(metrics: dict) -> str:
-    test = metrics.get("test", {})
+    holdout = metrics.get("holdout", {})
+    baseline = holdout.get("majority_baseline", {})
     return (
-        f"eval acc {metrics.get('accuracy')} macro-F1 {metrics.get('macro_f1')}; "
-        f"test acc {test.get('accuracy')} macro-F1 {test.get('macro_f1')}"
+        f"eval acc {metrics.get('accuracy')} macro-F1 {metrics.get('macro_f1')}; holdout acc "
+        f"{holdout.get('accuracy')} macro-F1 {holdout.get('macro_f1')} on {holdout.get('rows')} rows "
+        f"(majority baseline acc {baseline.get('accuracy')})"
     )
 
 
 def _promote(store: ModelStore, log: Callable[[str], None]) -> None:
-    """Point `production` at the better sentiment version through the store's promotion gate
-    (eval macro-F1): the frozen one first, then the fine-tuned one if it is not worse."""
+    """Point `production` through the store's promotion gate, as `bertserve store promote` would: the
+    frozen version first (it must beat the majority baseline on the holdout), then the fine-tuned one
+    (it must, and must not be worse than the frozen one beyond the gate's margin). If neither beats the
+    baseline the alias stays unset, and requests naming only `sentiment` get the latest version."""
     if PRODUCTION in store.aliases(SENTIMENT):
         log(f"[bootstrap] {SENTIMENT}:{PRODUCTION} already set to {store.aliases(SENTIMENT)[PRODUCTION]}")
         return
@@ -162,10 +167,15 @@ def _promote(store: ModelStore, log: Callable[[str], None]) -> None:
     tuned = _done(store, SENTIMENT, "sentiment-fine-tuned")
     for version in filter(None, (frozen, tuned)):
         try:
-            promote(store, SENTIMENT, version, alias=PRODUCTION, metric="macro_f1")
-            log(f"[bootstrap] {SENTIMENT}:{PRODUCTION} -> {version}")
+            why = promote(store, SENTIMENT, version, alias=PRODUCTION)
+            log(f"[bootstrap] gate moved {SENTIMENT}:{PRODUCTION} -> {version}: {why}")
         except PromotionRefused as refusal:
-            log(f"[bootstrap] gate kept {SENTIMENT}:{PRODUCTION}: {refusal}")
+            log(f"[bootstrap] gate refused {SENTIMENT}@{version}: {refusal}")
+    if PRODUCTION not in store.aliases(SENTIMENT):
+        log(
+            f"[bootstrap] WARNING: no {SENTIMENT} version passed the gate; {SENTIMENT}:{PRODUCTION} is unset "
+            "and requests get the latest version"
+        )
 
 
 def summarize(store: ModelStore) -> dict:
@@ -180,9 +190,11 @@ def summarize(store: ModelStore) -> dict:
             metrics = {
                 k: v for k, v in manifest.metrics.items() if k in ("accuracy", "macro_f1", "top1", "top5")
             }
-            if "test" in manifest.metrics:
-                test = manifest.metrics["test"]
-                metrics["test"] = {"accuracy": test["accuracy"], "macro_f1": test["macro_f1"]}
+            if "holdout" in manifest.metrics:
+                holdout = manifest.metrics["holdout"]
+                metrics["holdout"] = {
+                    key: holdout[key] for key in ("accuracy", "macro_f1", "rows", "below_baseline")
+                }
             versions[str(version)] = {"encoder": manifest.encoder, "metrics": metrics}
         out[name] = {"versions": versions, "aliases": dict(store.aliases(name))}
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import random
 import re
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, BertForSequenceClassification
 from transformers.utils import logging as hf_logging
 
+from bertserve.store.gate import HOLDOUT_FILE, Holdout, LabelSet, holdout_sha256
 from bertserve.training.data import Examples
 from bertserve.training.loop import (
     WeightAverage,
@@ -98,6 +100,7 @@ class TrainResult:
     summary: dict
     history: dict = field(default_factory=dict)
     predictions: dict = field(default_factory=dict)
+    holdout: Holdout | None = None  # predictions on the test split, stored with the version for the gate
 
 
 class _Encoded:
@@ -261,6 +264,7 @@ class ClassifierTrainer:
 
         self.train, self.eval = encode(train), encode(evaluation)
         self.test = encode(test) if test is not None else None
+        self.test_examples, self.read = test, (train, evaluation)
         self.sizes = {"train": len(train), "eval": len(evaluation), "test": len(test) if test else 0}
         weights = _class_weights(self.train.targets, len(self.labels), self.options.class_weight)
         self.loss_fn: nn.Module = (
@@ -407,13 +411,18 @@ class ClassifierTrainer:
         test_logits = self._logits(self.test, False, features["test"]) if self.test is not None else None
         test_metrics = self._metrics(self.test, test_logits) if test_logits is not None else None
         predictions = {"eval": (self.eval.targets.numpy(), self._predict(eval_logits))}
+        holdout = None
         if test_logits is not None:
             predictions["test"] = (self.test.targets.numpy(), self._predict(test_logits))
+            predicted = self._label_sets(predictions["test"][1])
+            holdout = record_holdout(self.test_examples, predicted, self.read)
         summary = {
             "hyperparameters": asdict(options),
             "class_weights": self.class_weights,
             "split_sizes": self.sizes,
-            "label_counts": dict(Counter(label for ls in self._train_label_sets() for label in ls)),
+            "label_counts": dict(
+                Counter(label for ls in self._label_sets(self.train.targets) for label in ls)
+            ),
             "epochs_run": epochs_run,
             "steps": step,
             "best_step": best[2],
@@ -432,13 +441,31 @@ class ClassifierTrainer:
             summary=summary,
             history=history,
             predictions=predictions,
+            holdout=holdout,
         )
 
-    def _train_label_sets(self) -> list[list[str]]:
-        targets = self.train.targets
+    def _label_sets(self, values: torch.Tensor | np.ndarray) -> list[LabelSet]:
+        """Class indices (single-label, -100: none) or 0/1 rows (multi-label) as label names per row."""
+        rows = np.asarray(values)
         if self.multi_label:
-            return [[self.labels[j] for j in np.flatnonzero(row)] for row in targets.numpy()]
-        return [[self.labels[int(t)]] for t in targets if t >= 0]
+            return [tuple(self.labels[j] for j in np.flatnonzero(row)) for row in rows]
+        return [(self.labels[int(t)],) if t >= 0 else () for t in rows]
+
+
+def record_holdout(holdout: Examples, predicted: list[LabelSet], read: tuple[Examples, ...]) -> Holdout:
+    """The holdout's truth and predictions, and which of its rows training or selection also read (same
+    text): the gate leaves those out, since a model may have learned exactly those answers."""
+
+    def rows(split: Examples) -> list[tuple[str, str | None]]:
+        return list(zip(split.texts, split.pairs or [None] * len(split), strict=True))
+
+    known = {row for split in read for row in rows(split)}
+    return Holdout(
+        sha256=holdout_sha256(holdout.texts, holdout.pairs, holdout.labels),
+        truth=[tuple(label_set) for label_set in holdout.labels],
+        predicted=predicted,
+        seen=frozenset(i for i, row in enumerate(rows(holdout)) if row in known),
+    )
 
 
 def write_version_folder(result: TrainResult, base: Path, folder: Path) -> list[str]:
@@ -446,6 +473,8 @@ def write_version_folder(result: TrainResult, base: Path, folder: Path) -> list[
     folder.mkdir(parents=True, exist_ok=True)
     result.model.save_pretrained(folder, safe_serialization=True)
     copy_tokenizer(base, folder)
+    if result.holdout is not None:
+        (folder / HOLDOUT_FILE).write_text(json.dumps(result.holdout.to_json()) + "\n")
     split = "test" if "test" in result.predictions else "eval"
     y_true, y_pred = result.predictions[split]
     plot_confusion(result.labels, y_true, y_pred, folder / "confusion_matrix.png", f"{split} split")

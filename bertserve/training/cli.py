@@ -63,9 +63,14 @@ def _report(manifest) -> None:
     typer.echo(f"published {manifest.name}@{manifest.version}")
     metrics = {k: v for k, v in manifest.metrics.items() if not isinstance(v, dict)}
     typer.echo("  eval: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
-    if isinstance(manifest.metrics.get("test"), dict):
-        test = manifest.metrics["test"]
-        typer.echo(f"  test: accuracy={test['accuracy']}, macro_f1={test['macro_f1']}")
+    if isinstance(manifest.metrics.get("holdout"), dict):
+        holdout = manifest.metrics["holdout"]
+        baseline = holdout["majority_baseline"]
+        typer.echo(
+            f"  holdout: accuracy={holdout['accuracy']}, macro_f1={holdout['macro_f1']} on {holdout['rows']} "
+            f"rows; majority baseline accuracy={baseline['accuracy']}"
+            + (" (BELOW the baseline: promotion refuses it)" if holdout["below_baseline"] else "")
+        )
 
 
 def train(
@@ -82,7 +87,12 @@ def train(
     label_delimiter: str = typer.Option("|", help="Separator of labels in a multi-label text cell."),
     eval_file: Path = typer.Option(None, exists=True, dir_okay=False, help="Held-out eval data."),
     eval_fraction: float = typer.Option(0.15, help="Without --eval-file: stratified share of the data."),
-    test_file: Path = typer.Option(None, exists=True, dir_okay=False, help="Reported only, never selects."),
+    test_file: Path = typer.Option(
+        None,
+        exists=True,
+        dir_okay=False,
+        help="Holdout: never read by training; the promotion gate compares on it.",
+    ),
     encoder: Encoder = typer.Option(Encoder.fine_tune, help="frozen: head only; fine-tune: everything."),
     epochs: int = typer.Option(None, help="Most epochs (default 8 fine-tune, 40 frozen)."),
     batch_size: int = typer.Option(16, help="Sequences per step."),

@@ -14,7 +14,7 @@ from bertserve.store.layout import ModelStore
 from bertserve.store.manifest import Manifest
 from bertserve.store.publish import publish_version
 from bertserve.store.resolve import resolve
-from bertserve.training.classify import TrainResult, write_version_folder
+from bertserve.training.classify import ClassifyOptions, TrainResult, write_version_folder
 from bertserve.training.mlm import PretrainResult, write_mlm_folder
 
 
@@ -64,11 +64,12 @@ def publish_classifier(
     created_by: str,
     training_extra: dict | None = None,
 ) -> Manifest:
-    """The manifest carries the eval metrics (promotion compares their macro_f1) and, when given, test."""
+    """The manifest carries the eval metrics and, with a test split, `holdout`: the scores the promotion gate
+    compares, on the rows training never read (their predictions are stored in the version folder)."""
     metrics = dict(result.eval_metrics)
     metrics["split"] = "eval"
-    if result.test_metrics is not None:
-        metrics["test"] = result.test_metrics
+    if result.holdout is not None:
+        metrics["holdout"] = result.holdout.summary()
     fields = {
         "task": "classification",
         "problem_type": "multi_label" if result.multi_label else "single_label",
@@ -76,12 +77,30 @@ def publish_classifier(
         "base_model": base.description,
         "encoder": "frozen" if result.options.encoder == "frozen" else "fine-tuned",
         "max_length": result.options.max_length,
-        "training": {"data": data, **result.summary, **(training_extra or {})},
+        "training": {
+            "data": data,
+            "data_use": _data_use(result.options, result.holdout is not None),
+            **result.summary,
+            **(training_extra or {}),
+        },
         "metrics": metrics,
     }
     return _publish(
         store_root, name, lambda folder: write_version_folder(result, base.path, folder), fields, created_by
     )
+
+
+def _data_use(options: ClassifyOptions, has_holdout: bool) -> dict[str, str]:
+    """What each split of `training.data` was read for: the gate trusts only data that no step chose with."""
+    use = {"train": "weights"}
+    if options.select_on == "last":  # every evaluation "improves": neither selection nor early stopping
+        use["eval"] = "reported only (the last weights are kept)"
+    else:
+        stopping = ", early stopping" if options.patience else ""
+        use["eval"] = f"checkpoint selection (best {options.select_on}){stopping}"
+    if has_holdout:
+        use["test"] = "holdout: reported and compared by the promotion gate, never read by training"
+    return use
 
 
 def publish_masked_lm(

@@ -18,31 +18,52 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def built_store(tmp_path_factory) -> tuple[Path, dict]:
+def built_store(tmp_path_factory) -> tuple[Path, dict, list[str]]:
     """One quick bootstrap shared by the tests here (the HTTP tests can reuse it the same way)."""
     root = tmp_path_factory.mktemp("bootstrap") / "model_store"
-    return root, bootstrap(root, budget="quick", progress=False)
+    lines: list[str] = []
+    return root, bootstrap(root, budget="quick", progress=False, log=lines.append), lines
 
 
 def test_bootstrap_builds_the_default_models(built_store):
-    root, summary = built_store
+    root, _, _ = built_store
     store = ModelStore(root)
     assert store.versions("sentiment") == ["1", "2"] and store.versions("mlm") == ["1"]
     first, second = (store.read_manifest("sentiment", v) for v in ("1", "2"))
     assert (first.encoder, second.encoder) == ("frozen", "fine-tuned")
     for manifest in (first, second):
         assert manifest.labels == ["negative", "neutral", "positive"]
-        assert {"accuracy", "macro_f1", "per_class", "test"} <= set(manifest.metrics)
-        assert manifest.training["data"]["train"]["sha256"]
-    better = max(("1", "2"), key=lambda v: store.read_manifest("sentiment", v).metrics["macro_f1"])
-    assert resolve(store, "sentiment:production") == ("sentiment", better)
+        assert {"accuracy", "macro_f1", "per_class", "holdout"} <= set(manifest.metrics)
+        data = manifest.training["data"]
+        assert data["train"]["sha256"] and data["test"]["sha256"] != data["train"]["sha256"]
+        assert "never read by training" in manifest.training["data_use"]["test"]
+        assert "holdout.json" in manifest.files
+        holdout = manifest.metrics["holdout"]
+        assert holdout["rows"] + holdout["rows_seen_in_training"] == 60  # the quick budget's cap
+    assert first.training["data_use"]["eval"].startswith("checkpoint selection (best macro_f1)")
     mlm = store.read_manifest("mlm", "1")
     assert mlm.task == "fill-mask" and {"top1", "top5"} <= set(mlm.metrics)
-    assert summary["sentiment"]["aliases"]["production"] == better
+
+
+def test_production_is_what_the_gate_allows(built_store):
+    """Quick training's scores vary by CPU; whatever they are, `production` must follow the gate's rules."""
+    root, summary, lines = built_store
+    store = ModelStore(root)
+    below = {v: store.read_manifest("sentiment", v).metrics["holdout"]["below_baseline"] for v in ("1", "2")}
+    production = store.aliases("sentiment").get("production")
+    if all(below.values()):
+        assert production is None and any("WARNING: no sentiment version passed the gate" in x for x in lines)
+    else:
+        assert production is not None and not below[production]
+    assert summary["sentiment"]["aliases"].get("production") == production
+    for version in ("1", "2"):
+        verdicts = [x for x in lines if f"gate refused sentiment@{version}:" in x or f"-> {version}:" in x]
+        assert len(verdicts) == 1, lines
+        assert f"sentiment@{version} holdout accuracy" in verdicts[0] and "majority baseline" in verdicts[0]
 
 
 def test_published_versions_load(built_store):
-    root, _ = built_store
+    root, _, _ = built_store
     store = ModelStore(root)
     classifier = AutoModelForSequenceClassification.from_pretrained(store.version_dir("sentiment", "2"))
     assert classifier.config.id2label == {0: "negative", 1: "neutral", 2: "positive"}
@@ -51,7 +72,7 @@ def test_published_versions_load(built_store):
 
 
 def test_second_run_is_a_no_op(built_store):
-    root, summary = built_store
+    root, summary, _ = built_store
     again = bootstrap(root, budget="quick", progress=False)
     assert {k: v for k, v in again.items() if k != "seconds"} == {
         k: v for k, v in summary.items() if k != "seconds"
@@ -65,15 +86,19 @@ def test_served_defaults_answer_over_http(built_store):
 
     from tests.server_process import running_server
 
-    root, summary = built_store
+    root, _, _ = built_store
+    store = ModelStore(root)
     with running_server(root) as base_url:
         classified = httpx.post(f"{base_url}/v1/classify", json={"inputs": ["It worked, no side effects."]})
         assert classified.status_code == 200, classified.text
         body = classified.json()
-        assert (body["model"], body["version"]) == (
-            "sentiment",
-            summary["sentiment"]["aliases"]["production"],
-        )
+        assert (body["model"], body["version"]) == resolve(store, "sentiment")
+        listed = httpx.get(f"{base_url}/v1/models").json()["models"]
+        sentiment = next(model for model in listed if model["name"] == "sentiment")
+        for info in sentiment["versions"]:
+            holdout = store.read_manifest("sentiment", info["version"]).metrics["holdout"]
+            assert info["below_baseline"] is holdout["below_baseline"]
+            assert info["metrics"]["holdout"]["majority_baseline"] == holdout["majority_baseline"]
         assert {s["label"] for s in body["predictions"][0]} == {"negative", "neutral", "positive"}
         filled = httpx.post(f"{base_url}/v1/fill-mask", json={"inputs": ["I took the [MASK] for my pain."]})
         assert filled.status_code == 200, filled.text

@@ -83,7 +83,8 @@ def _logits(folder: Path, text: str, pair: str | None = None) -> torch.Tensor:
 def test_fine_tune_publishes_a_version_that_loads_and_reports(
     store_root, tiny_classifier_dir, reviews_csv, tmp_path
 ):
-    test_file = _write(tmp_path / "test.csv", _rows(12, seed=5))
+    test_rows = _rows(12, seed=5) + _rows()[:3]  # 3 reviews that training also reads
+    test_file = _write(tmp_path / "test.csv", test_rows)
     manifest, folder = _train_toy(
         store_root, tiny_classifier_dir, reviews_csv, _options("fine-tune"), test_file=test_file
     )
@@ -95,12 +96,19 @@ def test_fine_tune_publishes_a_version_that_loads_and_reports(
     training = saved.training
     assert training["data"]["train"]["sha256"] == sha256_file(reviews_csv)
     assert training["data"]["test"]["sha256"] == sha256_file(test_file)
-    assert training["split_sizes"] == {"train": 42, "eval": 6, "test": 12}  # 15% of each class of 16
+    assert training["split_sizes"] == {"train": 42, "eval": 6, "test": 15}  # 15% of each class of 16
     assert training["hyperparameters"]["learning_rate"] == 1e-4 and training["duration_s"] >= 0
-    for metrics in (saved.metrics, saved.metrics["test"]):
-        assert {"accuracy", "macro_f1", "per_class"} <= set(metrics)
-        assert set(metrics["per_class"]) == set(saved.labels)
-        assert {"precision", "recall", "f1", "support"} <= set(metrics["per_class"]["neutral"])
+    assert {"accuracy", "macro_f1", "per_class"} <= set(saved.metrics)
+    assert set(saved.metrics["per_class"]) == set(saved.labels)
+    assert {"precision", "recall", "f1", "support"} <= set(saved.metrics["per_class"]["neutral"])
+    assert training["data_use"]["eval"] == "reported only (the last weights are kept)"
+    assert "never read by training" in training["data_use"]["test"]
+    holdout = saved.metrics["holdout"]
+    recorded = json.loads((folder / "holdout.json").read_text())
+    assert "holdout.json" in saved.files and recorded["sha256"] == holdout["sha256"]
+    assert recorded["truth"] == [[row["label"]] for row in test_rows] and recorded["seen"] == [12, 13, 14]
+    assert (holdout["rows"], holdout["rows_seen_in_training"]) == (12, 3) and 0 <= holdout["accuracy"] <= 1
+    assert holdout["majority_baseline"]["accuracy"] == round(4 / 12, 4)  # 4 rows of each class
     assert (folder / "confusion_matrix.png").stat().st_size > 1000
     assert (folder / "training_curve.png").stat().st_size > 1000
     model = AutoModelForSequenceClassification.from_pretrained(folder)
@@ -244,7 +252,7 @@ def test_compare_recipes_scores_every_row_once_per_recipe_and_seed(tiny_classifi
     assert "[recipes] plain seed 2 fold 3/3" in run.stdout
 
 
-def test_pairs_from_tsv_and_seeded_runs_repeat(store_root, tiny_classifier_dir, tmp_path):
+def test_pairs_from_tsv_and_seeded_runs_give_bit_identical_weights(store_root, tiny_classifier_dir, tmp_path):
     data = _write(tmp_path / "pairs.tsv", _rows(24))
     columns = Columns(text="text", pair="other", label="label")
     first = train_job(
@@ -253,7 +261,7 @@ def test_pairs_from_tsv_and_seeded_runs_repeat(store_root, tiny_classifier_dir, 
         str(tiny_classifier_dir),
         data,
         columns,
-        _options("fine-tune", epochs=1),
+        _options("fine-tune", epochs=1, bf16=True),  # bf16 where the CPU has it, as the bootstrap trains
         progress=False,
     )
     second = train_job(
@@ -262,12 +270,14 @@ def test_pairs_from_tsv_and_seeded_runs_repeat(store_root, tiny_classifier_dir, 
         str(tiny_classifier_dir),
         data,
         columns,
-        _options("fine-tune", epochs=1),
+        _options("fine-tune", epochs=1, bf16=True),
         progress=False,
     )
     store = ModelStore(store_root)
     folders = [Path(store.version_dir("pairs", m.version)) for m in (first, second)]
-    assert torch.equal(_logits(folders[0], "good day", "pill"), _logits(folders[1], "good day", "pill"))
+    weights = [load_file(folder / "model.safetensors") for folder in folders]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0]), "not bit-identical"
     assert first.metrics["macro_f1"] == second.metrics["macro_f1"]
 
 
