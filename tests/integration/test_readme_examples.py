@@ -1,0 +1,47 @@
+"""The README's example calls, sent to a server on the default store (what `make serve` builds): the answers
+must carry the model, version and labels the README prints.
+
+Classification is checked label by label: the examples are reviews whose sentiment is unmistakable, so the top
+label does not depend on the CPU or the backend. Fill-mask is checked for model, version and shape (inputs x
+masks x `top_k` candidates) only: the masked LM trains 300 steps on CPUs with native bf16 and 120 without, so
+its word ranking is not the same on every machine."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.readme_examples import README, fill_mask_shape, readme_examples, top_labels
+from tests.server_process import running_server
+
+pytestmark = pytest.mark.integration
+
+EXAMPLES = readme_examples(README.read_text())
+CLASSIFY = [e for e in EXAMPLES if e.path == "/v1/classify"]
+FILL_MASK = [e for e in EXAMPLES if e.path == "/v1/fill-mask"]
+
+
+@pytest.fixture(scope="module")
+def server(default_store):
+    with running_server(default_store) as base:
+        yield base
+
+
+def answer_to(server: str, path: str, body: dict) -> dict:
+    response = httpx.post(f"{server}{path}", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@pytest.mark.parametrize("example", CLASSIFY, ids=lambda e: str(e.body["inputs"])[:40])
+def test_classify_examples_give_the_printed_labels(server, example):
+    answer = answer_to(server, example.path, example.body)
+    assert (answer["model"], answer["version"]) == (example.answer["model"], example.answer["version"])
+    assert top_labels(answer) == top_labels(example.answer)
+
+
+@pytest.mark.parametrize("example", FILL_MASK, ids=lambda e: str(e.body["inputs"])[:40])
+def test_fill_mask_examples_answer_the_printed_model_and_shape(server, example):
+    answer = answer_to(server, example.path, example.body)
+    assert (answer["model"], answer["version"]) == (example.answer["model"], example.answer["version"])
+    assert fill_mask_shape(answer) == fill_mask_shape(example.answer)
