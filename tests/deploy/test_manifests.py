@@ -18,6 +18,7 @@ from tests.deploy.tools import REPO, binary, ci_python_with, ci_tool
 TARGETS = {
     "dev": "k8s/overlays/dev",
     "prod": "k8s/overlays/prod",
+    "gpu": "k8s/overlays/gpu",
     "store-admin": "k8s/store-admin",
 }
 SERVER_KINDS = {
@@ -83,6 +84,8 @@ def test_every_target_renders_the_expected_objects(rendered):
     kinds = {name: {d["kind"] for d in objects(path)} for name, path in rendered.items()}
     assert kinds["dev"] == SERVER_KINDS
     assert kinds["prod"] == SERVER_KINDS | {"PersistentVolumeClaim", "ServiceMonitor", "PrometheusRule"}
+    # gpu: prod with KEDA's ScaledObject in place of the CPU HPA
+    assert kinds["gpu"] == kinds["prod"] - {"HorizontalPodAutoscaler"} | {"ScaledObject"}
     assert kinds["store-admin"] == {"Pod", "NetworkPolicy"}
     for name, path in rendered.items():
         namespaces = {d["metadata"].get("namespace") for d in objects(path) if d["kind"] != "Namespace"}
@@ -125,6 +128,33 @@ def test_graceful_shutdown_and_settings_match_the_server(rendered):
     assert annotations["prometheus.io/port"] == str(container["ports"][0]["containerPort"]) == "8000"
 
 
+def test_gpu_overlay_is_prod_on_gpu_nodes_scaled_on_requests_in_flight(rendered):
+    prod, gpu = objects(rendered["prod"]), objects(rendered["gpu"])
+    prod_pod = find(prod, "Deployment")["spec"]["template"]["spec"]
+    pod = find(gpu, "Deployment")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert find(gpu, "ConfigMap")["data"]["BERTSERVE_DEVICE"] == "cuda"
+    for c in pod["initContainers"] + pod["containers"]:
+        assert c["image"] == "registry.example.com/bertserve:0.1.0-cuda"  # the TORCH_BUILD=cuda image
+    # CUDA start-up gets twice prod's startup budget; everything else about the pod is prod's
+    startup = container["startupProbe"]
+    prod_startup = prod_pod["containers"][0]["startupProbe"]
+    budget = startup["periodSeconds"] * startup["failureThreshold"]
+    assert budget >= 2 * prod_startup["periodSeconds"] * prod_startup["failureThreshold"]
+    assert pod["volumes"] == prod_pod["volumes"] and pod["securityContext"] == prod_pod["securityContext"]
+    # KEDA scales the Deployment on the service's own in-flight gauge, through an HPA named like prod's
+    scaled = find(gpu, "ScaledObject")["spec"]
+    assert scaled["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "bertserve"}
+    assert scaled["advanced"]["horizontalPodAutoscalerConfig"]["name"] == "bertserve"
+    [trigger] = scaled["triggers"]
+    assert trigger["type"] == "prometheus" and trigger["metricType"] == "AverageValue"
+    assert 'bertserve_requests_in_flight{namespace="bertserve"' in trigger["metadata"]["query"]
+    assert scaled["fallback"]["replicas"] >= scaled["minReplicaCount"]
+
+
 # ------------------------------------------------------------------------------------------------ schemas
 
 
@@ -153,6 +183,17 @@ def test_schema_validation_rejects_broken_objects(rendered, tmp_path):
     for expected in ("'readinessprobe' was unexpected", "'ten' is not of type 'integer'", "15 seconds"):
         assert expected in result.stdout, result.stdout
     assert "'portName' was unexpected" in result.stdout
+
+
+def test_scaledobject_schema_rejects_broken_triggers(rendered, tmp_path):
+    docs = objects(rendered["gpu"])
+    spec = find(docs, "ScaledObject")["spec"]
+    spec["minReplicas"] = 2  # the HPA's spelling, not KEDA's minReplicaCount
+    spec["triggers"][0]["metadata"]["treshold"] = spec["triggers"][0]["metadata"].pop("threshold")
+    result = run_schema_validation(write(tmp_path, docs))
+    assert result.returncode == 1
+    assert "'minReplicas' was unexpected" in result.stdout, result.stdout
+    assert "'threshold' is a required property" in result.stdout, result.stdout
 
 
 # ------------------------------------------------------------------------------------------------ policies
@@ -222,6 +263,49 @@ def test_policies_reject(rendered, case):
     change, expected = BROKEN[case]
     problems = list(validator.policy_errors(mutate_prod(rendered, change)))
     assert any(expected in problem for problem in problems), problems
+
+
+def trigger_query(by_kind: dict, query: str) -> None:
+    by_kind["ScaledObject"]["spec"]["triggers"][0]["metadata"]["query"] = query
+
+
+BROKEN_GPU = {
+    "GPU without BERTSERVE_DEVICE=cuda": (
+        lambda k: k["ConfigMap"]["data"].pop("BERTSERVE_DEVICE"),
+        "gets a GPU but not BERTSERVE_DEVICE=cuda",
+    ),
+    "KEDA query on a metric the service does not export": (
+        lambda k: trigger_query(k, "sum(bertserve_inflight_requests)"),
+        "queries bertserve_inflight_requests, not a bertserve metric",
+    ),
+    "KEDA query on no bertserve metric": (
+        lambda k: trigger_query(k, "sum(up)"),
+        "queries no bertserve_* metric",
+    ),
+    "KEDA scaling another Deployment": (
+        lambda k: k["ScaledObject"]["spec"]["scaleTargetRef"].update(name="bertserve-gpu"),
+        "scaleTargetRef Deployment/bertserve-gpu is not rendered",
+    ),
+    "KEDA bounds upside down": (
+        lambda k: k["ScaledObject"]["spec"].update(minReplicaCount=9),
+        "minimum replicas 9 > maximum 8",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_GPU))
+def test_policies_reject_gpu(rendered, case):
+    change, expected = BROKEN_GPU[case]
+    docs = copy.deepcopy(objects(rendered["gpu"]))
+    change({d["kind"]: d for d in docs})
+    problems = list(validator.policy_errors({"gpu.yaml": docs}))
+    assert any(expected in problem for problem in problems), problems
+
+
+def test_policies_reject_two_autoscalers_on_one_deployment(rendered):
+    docs = [*objects(rendered["gpu"]), find(objects(rendered["prod"]), "HorizontalPodAutoscaler")]
+    problems = list(validator.policy_errors({"gpu.yaml": docs}))
+    assert any("Deployment bertserve has 2 autoscalers, which fight" in p for p in problems), problems
 
 
 # ------------------------------------------------------------------------------------------------ checkov

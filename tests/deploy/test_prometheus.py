@@ -4,8 +4,9 @@ Checked through Prometheus' HTTP API, against what the test itself sent and what
 the request counter equals the number of requests sent, per endpoint and status code; histogram_quantile
 over the latency histogram equals the quantile computed here from the exposed buckets (exactly for the
 increase between two known instants; in the observed range for the rate-based query the dashboard uses);
-the recording and alerting rules of monitoring/rules.yml evaluate without error on the real series; and
-every Grafana dashboard query runs. Bounded: ~30 s, every wait has a deadline.
+the recording and alerting rules of monitoring/rules.yml evaluate without error on the real series;
+every Grafana dashboard query runs; and the query KEDA scales the gpu overlay on returns the one number
+KEDA needs. Bounded: ~30 s, every wait has a deadline.
 """
 
 from __future__ import annotations
@@ -76,7 +77,9 @@ def prometheus(server, tmp_path_factory) -> Iterator[str]:
     (folder / "rules.yml").write_text(yaml.safe_dump(rules, sort_keys=False))
     config = yaml.safe_load((REPO / "monitoring" / "prometheus-test.yml").read_text())
     config["rule_files"] = [str(folder / "rules.yml")]
-    config["scrape_configs"][0]["static_configs"][0]["targets"] = [server.removeprefix("http://")]
+    target = config["scrape_configs"][0]["static_configs"][0]
+    target["targets"] = [server.removeprefix("http://")]
+    target["labels"] = {"namespace": "bertserve"}  # as the ServiceMonitor's scrape labels the prod pods
     (folder / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
     port = free_port()
     log = folder / "prometheus.log"
@@ -268,3 +271,15 @@ def test_every_dashboard_query_runs_on_real_data(server, prometheus):
         if not query(prometheus, concrete(expr, rate_interval="1m")):
             empty.append(title)
     assert empty == []  # every panel shows data from this run
+
+
+def test_the_gpu_autoscaler_query_returns_one_number(server, prometheus):
+    """KEDA's Prometheus scaler needs a query that returns a single sample (else it errors and falls back)."""
+    scaled = yaml.safe_load((REPO / "k8s" / "overlays" / "gpu" / "scaledobject.yaml").read_text())
+    [trigger] = scaled["spec"]["triggers"]
+    response = httpx.post(f"{server}/v1/classify", json={"inputs": ["fine"]}, timeout=30)
+    assert response.status_code == 200  # the in-flight series exists once a request has come
+    expr = trigger["metadata"]["query"]
+    [sample] = wait_for(f"a sample of {expr}", lambda: query(prometheus, expr))
+    assert sample["metric"] == {}
+    assert 0 <= float(sample["value"][1]) < float(trigger["metadata"]["threshold"])  # idle, below target

@@ -25,8 +25,8 @@ def missing(what: str) -> None:
 
 
 def binary(name: str) -> str:
-    """An executable on PATH (apt-installed: kubectl, promtool, prometheus)."""
-    found = shutil.which(name)
+    """An executable on PATH (promtool, prometheus), else in the CI tools virtualenv (kubectl)."""
+    found = shutil.which(name) or shutil.which(name, path=CI_TOOLS / "bin")
     if not found:
         missing(name)
     return found
