@@ -19,8 +19,9 @@ from multiprocessing import resource_tracker
 from pathlib import Path
 
 import litserve as ls
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.routing import APIRoute
+from litserve.server import RegularRequestHandler
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -34,7 +35,7 @@ from bertserve.api.supervisor import WorkerSupervisor
 from bertserve.api.transport import ResponseTransport
 from bertserve.auth import Authenticator
 from bertserve.config import Settings
-from bertserve.errors import error_response, install_error_handlers
+from bertserve.errors import ClientError, error_response, install_error_handlers
 from bertserve.runtime.device import resolve_device
 from bertserve.runtime.selection import model_tasks, served_versions
 from bertserve.schemas import ModelInfo, ModelsResponse, ModelVersionInfo
@@ -244,6 +245,34 @@ def describe_models(store: ModelStore, settings: Settings) -> ModelsResponse:
     return ModelsResponse(models=models)
 
 
+def _submit_from_http_processes(server: ls.LitServer, apis: list[TaskAPI]) -> None:
+    """Replace LitServe's task routes with ones that validate and tokenize in the HTTP process
+    (TaskAPI.submission) before the queue; LitServe's handler still queues them and awaits the answer."""
+    paths = {api.api_path for api in apis}
+    server.app.router.routes = [
+        route for route in server.app.router.routes if getattr(route, "path", None) not in paths
+    ]
+    for api in apis:
+        server.app.add_api_route(
+            api.api_path,
+            _task_endpoint(api, RegularRequestHandler(api, server)),
+            methods=["POST"],
+            dependencies=[Depends(api.authorize)],
+        )
+
+
+def _task_endpoint(api: TaskAPI, handler: RegularRequestHandler):
+    async def endpoint(request) -> Response:
+        try:
+            submission = api.submission(request)
+        except ClientError as exc:
+            raise exc.to_http() from None
+        return await handler.handle_request(submission, bytes)
+
+    endpoint.__annotations__ = {"request": api.request_type, "return": api.response_type}  # for /docs
+    return endpoint
+
+
 def _document_plain_text_routes(app: FastAPI) -> None:
     """LitServe's `/` and `/health` answer a short text with no Content-Type; /openapi.json said JSON."""
     for route in app.routes:
@@ -319,6 +348,7 @@ def build_server(settings: Settings, drain_flag: Path, in_flight: InFlight) -> l
     server._bertserve_queues = queues
     server.response_buffer = ExpiringResponseBuffer(settings.request_timeout + 10)
     install_error_handlers(server.app)
+    _submit_from_http_processes(server, apis)
     _add_routes(server.app, store, settings)
     _document_plain_text_routes(server.app)
     server.app.title = "bertserve"

@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
+import pickle
 import signal
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from functools import cached_property
 
 import litserve as ls
 import orjson
 from starlette.responses import Response
 
 from bertserve import metrics
+from bertserve.api.encoders import HttpEncoders, Submitted, Tokens
 from bertserve.api.loop import SequenceBatchingLoop
 from bertserve.config import Settings
 from bertserve.errors import ClientError
+from bertserve.runtime.encoding import TextEncoder
 
 
 class TaskAPI(ls.LitAPI):
-    """One endpoint (= one task). Each inference worker loads every served version of the task's models."""
+    """One endpoint (= one task). Each inference worker loads every served version of the task's models.
+    `submission` runs in the HTTP processes (validation, tokenizing), the rest in the inference workers."""
 
     task: str = ""
     endpoint: str = ""
+    request_type: type = object  # the body's schema in /docs
+    response_type: type = object
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(
@@ -71,10 +78,22 @@ class TaskAPI(ls.LitAPI):
         """Between batches: let the registry pick up alias moves and new versions (see registry.py)."""
         self.registry.refresh()
 
-    # ---- per request -----------------------------------------------------------------------------
+    # ---- per request, in the HTTP processes ----------------------------------------------------------
 
-    def model_for(self, ref: str | None):
-        return self.registry.pick(ref or self.default_ref)
+    @cached_property
+    def encoders(self) -> HttpEncoders:
+        return HttpEncoders(self.settings, self.task)
+
+    def submission(self, request) -> bytes:
+        """What to queue for the workers: the request, tokenized here when this process can resolve its model
+        (raises ClientError for what the client must fix)."""
+        self.check_limits(request.as_list())
+        encoder = self.encoders.find(request.model or self.default_ref)
+        tokens = self.tokenize(encoder, request) if encoder is not None else None
+        return pickle.dumps(Submitted(request, tokens), protocol=pickle.HIGHEST_PROTOCOL)
+
+    def tokenize(self, encoder: TextEncoder, request) -> Tokens:
+        raise NotImplementedError
 
     def check_limits(self, inputs: Sequence[str | tuple[str, str]]) -> None:
         if len(inputs) > self.settings.max_inputs:
@@ -91,6 +110,24 @@ class TaskAPI(ls.LitAPI):
                     f"input {index} has {chars} characters; the limit is {self.settings.max_input_chars}",
                     "input_too_large",
                 )
+
+    # ---- per request, in the inference workers ----------------------------------------------------
+
+    def model_for(self, ref: str | None):
+        return self.registry.pick(ref or self.default_ref)
+
+    def decode_request(self, request):
+        """A submission -> Prepared for the batch. The ids made in the HTTP process are used when they came
+        from this version's encoder; otherwise (no encoder there, or a swap to another tokenizer under way)
+        the request is tokenized here."""
+        from bertserve.runtime.loaded import Prepared
+
+        submitted: Submitted = pickle.loads(request)
+        model = self.model_for(submitted.request.model)
+        tokens = submitted.tokens
+        if tokens is None or tokens.key != model.encoder.key:
+            tokens = self.tokenize(model.encoder, submitted.request)
+        return Prepared(model, tokens.inputs, top_k=submitted.request.top_k, target_ids=tokens.target_ids)
 
     # ---- per batch -------------------------------------------------------------------------------
 

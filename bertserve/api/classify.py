@@ -1,23 +1,20 @@
 """POST /v1/classify."""
 
-from starlette.responses import Response
-
 from bertserve import metrics
 from bertserve.api.base import TaskAPI
+from bertserve.api.encoders import Tokens
+from bertserve.runtime.encoding import TextEncoder
 from bertserve.schemas import ClassifyRequest, ClassifyResponse
 
 
 class ClassifyAPI(TaskAPI):
     task = "classification"
     endpoint = "classify"
+    request_type = ClassifyRequest
+    response_type = ClassifyResponse
 
-    def decode_request(self, request: ClassifyRequest):
-        from bertserve.runtime.loaded import Prepared
-
-        inputs = request.as_list()
-        self.check_limits(inputs)
-        model = self.model_for(request.model)
-        return Prepared(model, model.encode(inputs, request.truncate), top_k=request.top_k)
+    def tokenize(self, encoder: TextEncoder, request: ClassifyRequest) -> Tokens:
+        return Tokens(encoder.key, encoder.encode(request.as_list(), request.truncate))
 
     def run_model(self, model, requests: list) -> list:
         answers = model.classify(requests, self.settings.max_batch_size, self.settings.max_batch_tokens)
@@ -29,7 +26,3 @@ class ClassifyAPI(TaskAPI):
                     best["score"]
                 )
         return answers
-
-    def encode_response(self, output) -> ClassifyResponse:  # the annotation documents the body in /docs
-        response: Response = super().encode_response(output)
-        return response

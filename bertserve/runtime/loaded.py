@@ -1,7 +1,8 @@
 """A loaded store version: its tokenizer, a backend, and the task's decode (labels, softmax, top-k, masks).
 
-`encode` runs per request (it is where client mistakes are found, so one bad request never fails a batch);
-`classify` / `fill_mask` run on everything a batch holds, in length-sorted forward passes.
+Tokenizing (runtime/encoding.py) runs per request, in the HTTP processes, where client mistakes are found
+(one bad request never fails a batch); `classify` / `fill_mask` run on everything a batch holds, in
+length-sorted forward passes.
 """
 
 from __future__ import annotations
@@ -13,20 +14,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from bertserve.errors import ClientError
 from bertserve.runtime.backends import Backend, make_backend
 from bertserve.runtime.batching import pad_batch, plan_batches
+from bertserve.runtime.encoding import ClassifyInput, Encoded, TextEncoder
 from bertserve.store.manifest import Manifest
-
-ClassifyInput = str | tuple[str, str]
-
-
-@dataclass
-class Encoded:
-    """One tokenized input, unpadded."""
-
-    ids: list[int]
-    type_ids: list[int]
 
 
 @dataclass
@@ -78,11 +69,10 @@ class LoadedModel:
             self.tokenizer,
             device,
         )
-        self.max_length = min(
-            manifest.max_length or 512,
-            getattr(self.config, "max_position_embeddings", 512) or 512,
-            self.tokenizer.model_max_length or 512,
+        self.encoder = TextEncoder(
+            manifest, version_dir, self.tokenizer, getattr(self.config, "max_position_embeddings", None)
         )
+        self.max_length = self.encoder.max_length
         id2label = getattr(self.config, "id2label", None) or {}
         self.labels = list(manifest.labels or [id2label[i] for i in sorted(id2label)])
         self.multi_label = manifest.problem_type == "multi_label"
@@ -98,64 +88,13 @@ class LoadedModel:
     # ---- per request: validation + tokenization -------------------------------------------------
 
     def encode(self, inputs: Sequence[ClassifyInput], truncate: bool) -> list[Encoded]:
-        """Tokenize one request's inputs; a 422 names the first input that cannot be answered."""
-        singles = [(i, text) for i, text in enumerate(inputs) if isinstance(text, str)]
-        pairs = [(i, pair) for i, pair in enumerate(inputs) if not isinstance(pair, str)]
-        encoded: dict[int, Encoded] = {}
-        for group, is_pair in ((singles, False), (pairs, True)):
-            if not group:
-                continue
-            first = [item[1][0] if is_pair else item[1] for item in group]
-            second = [item[1][1] for item in group] if is_pair else None
-            full = self.tokenizer(first, second, add_special_tokens=True, truncation=False)
-            too_long = [k for k, ids in enumerate(full["input_ids"]) if len(ids) > self.max_length]
-            if too_long and not truncate:
-                k = too_long[0]
-                raise ClientError(
-                    422,
-                    f"input {group[k][0]} has {len(full['input_ids'][k])} tokens; model {self.ref} takes "
-                    f"at most {self.max_length} (send truncate=true to cut it)",
-                    "input_too_long",
-                )
-            if too_long:
-                full = self.tokenizer(first, second, truncation=True, max_length=self.max_length)
-            type_ids = full.get("token_type_ids") or [[0] * len(ids) for ids in full["input_ids"]]
-            for (index, _), ids, types in zip(group, full["input_ids"], type_ids, strict=True):
-                encoded[index] = Encoded(list(ids), list(types))
-        return [encoded[i] for i in range(len(inputs))]
+        return self.encoder.encode(inputs, truncate)
 
     def encode_masked(self, texts: Sequence[str], truncate: bool) -> list[Encoded]:
-        """Like encode, and every input must keep at least one mask token."""
-        mask = self.tokenizer.mask_token
-        for index, text in enumerate(texts):
-            if mask not in text:
-                raise ClientError(422, f"input {index} holds no {mask} token", "no_mask_token")
-        encoded = self.encode(texts, truncate)
-        for index, item in enumerate(encoded):
-            if self.mask_id not in item.ids:
-                raise ClientError(
-                    422,
-                    f"input {index}: every {mask} lies beyond the {self.max_length}-token limit",
-                    "no_mask_token",
-                )
-        return encoded
+        return self.encoder.encode_masked(texts, truncate)
 
     def target_ids(self, targets: Sequence[str]) -> list[int]:
-        """Vocabulary ids of target words; each must be exactly one token."""
-        ids = []
-        for target in targets:
-            tokens = self.tokenizer.tokenize(target)
-            if (
-                len(tokens) != 1
-                or self.tokenizer.convert_tokens_to_ids(tokens[0]) == self.tokenizer.unk_token_id
-            ):
-                raise ClientError(
-                    422,
-                    f"target {target!r} is not a single token of model {self.ref}'s vocabulary",
-                    "bad_target",
-                )
-            ids.append(self.tokenizer.convert_tokens_to_ids(tokens[0]))
-        return list(dict.fromkeys(ids))
+        return self.encoder.target_ids(targets)
 
     # ---- per batch: forward + decode -----------------------------------------------------------
 

@@ -79,6 +79,11 @@ class Plan:
     tasks: dict[str, str]
     snapshot: StoreSnapshot
 
+    @classmethod
+    def read(cls, store: ModelStore, refs: str) -> Plan:
+        served = served_versions(store, refs)
+        return cls(served, model_tasks(store, served), StoreSnapshot.read(store, list(served)))
+
     def keys(self, task: str) -> list[Key]:
         return [(n, v) for n, versions in self.served.items() if self.tasks[n] == task for v in versions]
 
@@ -169,8 +174,7 @@ class ModelRegistry:
     # ---- helpers ---------------------------------------------------------------------------------
 
     def _plan(self) -> Plan:
-        served = served_versions(self.store, self.settings.models)
-        return Plan(served, model_tasks(self.store, served), StoreSnapshot.read(self.store, list(served)))
+        return Plan.read(self.store, self.settings.models)
 
     def _load(self, plan: Plan, refuse_failed: bool) -> dict[Key, LoadedModel]:
         """Verify, load and warm every version of the plan not loaded yet. A failure raises, unless

@@ -5,14 +5,17 @@ produced it (its scores are that checkpoint's), the old version before the switc
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
+from transformers import BertTokenizerFast
 
 from bertserve.runtime.loaded import LoadedModel, Prepared
 from bertserve.store.layout import ModelStore
@@ -149,3 +152,41 @@ def test_every_version_server_loads_a_newly_published_version_before_moving_traf
         assert [model_loaded(base, v) for v in ("1", "2", "3")] == [1, 1, 1], "'*' keeps every version"
         pinned = httpx.post(f"{base}/v1/classify", json={**LIGHT, "model": "sentiment@1"}, timeout=10)
         assert pinned.json()["version"] == "1"
+
+
+def with_reordered_vocabulary(folder: Path, copy: Path) -> Path:
+    """The checkpoint with another tokenizer: the same words under other ids (the specials keep theirs)."""
+    shutil.copytree(folder, copy)
+    words = (copy / "vocab.txt").read_text().split()
+    specials = 5  # [PAD] [UNK] [CLS] [SEP] [MASK]
+    (copy / "vocab.txt").write_text("\n".join(words[:specials] + words[specials:][::-1]) + "\n")
+    for stale in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (copy / stale).unlink(missing_ok=True)
+    BertTokenizerFast(vocab=str(copy / "vocab.txt"), do_lower_case=True, model_max_length=64).save_pretrained(
+        copy
+    )
+    return copy
+
+
+def test_a_swap_to_a_version_with_another_tokenizer_never_runs_ids_of_the_other_vocabulary(
+    tmp_path, classifier_dirs
+):
+    """An HTTP process tokenizes with the version it resolves, and its view of the store may lag the
+    worker's by a moment: the worker must then tokenize again with its own version's tokenizer."""
+    store = ModelStore(tmp_path / "model_store")
+    import_hf_folder(store, classifier_dirs[0], "sentiment")
+    import_hf_folder(
+        store, with_reordered_vocabulary(classifier_dirs[1], tmp_path / "reordered"), "sentiment"
+    )
+    set_alias(store, "sentiment", "production", "1")
+    expected = expected_scores(store)
+    with running_server(
+        store.root, "--workers", "1"
+    ) as base:  # '*': both loaded, a move takes effect at once
+        steps = [
+            (lambda: set_alias(store, "sentiment", "production", "2"), "2"),
+            (lambda: set_alias(store, "sentiment", "production", "1"), "1"),
+        ]
+        outcomes, switches = asyncio.run(swaps_under_load(base, steps))
+        print(f"\n{len(outcomes)} requests during 2 swaps: {dict(statuses(outcomes))}")
+        check_versions(outcomes, "1", switches, expected)

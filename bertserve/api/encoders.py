@@ -1,0 +1,86 @@
+"""Tokenizing in the HTTP processes, so that an inference worker only pads, runs the model and decodes.
+
+An HTTP process resolves a request's model ref as the workers do (registry.py), against its own snapshot of
+the store, and tokenizes with that version's encoder. The worker resolves the ref again with what it has
+loaded and uses the token ids only when its version's encoder key is the same (runtime/encoding.py); during a
+swap, or when the new version's tokenizer differs, it tokenizes the request itself. Whatever this process
+cannot resolve (an unknown model, a store it cannot read) goes to the worker untokenized, to be answered as
+before.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bertserve.config import Settings
+from bertserve.runtime.encoding import Encoded, TextEncoder
+from bertserve.runtime.registry import Key, Plan, store_fingerprint
+from bertserve.runtime.selection import pick_version
+from bertserve.store.layout import ModelStore
+
+logger = logging.getLogger(__name__)
+
+# Least seconds between two looks at the store from an HTTP process (a few stat calls, ~40 us): a view up to
+# this old costs nothing but a worker-side tokenize, as the worker checks the encoder key.
+STORE_POLL_SECONDS = 0.5
+
+
+@dataclass
+class Tokens:
+    """A request's token ids, made by the encoder whose key they carry."""
+
+    key: str
+    inputs: list[Encoded]
+    target_ids: list[int] | None = None
+
+
+@dataclass
+class Submitted:
+    """What an HTTP process queues for the inference workers (pickled there: the queue's process only moves
+    bytes)."""
+
+    request: Any  # the validated ClassifyRequest / FillMaskRequest
+    tokens: Tokens | None
+
+
+class HttpEncoders:
+    """One task's encoders in one HTTP process, loaded on first use and dropped when no ref names them."""
+
+    def __init__(self, settings: Settings, task: str) -> None:
+        self.settings = settings
+        self.task = task
+        self.store = ModelStore(settings.store)
+        self.plan: Plan | None = None
+        self.encoders: dict[Key, TextEncoder | None] = {}
+        self._seen: tuple = ()
+        self._next_check = 0.0
+
+    def find(self, ref: str) -> TextEncoder | None:
+        """The encoder of the version `ref` names now; None when this process cannot tell."""
+        try:
+            plan = self._current_plan()
+            key = pick_version(plan.snapshot, plan.served, plan.tasks, ref, self.task)
+        except Exception:  # e.g. 404 unknown model: the worker answers it, as it always did
+            return None
+        if key not in self.encoders:
+            try:
+                self.encoders[key] = TextEncoder(self.store.read_manifest(*key), self.store.version_dir(*key))
+            except Exception as exc:  # e.g. a damaged version, which the workers refuse too
+                logger.warning("%s@%s: not tokenizing in the HTTP process: %s", *key, exc)
+                self.encoders[key] = None
+        return self.encoders[key]
+
+    def _current_plan(self) -> Plan:
+        now = time.monotonic()
+        if self.plan is None or now >= self._next_check:
+            self._next_check = now + max(STORE_POLL_SECONDS, self.settings.reload_interval)
+            fingerprint = store_fingerprint(self.store)
+            if self.plan is None or fingerprint != self._seen:
+                self._seen = fingerprint
+                self.plan = Plan.read(self.store, self.settings.models)
+                wanted = set(self.plan.keys(self.task))
+                self.encoders = {key: found for key, found in self.encoders.items() if key in wanted}
+        return self.plan
