@@ -1,16 +1,18 @@
 """bertserve benchmark: the in-process ceiling, the served numbers and every backend side by side, in one run.
 
-    python -m bench.run --store model_store [--quick]
+    python -m bench.run --store model_store [--quick] [--device cuda]
 
-1. Backends (in this process, the thread count of one server worker): for each of fp32 / bf16 / int8 / onnx /
-   onnx-int8, load the served classifier (sentiment:production) with it and measure the *ceiling*: tokenize +
-   pad + forward + decode of the same review texts the load test sends, batched at 1, 8 and the server's
-   max_batch_size, i.e. the server's own code path minus HTTP and queues. Then accuracy / macro-F1 of the
-   classifier on drugsComTest and masked-LM top-5 of the mlm model on held-out reviews, relative to fp32.
-2. Served: start `bertserve serve` (127.0.0.1, free port), time process start -> /health 200, read every
-   process's RSS from /proc, and drive /v1/classify with wrk (Lua body picker, one generator thread) at
-   concurrency 1, 8, 64 for short (16-32 tokens) and long (~128 tokens) texts. Served sequences/s over the
-   ceiling at the best batch size is the efficiency of everything around the model.
+1. Backends (in this process, on --device with the thread count of one server worker there): for each of
+   fp32 / bf16 / int8 / onnx / onnx-int8 (cuda: fp32 / fp16 / bf16), load the served classifier
+   (sentiment:production) with it and measure the *ceiling*: tokenize + pad + forward + decode of the same
+   review texts the load test sends, batched at 1, 8 and the server's max_batch_size on that device, i.e. the
+   server's own code path minus HTTP and queues. Then accuracy / macro-F1 of the classifier on drugsComTest
+   and masked-LM top-5 of the mlm model on held-out reviews, relative to fp32.
+2. Served: start `bertserve serve --device` (127.0.0.1, free port; once per --server-flags set), time process
+   start -> /health 200, read every process's RSS from /proc, and drive /v1/classify with wrk (Lua body
+   picker, one generator thread) at concurrency 1, 8, 64 for short (16-32 tokens) and long (~128 tokens)
+   texts. Served sequences/s over the ceiling at the best batch size is the efficiency of everything around
+   the model.
 3. Writes bench/results/<UTC timestamp>/results.json, results.md (the tables, also printed) and results.png.
 
 Timings are ratios within one run on purpose: the machine is shared and noisy; absolute numbers drift.
@@ -39,8 +41,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+from bertserve.runtime.device import resolve_device
+
 ROOT = Path(__file__).resolve().parent
 ALL_BACKENDS = ("fp32", "bf16", "int8", "onnx", "onnx-int8")
+GPU_BACKENDS = ("fp32", "fp16", "bf16")
 MAX_ACCURACY_LOSS = 1.0  # points: a backend losing more is not "best"
 
 
@@ -53,12 +58,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="short smoke run (seconds, not minutes)")
     parser.add_argument("--classifier", default="sentiment:production", help="classification model ref")
     parser.add_argument("--mlm", default="mlm", help="masked-LM model ref for the top-5 check ('' skips)")
-    parser.add_argument("--backends", default=",".join(ALL_BACKENDS), help="comma list to compare")
+    parser.add_argument(
+        "--device", default="cpu", help="cpu | cuda | cuda:N: where the ceiling runs and the server serves"
+    )
+    parser.add_argument(
+        "--backends",
+        default=None,
+        help=f"comma list to compare (cpu: {','.join(ALL_BACKENDS)}; cuda: {','.join(GPU_BACKENDS)})",
+    )
     parser.add_argument(
         "--serve",
         default="fp32,best",
         help="backends to serve and load-test: names, 'best' (fastest within 1 point of fp32's accuracy) "
         "and/or 'auto' (the server's own choice); '' skips the load test",
+    )
+    parser.add_argument(
+        "--server-flags",
+        default="",
+        help="';'-separated sets of extra `bertserve serve` flags, each set served and load-tested in turn "
+        "(e.g. --server-flags=';--workers 1 --api-servers 2': the defaults, then the old layout)",
     )
     parser.add_argument("--concurrency", default="1,8,64")
     parser.add_argument("--duration", type=float, default=None, help="seconds per load point (8; quick 1.5)")
@@ -73,6 +91,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.duration = args.duration or (1.5 if args.quick else 8.0)
     args.ceiling_seconds = args.ceiling_seconds or (0.3 if args.quick else 1.5)
     args.eval_limit = args.eval_limit or (48 if args.quick else None)
+    default = GPU_BACKENDS if args.device.startswith("cuda") else ALL_BACKENDS
+    args.backends = [b for b in (args.backends or ",".join(default)).split(",") if b]
+    if "fp32" not in args.backends:
+        args.backends.insert(0, "fp32")
+    args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
+    args.server_flags = [flags.split() for flags in args.server_flags.split(";")]
     return args
 
 
@@ -117,13 +141,19 @@ def cut_to_tokens(tokenizer, texts: list[str], low: int, high: int, seed: int = 
 # ---- in-process: ceiling and accuracy --------------------------------------------------------------------
 
 
-def server_threads() -> int:
+def server_settings(device: str):
+    """The settings a server started with `--device device` resolves to here: threads, batch limits, and the
+    device itself (cuda -> cuda:0,...). A device this machine lacks ends the run with one line."""
     from bertserve.config import Settings
+    from bertserve.runtime.device import DeviceUnavailable
 
-    return Settings().resolved_torch_threads()
+    try:
+        return Settings(device=device).resolved()
+    except (DeviceUnavailable, ValueError) as exc:
+        raise SystemExit(f"bench: {exc}") from None
 
 
-def open_model(store_root: Path, ref: str, backend: str):
+def open_model(store_root: Path, ref: str, backend: str, device: str = "cpu"):
     from bertserve.runtime.loaded import LoadedModel
     from bertserve.store.layout import ModelStore
     from bertserve.store.resolve import resolve
@@ -131,7 +161,7 @@ def open_model(store_root: Path, ref: str, backend: str):
     store = ModelStore(store_root)
     name, version = resolve(store, ref)
     started = time.perf_counter()
-    model = LoadedModel(store.read_manifest(name, version), store.version_dir(name, version), backend)
+    model = LoadedModel(store.read_manifest(name, version), store.version_dir(name, version), backend, device)
     model.warm_up()
     return model, time.perf_counter() - started
 
@@ -225,13 +255,13 @@ def measure_backends(args, workloads: dict, evaluation: dict, limits, batch_size
 
     from bertserve.runtime.backends import BackendUnavailable
 
-    torch.set_num_threads(server_threads())
+    torch.set_num_threads(args.settings.torch_threads)
     results: dict = {}
     for backend in args.backends:
         row: dict = {"backend": backend}
         print(f"[bench] backend {backend}: loading", flush=True)
         try:
-            model, load_s = open_model(args.store, args.classifier, backend)
+            model, load_s = open_model(args.store, args.classifier, backend, args.model_device)
         except BackendUnavailable as exc:
             results[backend] = {"backend": backend, "error": str(exc)}
             print(f"[bench]   unavailable: {exc}", flush=True)
@@ -252,7 +282,7 @@ def measure_backends(args, workloads: dict, evaluation: dict, limits, batch_size
         gc.collect()
         if evaluation.get("mlm_probes") is not None:
             try:
-                mlm, _ = open_model(args.store, args.mlm, backend)
+                mlm, _ = open_model(args.store, args.mlm, backend, args.model_device)
             except BackendUnavailable as exc:  # the server could not load the mlm model with it either
                 row["mlm"] = {"error": str(exc)}
                 print(f"[bench]   mlm unavailable: {exc}", flush=True)
@@ -299,7 +329,7 @@ def adjacent_ceiling(args, backend: str, reference: dict, workloads: dict, limit
     concurrency 1, a single forward) in this process; None when the backend was not in the table."""
     if "ceiling" not in reference:
         return None
-    model, _ = open_model(args.store, args.classifier, backend)
+    model, _ = open_model(args.store, args.classifier, backend, args.model_device)
 
     def measure(workload: str, concurrency: int) -> dict:
         best = reference["ceiling"][workload]["best"]["batch_size"]
@@ -401,14 +431,15 @@ def snapshot(root: int) -> list[dict]:
 
 
 @contextlib.contextmanager
-def served(store: Path, backend: str, log_dir: Path):
+def served(store: Path, backend: str, log_dir: Path, device: str = "cpu", flags: list[str] | None = None):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BERTSERVE_")}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     env["BERTSERVE_DRAIN_SECONDS"] = "1"
-    log = log_dir / f"server-{backend}.log"
+    log = log_dir / f"server-{backend}-{port}.log"
     command = [sys.executable, "-m", "bertserve.cli", "serve", "--store", str(store), "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--backend", backend, "--log-level", "warning"]
+    command += ["--port", str(port), "--backend", backend, "--device", device, "--log-level", "warning"]
+    command += flags or []
     started = time.monotonic()
     with open(log, "wb") as output:
         process = subprocess.Popen(
@@ -540,11 +571,14 @@ def wait_until_idle(root: int, timeout: float = 60.0) -> None:
         before = now
 
 
-def load_test(args, backend: str, workloads: dict, scratch: Path, wrk: str | None, adjacent=None) -> dict:
-    """Drive the served backend at each concurrency; `adjacent(workload, concurrency)`, when given, measures
-    the in-process ceiling again right after each point (the server idle), as the machine's speed drifts."""
-    out: dict = {"backend": backend, "points": []}
-    with served(args.store, backend, scratch) as info:
+def load_test(
+    args, backend: str, flags: list[str], workloads: dict, scratch: Path, wrk: str | None, adjacent=None
+) -> dict:
+    """Drive the backend served with extra `flags` at each concurrency; `adjacent(workload, concurrency)`,
+    when given, measures the in-process ceiling again right after each point (the server idle), as the
+    machine's speed drifts."""
+    out: dict = {"backend": backend, "flags": " ".join(flags), "points": []}
+    with served(args.store, backend, scratch, args.device, flags) as info:
         out.update({k: v for k, v in info.items() if k != "base"})
         out["processes"] = [{k: p[k] for k in ("pid", "role", "rss_mb")} for p in snapshot(info["pid"])]
         for workload, texts in workloads.items():
@@ -575,7 +609,8 @@ def load_test(args, backend: str, workloads: dict, scratch: Path, wrk: str | Non
                     point["adjacent"] = adjacent(workload, concurrency)
                 out["points"].append(point)
                 print(
-                    f"[bench]   served {backend} {workload} c={concurrency}: {point['req_per_s']} req/s, "
+                    f"[bench]   served {backend} {out['flags']} {workload} c={concurrency}: "
+                    f"{point['req_per_s']} req/s, "
                     f"p50 {point['p50_ms']} ms, errors {point['errors']}",
                     flush=True,
                 )
@@ -586,7 +621,7 @@ def load_test(args, backend: str, workloads: dict, scratch: Path, wrk: str | Non
 # ---- report ----------------------------------------------------------------------------------------------
 
 
-def machine() -> dict:
+def machine(gpus: tuple[int, ...] = ()) -> dict:
     import torch
 
     model = "unknown"
@@ -596,6 +631,7 @@ def machine() -> dict:
                 model = line.split(":", 1)[1].strip()
                 break
     from bertserve.runtime.cpu import cpu_flags
+    from bertserve.runtime.device import usable_cpus
 
     flags = sorted(f for f in cpu_flags() if f.startswith(("avx", "amx")) or "vnni" in f or "bf16" in f)
     versions = {"torch": torch.__version__}
@@ -608,6 +644,8 @@ def machine() -> dict:
         "cores": len(os.sched_getaffinity(0)),
         "simd_flags": flags,
         "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "usable_cpus": usable_cpus(),
+        "gpus": [torch.cuda.get_device_name(index) for index in gpus],
         "python": sys.version.split()[0],
         **versions,
     }
@@ -633,13 +671,23 @@ def cores(point: dict) -> str:
     return " / ".join(f"{cpu.get(role, 0.0) / point['seconds']:.2f}" for role in roles)
 
 
+def sizing(results: dict) -> str:
+    s = results["settings"]
+    return (
+        f"{s['workers']} worker(s) x {s['torch_threads']} threads, {s['api_servers']} HTTP process(es), "
+        f"batches <= {s['max_batch_size']} / {s['max_batch_tokens']} tokens"
+    )
+
+
 def markdown(results: dict) -> str:
     lines = [f"# bertserve benchmark {results['timestamp']}", ""]
     m = results["machine"]
+    gpus = f", GPU {' + '.join(m['gpus'])}" if m.get("gpus") else ""
     lines.append(
         f"Machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['simd_flags']) or 'no AVX'}), "
-        f"{m['memory_gb']} GB; torch {m['torch']}, onnxruntime {m.get('onnxruntime', '-')}; "
-        f"{results['threads']} threads per worker (as a server worker). Command: `{results['command']}`"
+        f"{m['memory_gb']} GB{gpus}; torch {m['torch']}, onnxruntime {m.get('onnxruntime', '-')}; "
+        f"device {results['device']}, {results['threads']} threads per worker (as a server worker). "
+        f"Command: `{results['command']}`"
     )
     lines += ["", f"Classifier `{results['classifier']}`, masked LM `{results['mlm'] or '-'}`; workloads: "]
     for name, w in results["workloads"].items():
@@ -677,26 +725,32 @@ def markdown(results: dict) -> str:
             "## Served (`bertserve serve`, load generator: " + results["generator"] + ")",
             "",
             "Ceiling: the in-process ceiling at the best batch size, measured again right after each point; "
-            "p50 / 1 forward: against a single-text forward measured then too.",
+            "p50 / 1 forward: against a single-text forward measured then too. Flags: added to "
+            f"`bertserve serve --device {results['device']}` (none: the sizing defaults, {sizing(results)}).",
             "",
-            "| backend | workload | c | req/s | seq/s | p50 ms | p90 ms | p99 ms | ceiling seq/s "
+            "| backend | flags | workload | c | req/s | seq/s | p50 ms | p90 ms | p99 ms | ceiling seq/s "
             "| served/ceiling | p50 / 1 forward | errors | CPU cores: http / queue mgr / main / workers |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for run in results["served"]:
             for p in run["points"]:
                 lines.append(
-                    f"| {run['backend']} | {p['workload']} | {p['concurrency']} | {fmt(p['req_per_s'])} | "
+                    f"| {run['backend']} | {run['flags'] or '-'} | {p['workload']} | {p['concurrency']} | "
+                    f"{fmt(p['req_per_s'])} | "
                     f"{fmt(p['seq_per_s'])} | {fmt(p['p50_ms'], 2)} | {fmt(p['p90_ms'], 2)} | "
                     f"{fmt(p['p99_ms'], 2)} | {fmt(p.get('ceiling_seq_per_s'))} | "
                     f"{fmt(p.get('served_vs_ceiling'), 2)} | {fmt(p.get('p50_vs_single_forward'), 2)} | "
                     f"{p['errors']} | {cores(p)} |"
                 )
-        lines += ["", "| backend | start-up to /health 200 s | RSS MB per process |", "|---|---|---|"]
+        lines += [
+            "",
+            "| backend | flags | start-up to /health 200 s | RSS MB per process |",
+            "|---|---|---|---|",
+        ]
         for run in results["served"]:
             rss = ", ".join(f"{p['role']} {p['rss_mb']:.0f}" for p in run.get("processes_after", []))
             lines.append(
-                f"| {run['backend']} (loaded: {', '.join(run['backends_loaded'])}) | "
+                f"| {run['backend']} (loaded: {', '.join(run['backends_loaded'])}) | {run['flags'] or '-'} | "
                 f"{run['startup_s']} | {rss} |"
             )
     return "\n".join(lines) + "\n"
@@ -727,7 +781,7 @@ def plot(results: dict, path: Path) -> None:
                     [p["concurrency"] for p in points],
                     [p["seq_per_s"] for p in points],
                     style,
-                    label=f"{run['backend']} {workload} served",
+                    label=f"{run['backend']} {run['flags']} {workload} served",
                 )
                 ceiling_value = points[-1].get("ceiling_seq_per_s")
                 if ceiling_value:
@@ -745,12 +799,25 @@ def plot(results: dict, path: Path) -> None:
 # ---- main ------------------------------------------------------------------------------------------------
 
 
+def relate_to_ceiling(run: dict, reference: dict) -> None:
+    """Served over the ceiling measured right after each point (the table's, from minutes earlier, is kept
+    for reference): the machine's speed drifts by tens of percent."""
+    for point in run["points"]:
+        measured = point.pop("adjacent")
+        point["ceiling_seq_per_s"] = measured["seq_per_s"]
+        point["table_ceiling_seq_per_s"] = reference["ceiling"][point["workload"]]["best"]["seq_per_s"]
+        point["served_vs_ceiling"] = round(point["seq_per_s"] / measured["seq_per_s"], 3)
+        if "single_ms" in measured:
+            point["single_forward_ms"] = measured["single_ms"]
+            point["p50_vs_single_forward"] = round(point["p50_ms"] / measured["single_ms"], 2)
+
+
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
-    args.backends = [b for b in args.backends.split(",") if b]
-    args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
-    if "fp32" not in args.backends:
-        args.backends.insert(0, "fp32")
+    settings = args.settings = server_settings(args.device)  # before any model loads: a missing GPU ends here
+    args.device = settings.device
+    gpus = resolve_device(settings.device).gpus
+    args.model_device = f"cuda:{gpus[0]}" if gpus else "cpu"  # the in-process ceiling: the first GPU's
     import logging
 
     logging.basicConfig(level=logging.WARNING)
@@ -761,17 +828,15 @@ def main(argv: list[str] | None = None) -> Path:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per backend and model
-    from bertserve.config import Settings
     from bertserve.runtime.backends import resolve_backend_name
 
-    settings = Settings()
     limits = (settings.max_batch_size, settings.max_batch_tokens)
     batch_sizes = sorted({1, min(8, settings.max_batch_size), settings.max_batch_size})
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = args.out / stamp
     out.mkdir(parents=True, exist_ok=True)
 
-    model, _ = open_model(args.store, args.classifier, "fp32")
+    model, _ = open_model(args.store, args.classifier, "fp32", args.model_device)
     tokenizer, labels, longest = model.tokenizer, model.labels, model.max_length
     del model
     sources, test_texts, test_labels, mlm_texts = load_texts(args.data, tokenizer, labels)
@@ -787,13 +852,19 @@ def main(argv: list[str] | None = None) -> Path:
     results: dict = {
         "timestamp": stamp,
         "command": "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": machine(),
-        "threads": server_threads(),
+        "machine": machine(gpus),
+        "device": settings.device,
+        "threads": settings.torch_threads,
         "settings": {
-            "max_batch_size": settings.max_batch_size,
-            "max_batch_tokens": settings.max_batch_tokens,
-            "batch_timeout": settings.batch_timeout,
-            "workers": settings.workers,
+            name: getattr(settings, name)
+            for name in (
+                "workers",
+                "torch_threads",
+                "api_servers",
+                "max_batch_size",
+                "max_batch_tokens",
+                "batch_timeout",
+            )
         },
         "classifier": args.classifier,
         "mlm": args.mlm,
@@ -811,7 +882,8 @@ def main(argv: list[str] | None = None) -> Path:
 
     results["backends"] = measure_backends(args, workloads, evaluation, limits, batch_sizes)
     results["best_backend"] = best_backend(results["backends"])
-    results["auto_backend"] = resolve_backend_name("auto")
+    accelerator = "cuda" if gpus else "cpu"
+    results["auto_backend"] = resolve_backend_name("auto", accelerator)
 
     serve = []
     for item in (s for s in args.serve.split(",") if s):
@@ -824,25 +896,15 @@ def main(argv: list[str] | None = None) -> Path:
         results["generator"] = "wrk -t1 (Lua body picker)" if wrk else "python asyncio+httpx (wrk missing)"
         with tempfile.TemporaryDirectory(prefix="bertserve-bench-") as scratch:
             for backend in serve:
-                print(f"[bench] serving {backend}", flush=True)
-                reference = results["backends"].get(resolve_backend_name(backend), {})
-                adjacent = adjacent_ceiling(args, resolve_backend_name(backend), reference, workloads, limits)
-                run = load_test(args, backend, workloads, Path(scratch), wrk, adjacent)
-                for point in run["points"]:
-                    if "ceiling" not in reference:
-                        continue
-                    # served over the ceiling measured right after the point (the table's, from minutes
-                    # earlier, is kept for reference): the machine's speed drifts by tens of percent
-                    measured = point.pop("adjacent")
-                    point["ceiling_seq_per_s"] = measured["seq_per_s"]
-                    point["table_ceiling_seq_per_s"] = reference["ceiling"][point["workload"]]["best"][
-                        "seq_per_s"
-                    ]
-                    point["served_vs_ceiling"] = round(point["seq_per_s"] / measured["seq_per_s"], 3)
-                    if "single_ms" in measured:
-                        point["single_forward_ms"] = measured["single_ms"]
-                        point["p50_vs_single_forward"] = round(point["p50_ms"] / measured["single_ms"], 2)
-                results["served"].append(run)
+                resolved = resolve_backend_name(backend, accelerator)
+                reference = results["backends"].get(resolved, {})
+                adjacent = adjacent_ceiling(args, resolved, reference, workloads, limits)
+                for flags in args.server_flags:
+                    print(f"[bench] serving {backend} {' '.join(flags)}", flush=True)
+                    run = load_test(args, backend, flags, workloads, Path(scratch), wrk, adjacent)
+                    if "ceiling" in reference:
+                        relate_to_ceiling(run, reference)
+                    results["served"].append(run)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     table = markdown(results)
     (out / "results.md").write_text(table)

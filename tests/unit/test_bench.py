@@ -9,7 +9,25 @@ import json
 import pytest
 
 from bench import run
+from bertserve.runtime.device import cuda_gpus
 from tests.http.conftest import build_tiny_store
+
+
+def test_the_device_picks_the_backends_compared():
+    assert run.parse_args([]).backends == list(run.ALL_BACKENDS)
+    assert run.parse_args(["--device", "cuda:1"]).backends == ["fp32", "fp16", "bf16"]
+    assert run.parse_args(["--backends", "int8", "--server-flags=;--workers 1"]).backends == ["fp32", "int8"]
+    assert run.parse_args(["--server-flags=;--workers 1 --api-servers 2"]).server_flags == [
+        [],
+        ["--workers", "1", "--api-servers", "2"],
+    ]
+
+
+@pytest.mark.skipif(cuda_gpus()[0] > 0, reason="this machine has a CUDA GPU")
+def test_bench_on_cuda_without_a_gpu_ends_with_one_line(tmp_path):
+    with pytest.raises(SystemExit, match=r"^bench: device cuda: no CUDA GPU \("):
+        run.main(["--store", str(tmp_path), "--device", "cuda", "--out", str(tmp_path / "results")])
+    assert not (tmp_path / "results").exists(), "it stops before measuring anything"
 
 
 @pytest.mark.slow
@@ -28,6 +46,7 @@ def test_bench_quick_run_writes_results(tmp_path, monkeypatch):
             "fp32,bf16",
             "--serve",
             "best",
+            "--server-flags=;--workers 1 --api-servers 2",
             "--concurrency",
             "1,4",
             "--duration",
@@ -50,7 +69,9 @@ def test_bench_quick_run_writes_results(tmp_path, monkeypatch):
         assert {"accuracy", "macro_f1", "accuracy_delta"} <= set(row["classifier"])
         assert {"top5", "top5_delta"} <= set(row["mlm"])
     assert results["best_backend"] in results["backends"]
-    (served,) = results["served"]
+    assert results["device"] == "cpu" and results["settings"]["torch_threads"] == 1
+    assert [done["flags"] for done in results["served"]] == ["", "--workers 1 --api-servers 2"]
+    served = results["served"][0]
     assert served["startup_s"] > 0 and served["backends_loaded"] == [results["best_backend"]]
     assert {p["role"] for p in served["processes"]} >= {
         "main (supervisor, answer broker)",
@@ -63,6 +84,6 @@ def test_bench_quick_run_writes_results(tmp_path, monkeypatch):
         ("long", 1),
         ("long", 4),
     ]
-    for point in served["points"]:
+    for point in (point for done in results["served"] for point in done["points"]):
         assert point["requests"] > 0 and point["errors"] == 0
         assert {"req_per_s", "seq_per_s", "p50_ms", "p90_ms", "p99_ms", "served_vs_ceiling"} <= set(point)
