@@ -22,7 +22,14 @@ API = (REPO / "docs" / "api.md").read_text()
 OPERATIONS = (REPO / "docs" / "operations.md").read_text()
 
 # BERTSERVE_* variables read outside Settings (bootstrap cache, ONNX cache, the test suite's tools and store).
-NOT_SETTINGS = {"BERTSERVE_CACHE", "BERTSERVE_ONNX_CACHE", "BERTSERVE_TEST_STORE", "BERTSERVE_CI_TOOLS"}
+NOT_SETTINGS = {
+    "BERTSERVE_CACHE",
+    "BERTSERVE_ONNX_CACHE",
+    "BERTSERVE_TEST_STORE",
+    "BERTSERVE_CI_TOOLS",
+    "BERTSERVE_TORCH_BUILD",  # scripts/install-torch.sh
+    "BERTSERVE_TORCH_CUDA",
+}
 VARIABLE = re.compile(r"\bBERTSERVE_[A-Z0-9_]*[A-Z0-9]\b")
 FENCED = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
