@@ -70,6 +70,11 @@ def list_(store: Path = StoreOption) -> None:
 
 
 def _headline(metrics: dict) -> str:
+    """The holdout's scores when the version has one (what the gate compares), else the eval split's."""
+    holdout = metrics.get("holdout")
+    if holdout:
+        flag = " below-baseline" if holdout["below_baseline"] else ""
+        return f"holdout accuracy={holdout['accuracy']:.3f} macro_f1={holdout['macro_f1']:.3f}{flag}"
     keys = ("accuracy", "macro_f1", "micro_f1", "top1", "top5")
     return " ".join(f"{k}={metrics[k]:.3f}" for k in keys if isinstance(metrics.get(k), int | float)) or "-"
 

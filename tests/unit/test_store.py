@@ -308,16 +308,34 @@ def test_verify_fails_an_empty_store_and_aliases_to_nothing(store_root, tiny_cla
     assert verify().returncode == 0
 
 
+def _store_cli(store_root: Path, *args: str, ok: bool = True) -> str:
+    run = subprocess.run(
+        [sys.executable, "-m", "bertserve.cli", "store", *args, "--store", str(store_root)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[2],
+    )
+    assert (run.returncode == 0) == ok, run.stdout + run.stderr
+    return run.stdout + run.stderr
+
+
+def test_promote_and_list_show_the_gate_at_the_command_line(store_root, tiny_classifier_dir, tmp_path):
+    store = ModelStore(store_root)
+    guesses = _publish_scored(store, tiny_classifier_dir, tmp_path, _predictions(_truth(), 2, seed=1))
+    good = _publish_scored(store, tiny_classifier_dir, tmp_path, _predictions(_truth(), 10, seed=2))
+    refused = _store_cli(store_root, "promote", "s", guesses, ok=False)
+    assert "below the majority baseline (use --force to promote anyway)" in refused
+    moved = _store_cli(store_root, "promote", "s", good, "--metric", "accuracy", "--margin", "0.02")
+    assert moved.startswith(f"s:production -> {good}: s@{good} holdout accuracy 0.")
+    forced = _store_cli(store_root, "promote", "s", guesses, "--force")
+    assert f"s:production -> {guesses}: forced past the gate: " in forced and "below the majority" in forced
+    listing = _store_cli(store_root, "list").splitlines()
+    assert "below-baseline" in listing[0] and "holdout accuracy=0.883 macro_f1=0.834\t" in listing[1]
+
+
 def test_store_cli(store_root, tiny_classifier_dir, tiny_mlm_dir):
     def cli(*args: str, ok: bool = True) -> str:
-        run = subprocess.run(
-            [sys.executable, "-m", "bertserve.cli", "store", *args, "--store", str(store_root)],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parents[2],
-        )
-        assert (run.returncode == 0) == ok, run.stdout + run.stderr
-        return run.stdout + run.stderr
+        return _store_cli(store_root, *args, ok=ok)
 
     assert "published s@1" in cli("import", str(tiny_classifier_dir), "--name", "s")
     assert "published s@2" in cli("import", str(tiny_classifier_dir), "--name", "s", "--alias", "production")
