@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+(,\d+)*)?")
 
 CPU_BATCH = (32, 16384)  # max_batch_size, max_batch_tokens: a CPU forward gains little past 32 sequences
 CUDA_BATCH = (128, 65536)  # a GPU needs wide batches to be busy; the token budget bounds its memory
+GpuProbe = Callable[[], tuple[int, str]]  # () -> (CUDA GPUs torch sees, why none when 0)
 MAX_CPU_WORKERS = 8
 CUDA_THREADS = 4  # a GPU worker's CPU work is padding and decode: a few threads are plenty
 
@@ -71,7 +73,7 @@ def cuda_gpus() -> tuple[int, str]:
     return int(count), f"torch {version} (CUDA {cuda}) sees none"
 
 
-def resolve_device(spec: str, probe=cuda_gpus) -> Placement:
+def resolve_device(spec: str, probe: GpuProbe = cuda_gpus) -> Placement:
     """auto | cpu | cuda | cuda:N[,M...] -> the GPUs to use. `probe()` gives (GPU count, why none) and is
     only called when the answer depends on it."""
     if check_device(spec) == "cpu":
