@@ -127,7 +127,7 @@ class TorchBackend:
 
     @torch.inference_mode()
     def masked_logits(self, batch: dict[str, torch.Tensor], positions: torch.Tensor) -> torch.Tensor:
-        rows, cols = self._to_device(positions[:, 0]), self._to_device(positions[:, 1])
+        rows, cols = positions.to(self.device).unbind(1)
         if self._mlm_parts is None:
             return self.model(**self._inputs(batch)).logits[rows, cols].float().cpu()
         encoder, head = self._mlm_parts
