@@ -11,14 +11,7 @@ from typing import Literal, get_args
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bertserve.runtime.device import (
-    GpuProbe,
-    check_device,
-    cuda_gpus,
-    pick_sizing,
-    resolve_device,
-    usable_cpus,
-)
+from bertserve.runtime.device import GpuProbe, check_device, pick_sizing, resolve_device, usable_cpus
 
 Backend = Literal["auto", "fp32", "fp16", "bf16", "int8", "onnx", "onnx-int8"]
 
@@ -121,7 +114,7 @@ class Settings(BaseSettings):
         """The backend the named model is served with."""
         return parse_model_backends(self.model_backends).get(model_name, self.backend)
 
-    def resolved(self, cpus: int | None = None, probe: GpuProbe = cuda_gpus) -> Settings:
+    def resolved(self, cpus: int | None = None, probe: GpuProbe | None = None) -> Settings:
         """A copy for this machine: the device resolved (auto -> cpu or cuda:0,...) and every sizing setting
         left at 0 or unset filled in from the sizing table (runtime/device.py pick_sizing). `cpus` (usable
         CPUs) and `probe` (GPU count) are parameters for tests. Raises DeviceUnavailable."""

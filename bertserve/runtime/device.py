@@ -73,12 +73,12 @@ def cuda_gpus() -> tuple[int, str]:
     return int(count), f"torch {version} (CUDA {cuda}) sees none"
 
 
-def resolve_device(spec: str, probe: GpuProbe = cuda_gpus) -> Placement:
-    """auto | cpu | cuda | cuda:N[,M...] -> the GPUs to use. `probe()` gives (GPU count, why none) and is
-    only called when the answer depends on it."""
+def resolve_device(spec: str, probe: GpuProbe | None = None) -> Placement:
+    """auto | cpu | cuda | cuda:N[,M...] -> the GPUs to use. `probe()` (default: cuda_gpus) gives (GPU count,
+    why none) and is only called when the answer depends on it."""
     if check_device(spec) == "cpu":
         return Placement()
-    count, why_none = probe()
+    count, why_none = (probe or cuda_gpus)()
     if spec == "auto":
         return Placement(tuple(range(count)))
     if count == 0:
