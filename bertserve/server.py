@@ -21,7 +21,6 @@ from pathlib import Path
 import litserve as ls
 from fastapi import Depends, FastAPI
 from fastapi.routing import APIRoute
-from litserve.server import RegularRequestHandler
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -30,7 +29,9 @@ from bertserve.api import request_queue
 from bertserve.api.base import TaskAPI
 from bertserve.api.buffer import ExpiringResponseBuffer
 from bertserve.api.classify import ClassifyAPI
+from bertserve.api.encoders import HttpEncoders
 from bertserve.api.fill_mask import FillMaskAPI
+from bertserve.api.submitter import SubmittingHandler
 from bertserve.api.supervisor import WorkerSupervisor
 from bertserve.api.transport import ResponseTransport
 from bertserve.auth import Authenticator
@@ -245,26 +246,31 @@ def describe_models(store: ModelStore, settings: Settings) -> ModelsResponse:
     return ModelsResponse(models=models)
 
 
-def _submit_from_http_processes(server: ls.LitServer, apis: list[TaskAPI]) -> None:
+def _submit_from_http_processes(server: ls.LitServer, apis: list[TaskAPI]) -> list[HttpEncoders]:
     """Replace LitServe's task routes with ones that validate and tokenize in the HTTP process
-    (TaskAPI.submission) before the queue; LitServe's handler still queues them and awaits the answer."""
+    (TaskAPI.submission) before the queue (submitter.py), then await the worker's answer.
+    Returns each task's encoders (not on the api: that is pickled to each worker), to load before the fork."""
     paths = {api.api_path for api in apis}
     server.app.router.routes = [
         route for route in server.app.router.routes if getattr(route, "path", None) not in paths
     ]
+    every_encoders = []
     for api in apis:
+        encoders = HttpEncoders(api.settings, api.task)
+        every_encoders.append(encoders)
         server.app.add_api_route(
             api.api_path,
-            _task_endpoint(api, RegularRequestHandler(api, server)),
+            _task_endpoint(api, SubmittingHandler(api, server), encoders),
             methods=["POST"],
             dependencies=[Depends(api.authorize)],
         )
+    return every_encoders
 
 
-def _task_endpoint(api: TaskAPI, handler: RegularRequestHandler):
+def _task_endpoint(api: TaskAPI, handler: SubmittingHandler, encoders: HttpEncoders):
     async def endpoint(request) -> Response:
         try:
-            submission = api.submission(request)
+            submission = api.submission(request, encoders)
         except ClientError as exc:
             raise exc.to_http() from None
         return await handler.handle_request(submission, bytes)
@@ -348,7 +354,7 @@ def build_server(settings: Settings, drain_flag: Path, in_flight: InFlight) -> l
     server._bertserve_queues = queues
     server.response_buffer = ExpiringResponseBuffer(settings.request_timeout + 10)
     install_error_handlers(server.app)
-    _submit_from_http_processes(server, apis)
+    server._bertserve_encoders = _submit_from_http_processes(server, apis)
     _add_routes(server.app, store, settings)
     _document_plain_text_routes(server.app)
     server.app.title = "bertserve"
@@ -425,6 +431,14 @@ def run_server(settings: Settings) -> None:
         supervisor.start()
         return original_run(*args, **kwargs)
 
+    def load_encoders_while_workers_start() -> None:
+        # the HTTP processes are forked with them loaded (importing transformers takes seconds)
+        for encoders in server._bertserve_encoders:
+            encoders.load()
+        original_verify()
+
+    original_verify = server.verify_worker_status
+    server.verify_worker_status = load_encoders_while_workers_start
     server._init_manager = init_manager_after_our_logging
     server._start_server = start_with_queues
     # the first workers, and the ones the supervisor restarts

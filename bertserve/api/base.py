@@ -7,7 +7,6 @@ import signal
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from functools import cached_property
 
 import litserve as ls
 import orjson
@@ -80,15 +79,11 @@ class TaskAPI(ls.LitAPI):
 
     # ---- per request, in the HTTP processes ----------------------------------------------------------
 
-    @cached_property
-    def encoders(self) -> HttpEncoders:
-        return HttpEncoders(self.settings, self.task)
-
-    def submission(self, request) -> bytes:
+    def submission(self, request, encoders: HttpEncoders) -> bytes:
         """What to queue for the workers: the request, tokenized here when this process can resolve its model
         (raises ClientError for what the client must fix)."""
         self.check_limits(request.as_list())
-        encoder = self.encoders.find(request.model or self.default_ref)
+        encoder = encoders.find(request.model or self.default_ref)
         tokens = self.tokenize(encoder, request) if encoder is not None else None
         return pickle.dumps(Submitted(request, tokens), protocol=pickle.HIGHEST_PROTOCOL)
 

@@ -10,6 +10,7 @@ before.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -58,6 +59,13 @@ class HttpEncoders:
         self._seen: tuple = ()
         self._next_check = 0.0
 
+    def load(self) -> None:
+        """Load every served version's encoder now: in the main process, before the HTTP processes are
+        forked, so that none of them imports transformers or reads tokenizer files while requests wait."""
+        with contextlib.suppress(Exception):  # a store the workers will refuse: they say why
+            for key in self._current_plan().keys(self.task):
+                self._encoder(key)
+
     def find(self, ref: str) -> TextEncoder | None:
         """The encoder of the version `ref` names now; None when this process cannot tell."""
         try:
@@ -65,11 +73,14 @@ class HttpEncoders:
             key = pick_version(plan.snapshot, plan.served, plan.tasks, ref, self.task)
         except Exception:  # e.g. 404 unknown model: the worker answers it, as it always did
             return None
+        return self._encoder(key)
+
+    def _encoder(self, key: Key) -> TextEncoder | None:
         if key not in self.encoders:
             try:
                 self.encoders[key] = TextEncoder(self.store.read_manifest(*key), self.store.version_dir(*key))
             except Exception as exc:  # e.g. a damaged version, which the workers refuse too
-                logger.warning("%s@%s: not tokenizing in the HTTP process: %s", *key, exc)
+                logger.warning("%s@%s: not tokenizing in the HTTP processes: %s", *key, exc)
                 self.encoders[key] = None
         return self.encoders[key]
 
