@@ -1,8 +1,12 @@
-# bertserve container image: CPU-only torch, non-root, one port, HEALTHCHECK on /health.
+# bertserve container image: non-root, one port, HEALTHCHECK on /health. CPU torch by default; TORCH_BUILD=cuda
+# makes the CUDA variant.
 #
 #   docker build -t bertserve:0.1.0 .                      # store mounted at run time on /models
 #   docker build --build-arg BOOTSTRAP=1 -t bertserve:0.1.0-models .   # default store baked into /models
+#   docker build --build-arg TORCH_BUILD=cuda -t bertserve:0.1.0-cuda .  # CUDA torch (k8s/overlays/gpu)
 #   docker run -p 8000:8000 -v "$PWD/model_store:/models:ro" --read-only --tmpfs /tmp bertserve:0.1.0
+#   docker run --gpus 1 -e BERTSERVE_DEVICE=cuda -p 8000:8000 -v "$PWD/model_store:/models:ro" \
+#     --read-only --tmpfs /tmp bertserve:0.1.0-cuda
 #
 # Build arguments:
 #   BASE_IMAGE      any Debian-like image with python3.11 + venv (python:3.11-slim by default; scripts/image-test.sh
@@ -10,35 +14,44 @@
 #   BOOTSTRAP       0: /models is empty, mount a store there (Kubernetes: read-only PVC, see k8s/overlays/prod).
 #                   1: run `bertserve bootstrap` at build time (~15 min on 2 cores, needs PyPI) and bake the
 #                   default models (sentiment + mlm) into /models.
-#   TORCH_VERSION   2.13.0+cpu: the "+cpu" local version exists only as PyTorch's CPU-only build, so no
-#                   index can hand over the multi-GB CUDA build that a plain `pip install torch` gets from PyPI.
-#   TORCH_PIP_ARGS  where that wheel comes from: PyTorch's CPU index (which also serves torch's dependencies)
-#                   by default; scripts/image-test.sh passes "--find-links /wheels" with a build volume holding
-#                   a local copy of the wheel (dependencies then come from PyPI).
+#   TORCH_BUILD     cpu (default): torch==<pyproject's pin>+cpu, PyTorch's CPU-only build: the image stays
+#                   small (~1.4 GB) and the build fails if a CUDA torch or any nvidia-* wheel gets in.
+#                   cuda: torch==<pin>+cu130 with its nvidia-* wheels (several GB). The host needs only the
+#                   NVIDIA driver (>= 580) and container toolkit: the CUDA libraries come in the wheels, so
+#                   the base image stays the same. Both are installed by scripts/install-torch.sh.
+#   TORCH_CUDA      the CUDA build's index tag (cu130).
+#   TORCH_PIP_ARGS  more pip arguments for the torch install: scripts/image-test.sh passes
+#                   "--find-links /wheels" with a build volume holding a local copy of the CPU wheel.
 #   PIP_INDEX_URL, PIP_CERT   optional, for builds behind a package mirror or a TLS-intercepting proxy
 #                   (build stages only; nothing of them reaches the runtime image).
+# The image has onnxruntime (the `onnx` extra): BERTSERVE_BACKEND=onnx / onnx-int8 work in it, and `auto`
+# may pick onnx (docs/performance.md). Exported graphs are cached under $HOME=/tmp.
 ARG BASE_IMAGE=python:3.11-slim
 ARG BOOTSTRAP=0
 
 # ---------------------------------------------------------------------------------------------------------
 FROM ${BASE_IMAGE} AS builder
-ARG TORCH_VERSION=2.13.0+cpu
-ARG TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+ARG TORCH_BUILD=cpu
+ARG TORCH_CUDA=cu130
+ARG TORCH_PIP_ARGS=""
 ARG PIP_INDEX_URL
 ARG PIP_CERT
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH
 RUN python3 -m venv /opt/venv && pip install --upgrade pip
-# torch first, pinned, CPU only; then refuse an image that somehow got a CUDA build or nvidia-* wheels.
-RUN pip install ${TORCH_PIP_ARGS} "torch==${TORCH_VERSION}" \
- && python -c "import sys, torch; sys.exit(f'CUDA torch {torch.__version__}' if torch.version.cuda else 0)"
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# torch first, alone, in the build TORCH_BUILD names (the script checks what it installed).
+COPY pyproject.toml ./
+COPY scripts/install-torch.sh ./scripts/
+RUN BERTSERVE_TORCH_BUILD=$TORCH_BUILD BERTSERVE_TORCH_CUDA=$TORCH_CUDA scripts/install-torch.sh pip ${TORCH_PIP_ARGS}
+COPY README.md LICENSE ./
 COPY bertserve ./bertserve
-RUN pip install . \
- && if pip list 2>/dev/null | grep -i '^nvidia-'; then echo 'nvidia wheels were pulled in' >&2; exit 1; fi \
- && python -c "import torch, bertserve.cli; print('torch', torch.__version__, 'cuda', torch.version.cuda)" \
+RUN pip install '.[onnx]' \
+ && if [ "$TORCH_BUILD" = cpu ] && pip list 2>/dev/null | grep -i '^nvidia-'; then \
+      echo 'nvidia wheels were pulled into the CPU image' >&2; exit 1; \
+    fi \
+ && python -c "import torch, onnxruntime, bertserve.cli; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'onnxruntime', onnxruntime.__version__)" \
  && bertserve --help > /dev/null
 
 # ---------------------------------------------------------------------------------------------------------

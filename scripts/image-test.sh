@@ -3,10 +3,13 @@
 #
 # What it proves:
 #   * the Dockerfile builds, all stages, with the real pip resolution of the package: torch==2.13.0 CPU
-#     (the build fails on a CUDA torch or nvidia-* wheels), and `bertserve --help` runs in the builder;
+#     (the build fails on a CUDA torch or nvidia-* wheels) and onnxruntime, and `bertserve --help` runs in
+#     the builder;
 #   * the runtime image starts the way a container engine starts it: the image's own ENTRYPOINT + CMD and
 #     ENV, as its USER (uid 10001, checked on the running process), with a model store mounted read-only
 #     at /models; /health turns 200, POST /v1/classify and /v1/fill-mask answer, /metrics counts them;
+#   * the image's onnxruntime works: the classifier is served with the onnx-int8 backend (exported and
+#     quantized at start-up, into $HOME=/tmp), and bertserve_model_info says so;
 #   * the image's HEALTHCHECK command exits 0 against the running server;
 #   * the running service writes nothing in the image filesystem outside /tmp (so readOnlyRootFilesystem
 #     with an emptyDir on /tmp is enough);
@@ -14,7 +17,9 @@
 # What it cannot prove here (no container engine, no cluster): namespaces and cgroup limits (buildah's
 # chroot isolation shares the host's PID/network namespaces and applies no CPU/memory limits), a truly
 # read-only root filesystem, Docker's HEALTHCHECK scheduler, pulling from / pushing to a registry, and the
-# BOOTSTRAP=1 stage (it trains for ~15 min; run it with IMAGE_TEST_BOOTSTRAP=1 when you have the time).
+# BOOTSTRAP=1 stage (it trains for ~15 min; run it with IMAGE_TEST_BOOTSTRAP=1 when you have the time), and
+# the TORCH_BUILD=cuda variant (its wheels come from PyTorch's CUDA index and it needs a GPU to mean anything;
+# tests/deploy/test_image.py checks statically how the build argument picks the wheel).
 #
 # Needs root (buildah with vfs storage, debootstrap). Installs buildah and debootstrap with apt-get if
 # missing. The base image is Debian bookworm + python3.11 from the apt mirror this machine already uses,
@@ -117,7 +122,7 @@ else
     tail -40 "$WORK/build.log"
     fail "image build"
   fi
-  grep -E '^\[[0-9]+/[0-9]+\] (STEP 1/|COMMIT)|^torch ' "$WORK/build.log" || true
+  grep -E '^\[[0-9]+/[0-9]+\] (STEP 1/|COMMIT)|^torch |^install-torch: torch' "$WORK/build.log" || true
   echo "built in $(($(date +%s) - start)) s"
 fi
 "${BUILDAH[@]}" images --format '{{.Name}}:{{.Tag}} {{.Size}}' "$IMAGE"
@@ -167,9 +172,10 @@ cleanup() {
   fi
 }
 trap cleanup EXIT
-# Serve on loopback only, and a short drain so the SIGTERM check below is quick.
+# Serve on loopback only, a short drain so the SIGTERM check below is quick, the classifier on onnxruntime.
 "${BUILDAH[@]}" config --env BERTSERVE_HOST=127.0.0.1 --env "BERTSERVE_PORT=$PORT" \
-  --env BERTSERVE_DRAIN_SECONDS=3 --env BERTSERVE_TORCH_THREADS=1 "$ctr"
+  --env BERTSERVE_DRAIN_SECONDS=3 --env BERTSERVE_TORCH_THREADS=1 \
+  --env BERTSERVE_MODEL_BACKENDS=sentiment=onnx-int8 "$ctr"
 mnt=$("${BUILDAH[@]}" mount "$ctr")
 marker=$WORK/started
 touch "$marker"
@@ -228,9 +234,11 @@ curl -fsS -H 'content-type: application/json' -d '{"inputs": ["the capital of fr
   "$base/v1/fill-mask" | head -c 400
 echo
 say "GET /metrics"
-curl -fsS "$base/metrics" | grep -E '^bertserve_requests_total\{' | tee "$WORK/metrics.txt"
-grep 'endpoint="classify"' "$WORK/metrics.txt" | grep 'code="200"' | grep -q '} 1.0$' ||
-  fail "classify request not counted"
+curl -fsS "$base/metrics" | grep -E '^bertserve_(requests_total|model_info)\{' | tee "$WORK/metrics.txt"
+grep '^bertserve_requests_total{' "$WORK/metrics.txt" | grep 'endpoint="classify"' | grep 'code="200"' |
+  grep -q '} 1.0$' || fail "classify request not counted"
+grep '^bertserve_model_info{' "$WORK/metrics.txt" | grep 'model="sentiment"' | grep -q 'backend="onnx-int8"' ||
+  fail "the classifier is not served by onnx-int8 (onnxruntime missing from the image?)"
 
 say "HEALTHCHECK command from the image config"
 "${BUILDAH[@]}" run --isolation chroot --network host "$ctr" -- "${healthcheck[@]}" ||

@@ -4,12 +4,10 @@ runs the image; it needs root and ~15 min, so it is not part of `make test`)."""
 from __future__ import annotations
 
 import re
-import tomllib
 
 from tests.deploy.tools import REPO
 
 DOCKERFILE = (REPO / "Dockerfile").read_text()
-ENTRYPOINT = REPO / "scripts" / "container-entrypoint.sh"
 
 
 def instructions(stage: str) -> list[str]:
@@ -23,15 +21,23 @@ def instructions(stage: str) -> list[str]:
     return lines[start:end]
 
 
-def test_torch_pin_matches_the_package_and_is_cpu_only():
-    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    [pin] = [d for d in pyproject["project"]["dependencies"] if d.startswith("torch")]
-    version = pin.split("==")[1]
-    assert f"ARG TORCH_VERSION={version}+cpu" in DOCKERFILE
-    builder = " ".join(instructions("builder"))
-    assert 'pip install ${TORCH_PIP_ARGS} "torch==${TORCH_VERSION}"' in builder
-    assert builder.index("torch==${TORCH_VERSION}") < builder.index("pip install .")  # torch first
-    assert "torch.version.cuda" in builder and "nvidia-" in builder  # the build refuses CUDA wheels
+def test_torch_is_installed_first_in_the_build_torch_build_names():
+    builder = instructions("builder")
+    assert "ARG TORCH_BUILD=cpu" in builder and "ARG TORCH_CUDA=cu130" in builder  # the CPU image by default
+    [install] = [line for line in builder if "scripts/install-torch.sh" in line and line.startswith("RUN")]
+    # The script reads the pin from pyproject.toml (tests/deploy/test_install_torch.py shows what
+    # TORCH_BUILD=cpu|cuda install), so both are copied in before it runs, and nothing else yet.
+    assert install == (
+        "RUN BERTSERVE_TORCH_BUILD=$TORCH_BUILD BERTSERVE_TORCH_CUDA=$TORCH_CUDA "
+        "scripts/install-torch.sh pip ${TORCH_PIP_ARGS}"
+    )
+    copies_before = [line for line in builder[: builder.index(install)] if line.startswith("COPY")]
+    assert copies_before == ["COPY pyproject.toml ./", "COPY scripts/install-torch.sh ./scripts/"]
+    package = next(line for line in builder if line.startswith("RUN pip install '.[onnx]'"))
+    assert builder.index(install) < builder.index(package)
+    # The CPU image refuses nvidia-* wheels; the package install brings onnxruntime and imports it.
+    assert 'if [ "$TORCH_BUILD" = cpu ] && pip list' in package and "grep -i '^nvidia-'" in package
+    assert "import torch, onnxruntime, bertserve.cli" in package
 
 
 def test_runtime_stage_is_non_root_with_one_port_and_a_healthcheck():
@@ -73,6 +79,10 @@ def test_dockerignore_keeps_the_context_small():
     patterns = (REPO / ".dockerignore").read_text().split()
     assert patterns[patterns.index("*") :][:1] == ["*"]  # allow-list: everything else is excluded
     included = {p[1:] for p in patterns if p.startswith("!")}
-    assert included == {"pyproject.toml", "README.md", "bertserve/"}
-    for copied in re.findall(r"^COPY (?!--from)(\S+)", DOCKERFILE, flags=re.M):
-        assert copied in {"pyproject.toml", "bertserve"}, copied
+    assert included == {"pyproject.toml", "README.md", "LICENSE", "bertserve/", "scripts/install-torch.sh"}
+    copied = {
+        source
+        for line in re.findall(r"^COPY (?!--from)(.+)$", DOCKERFILE, flags=re.M)
+        for source in line.split()[:-1]
+    }
+    assert copied == {"pyproject.toml", "README.md", "LICENSE", "bertserve", "scripts/install-torch.sh"}
