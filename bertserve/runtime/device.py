@@ -1,7 +1,7 @@
 """Where inference runs (the CPU or CUDA GPUs) and how the machine is divided among processes and threads.
 
-No torch at import: the main process resolves the device and the sizing before it forks the HTTP processes,
-and torch would add ~250 MB to each of them. Torch is asked about GPUs in a child process instead.
+The main process resolves the device and the sizing before it forks the HTTP processes, so it never
+initialises CUDA (a CUDA driver does not survive a fork): torch is asked about GPUs in a child process.
 """
 
 from __future__ import annotations
