@@ -398,13 +398,13 @@ def run_server(settings: Settings) -> None:
     settings = settings.resolved()
     logs.configure_logging(settings)
     logger.info(
-        "device %s: %d inference worker(s) per endpoint%s x %d torch threads, %d HTTP process(es), "
+        "device %s: %d inference worker(s) per endpoint%s x %d torch threads; HTTP processes: %s; "
         "batches of <= %d sequences / %d tokens",
         settings.device,
         settings.workers,
         " per GPU" if settings.device != "cpu" else "",
         settings.torch_threads,
-        settings.api_servers,
+        settings.api_servers or "one per inference worker",
         settings.max_batch_size,
         settings.max_batch_tokens,
     )
@@ -462,7 +462,7 @@ def run_server(settings: Settings) -> None:
     server.run(
         host=settings.host,
         port=settings.port,
-        num_api_servers=settings.api_servers,
+        num_api_servers=settings.api_servers or None,  # None: LitServe's one per inference worker
         log_level=settings.log_level,
         generate_client_file=False,
         # Outlive clients' and load balancers' idle timeouts (httpx 5 s, cloud LBs 60 s): a server closing an

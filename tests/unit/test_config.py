@@ -20,14 +20,13 @@ def two_gpus() -> tuple[int, str]:
 
 def test_sizing_fills_only_what_is_left_to_it():
     on_16 = Settings().resolved(cpus=16, probe=no_gpu)
-    assert (on_16.device, on_16.workers, on_16.torch_threads, on_16.api_servers) == ("cpu", 4, 4, 4)
+    assert (on_16.device, on_16.workers, on_16.torch_threads, on_16.api_servers) == ("cpu", 4, 4, 0)
     assert (on_16.max_batch_size, on_16.max_batch_tokens) == CPU_BATCH
     explicit = Settings(workers=2, torch_threads=3, api_servers=5, max_batch_size=8).resolved(16, no_gpu)
     assert (explicit.workers, explicit.torch_threads, explicit.api_servers) == (2, 3, 5)
     assert (explicit.max_batch_size, explicit.max_batch_tokens) == (8, CPU_BATCH[1])
-    # explicit workers still share the CPUs: 16 / 2 threads each, as many HTTP processes
+    # explicit workers still share the CPUs: 16 / 2 threads each
     assert Settings(workers=2).resolved(16, no_gpu).torch_threads == 8
-    assert Settings(workers=2).resolved(16, no_gpu).api_servers == 2
 
 
 def test_on_cuda_the_batches_grow_unless_set(monkeypatch):
