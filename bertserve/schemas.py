@@ -7,14 +7,18 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 
+def _unicode(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # JSON allows "\\ud800"; no tokenizer (nor UTF-8 JSON) can take it
+        raise ValueError(f"text holds a lone surrogate at character {exc.start}: not valid Unicode") from exc
+    return text
+
+
 def _not_blank(text: str) -> str:
     if not text.strip():
         raise ValueError("text must not be empty or only whitespace")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:  # JSON allows "\\ud800"; no tokenizer can take it
-        raise ValueError(f"text holds a lone surrogate at character {exc.start}: not valid Unicode") from exc
-    return text
+    return _unicode(text)
 
 
 Text = Annotated[str, AfterValidator(_not_blank)]
@@ -25,7 +29,7 @@ ClassifyInput = Text | TextPair
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = Field(
+    model: Annotated[str, AfterValidator(_unicode)] | None = Field(
         None,
         description="'name', 'name@version' or 'name:alias'; absent: the server's default for this task.",
         examples=["sentiment", "sentiment@2", "sentiment:production"],

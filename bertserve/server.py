@@ -15,6 +15,7 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from multiprocessing import resource_tracker
 from pathlib import Path
 
@@ -268,12 +269,21 @@ def _submit_from_http_processes(server: ls.LitServer, apis: list[TaskAPI]) -> li
 
 
 def _task_endpoint(api: TaskAPI, handler: SubmittingHandler, encoders: HttpEncoders):
+    # Large requests are tokenized in a thread (the tokenizer runs without the GIL), so that the event loop
+    # goes on delivering answers meanwhile; small ones cost less than the hand-off and stay in the loop.
+    tokenizing = ThreadPoolExecutor(1, thread_name_prefix=f"tokenize-{api.endpoint}")  # started on first use
+
     async def endpoint(request) -> Response:
+        arrived = time.monotonic()
         try:
-            submission = api.submission(request, encoders)
+            if api.is_large(request):
+                loop = asyncio.get_running_loop()
+                submission = await loop.run_in_executor(tokenizing, api.submission, request, encoders)
+            else:
+                submission = api.submission(request, encoders)
         except ClientError as exc:
             raise exc.to_http() from None
-        return await handler.handle_request(submission, bytes)
+        return await handler.handle_request((arrived, submission), bytes)
 
     endpoint.__annotations__ = {"request": api.request_type, "return": api.response_type}  # for /docs
     return endpoint

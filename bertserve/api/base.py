@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 import signal
 import time
 from collections import defaultdict
@@ -18,6 +17,9 @@ from bertserve.api.loop import SequenceBatchingLoop
 from bertserve.config import Settings
 from bertserve.errors import ClientError
 from bertserve.runtime.encoding import TextEncoder
+
+# ~20 inputs of drug-review length: tokenizing takes about a millisecond on one core
+LARGE_REQUEST_CHARS = 4000
 
 
 class TaskAPI(ls.LitAPI):
@@ -79,16 +81,21 @@ class TaskAPI(ls.LitAPI):
 
     # ---- per request, in the HTTP processes ----------------------------------------------------------
 
-    def submission(self, request, encoders: HttpEncoders) -> bytes:
+    def submission(self, request, encoders: HttpEncoders) -> tuple[bytes, bytes]:
         """What to queue for the workers: the request, tokenized here when this process can resolve its model
         (raises ClientError for what the client must fix)."""
         self.check_limits(request.as_list())
         encoder = encoders.find(request.model or self.default_ref)
         tokens = self.tokenize(encoder, request) if encoder is not None else None
-        return pickle.dumps(Submitted(request, tokens), protocol=pickle.HIGHEST_PROTOCOL)
+        return Submitted(request, tokens).encode()
 
     def tokenize(self, encoder: TextEncoder, request) -> Tokens:
         raise NotImplementedError
+
+    def is_large(self, request) -> bool:
+        """Whether tokenizing it takes a millisecond or more (then not in the event loop, see server.py)."""
+        chars = sum(len(item) if isinstance(item, str) else sum(map(len, item)) for item in request.as_list())
+        return chars > LARGE_REQUEST_CHARS
 
     def check_limits(self, inputs: Sequence[str | tuple[str, str]]) -> None:
         if len(inputs) > self.settings.max_inputs:
@@ -117,7 +124,7 @@ class TaskAPI(ls.LitAPI):
         the request is tokenized here."""
         from bertserve.runtime.loaded import Prepared
 
-        submitted: Submitted = pickle.loads(request)
+        submitted = Submitted.decode(request, self.request_type)
         model = self.model_for(submitted.request.model)
         tokens = submitted.tokens
         if tokens is None or tokens.key != model.encoder.key:

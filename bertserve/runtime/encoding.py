@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,9 +61,16 @@ class TextEncoder:
             manifest.max_length or 512, max_positions or 512, tokenizer.model_max_length or 512
         )
         self.mask_id = tokenizer.mask_token_id
+        # A call sets the tokenizer's truncation before encoding: one call at a time (an HTTP process
+        # tokenizes large requests in a thread, small ones in its event loop)
+        self._lock = threading.Lock()
 
     def encode(self, inputs: Sequence[ClassifyInput], truncate: bool) -> list[Encoded]:
         """Tokenize one request's inputs; a 422 names the first input that cannot be answered."""
+        with self._lock:
+            return self._encode(inputs, truncate)
+
+    def _encode(self, inputs: Sequence[ClassifyInput], truncate: bool) -> list[Encoded]:
         singles = [(i, text) for i, text in enumerate(inputs) if isinstance(text, str)]
         pairs = [(i, pair) for i, pair in enumerate(inputs) if not isinstance(pair, str)]
         encoded: dict[int, Encoded] = {}
@@ -108,7 +116,8 @@ class TextEncoder:
         """Vocabulary ids of target words; each must be exactly one token."""
         ids = []
         for target in targets:
-            tokens = self.tokenizer.tokenize(target)
+            with self._lock:
+                tokens = self.tokenizer.tokenize(target)
             if (
                 len(tokens) != 1
                 or self.tokenizer.convert_tokens_to_ids(tokens[0]) == self.tokenizer.unk_token_id

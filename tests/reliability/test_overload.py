@@ -88,7 +88,7 @@ def test_four_times_capacity_gets_fast_503s_no_500s_and_the_server_recovers(tmp_
 def test_requests_past_their_timeout_get_504_and_are_dropped_not_computed(tmp_path, classifier_dirs):
     store = classify_store(tmp_path / "model_store", classifier_dirs)
     args = ("--workers", "1", "--max-batch-size", "32", "--max-queue", "1000", "--request-timeout", "0.5")
-    sent = 48
+    sent = 96  # a burst that takes the worker well over the timeout to compute
     with running_server(store.root, *args) as base:
         url = f"{base}/v1/classify"
         outcomes = asyncio.run(burst(url, HEAVY, sent))
@@ -97,19 +97,15 @@ def test_requests_past_their_timeout_get_504_and_are_dropped_not_computed(tmp_pa
         assert counts[504] > 0 and counts[200] > 0, counts
         assert all(o.body["error"]["code"] == "timeout" for o in outcomes if o.status == 504)
 
-        # Every request reaches the worker once: it either computes it or drops it as expired.
-        deadline = time.monotonic() + 30
-        while True:
-            samples = scrape(base)
-            computed = metric_sum(samples, "bertserve_batch_requests_count", endpoint="classify")
-            dropped = metric_sum(samples, "bertserve_expired_requests_total", endpoint="classify")
-            if computed + dropped >= sent or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+        # A request that timed out is never computed: the HTTP process drops it while tokenizing it (it is
+        # never queued), or the worker drops it as expired when it takes it. None is computed twice.
+        time.sleep(2)  # the worker takes what is still queued
+        samples = scrape(base)
+        computed = metric_sum(samples, "bertserve_batch_requests_count", endpoint="classify")
+        dropped = metric_sum(samples, "bertserve_expired_requests_total", endpoint="classify")
         print(f"\n{dict(counts)}; worker computed {computed:.0f}, dropped {dropped:.0f} expired requests")
-        assert computed + dropped == sent
-        assert dropped > 0 and computed < sent, "expired requests are dropped before the forward pass"
-        assert computed >= counts[200]
+        assert counts[200] <= computed < sent, "expired requests are dropped before the forward pass"
+        assert computed + dropped <= sent
         assert httpx.post(url, json=LIGHT, timeout=10).status_code == 200
 
 
