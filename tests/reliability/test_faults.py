@@ -41,7 +41,10 @@ def wait_for(condition, timeout: float, what: str) -> None:
 def test_worker_killed_mid_batch_is_replaced_and_its_requests_fail_fast(tmp_path, classifier_dirs):
     store = classify_store(tmp_path / "model_store", classifier_dirs)
     # request_timeout far above the client's: a request lost with the worker would show as a client timeout.
-    args = ("--workers", "1", "--max-batch-size", "32", "--request-timeout", "60")
+    # The worker holds what it took for a whole second waiting for more (six clients' requests never fill
+    # 1024 sequences), so the kill lands while it holds requests: with the tiny model's fast forward and
+    # tokenizing in the HTTP processes, a worker that computes at once is idle most of the time.
+    args = ("--workers", "1", "--max-batch-size", "1024", "--batch-timeout", "1", "--request-timeout", "60")
     with running_server(store.root, *args) as base:
         url = f"{base}/v1/classify"
         (worker,) = worker_pids(base.process.pid)
@@ -49,8 +52,7 @@ def test_worker_killed_mid_batch_is_replaced_and_its_requests_fail_fast(tmp_path
         async def load_then_kill() -> list:
             stop = asyncio.Event()
             clients = asyncio.create_task(closed_loop(url, HEAVY, clients=6, stop=stop, client_timeout=30))
-            # the worker is busy: six clients, one 32-input forward pass at a time; it takes all six queued
-            # requests at once and holds them until each is answered, so it holds some at any moment
+            # six clients of 32 inputs each: the worker takes their requests and holds them until answered
             await asyncio.sleep(1.5)
             os.kill(worker, signal.SIGKILL)
             await asyncio.sleep(0.5)
