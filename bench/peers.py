@@ -48,7 +48,7 @@ def _peer_model(store: Path, ref: str):
     from bertserve.store.layout import ModelStore
     from bertserve.store.resolve import resolve
 
-    torch.set_num_threads(Settings().resolved_torch_threads())
+    torch.set_num_threads(Settings().resolved().torch_threads)
     model_store = ModelStore(store)
     folder = model_store.version_dir(*resolve(model_store, ref))
     model = AutoModelForSequenceClassification.from_pretrained(folder).eval()

@@ -42,7 +42,7 @@ def measure(store: Path, ref: str) -> list[tuple[str, float]]:
     from bertserve.runtime.loaded import Prepared
     from bertserve.schemas import ClassifyRequest
 
-    torch.set_num_threads(Settings().resolved_torch_threads())
+    torch.set_num_threads(Settings().resolved().torch_threads)
     model, _ = open_model(store, ref, resolve_backend_name("auto"))  # as served
     texts = cut_to_tokens(model.tokenizer, load_texts("drugscom", model.tokenizer, model.labels)[0], 16, 32)
     bodies = cycle([json.dumps({"inputs": [text]}) for text in texts[:256]])

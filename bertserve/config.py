@@ -131,10 +131,6 @@ class Settings(BaseSettings):
                 update[name] = getattr(sizing, name)
         return self.model_copy(update=update)
 
-    def resolved_torch_threads(self) -> int:
-        """Torch threads per inference worker on this machine (bench/ runs its in-process models so)."""
-        return self.resolved().torch_threads
-
 
 def parse_model_backends(text: str) -> dict[str, str]:
     """'sentiment=int8, mlm=fp32' -> {'sentiment': 'int8', 'mlm': 'fp32'}; a bad entry raises ValueError."""
