@@ -1,6 +1,7 @@
 """bertserve side by side with its peers on one workload, in one run: what the HTTP layer costs.
 
     python -m bench.peers --store model_store [--rounds 3] [--variant before=/path/to/older/checkout]
+                          [--device cuda] [--out bench/results]
 
 Serves the store's classifier four ways at once and drives each with wrk in turn, round after round (the
 machine's speed drifts, so ratios within a round are what count):
@@ -12,6 +13,9 @@ Each round also measures one in-process tokenize + forward of one short text (be
 with the backend bertserve serves (`auto`: bf16 where the CPU has it), the reference for c=1 latency; the
 peers run plain fp32 transformers, as their own patterns do. Short texts (16-32 tokens) of drug reviews,
 one per request.
+With --device cuda every server runs on the GPU: bertserve with `--device cuda` (its own backend choice), the
+peers with fp16 weights, and LitServe's batch raised to 64 (one GPU forward of 64 short texts costs about what
+one of 32 does). The results go to <out>/<UTC timestamp>-peers/results.json and results.md.
 """
 
 from __future__ import annotations
@@ -31,16 +35,27 @@ from pathlib import Path
 
 import litserve as ls
 
-from bench.run import ceiling, cut_to_tokens, find_wrk, free_port, http_get, load_texts, open_model, run_wrk
+from bench.run import (
+    ROOT,
+    ceiling,
+    cut_to_tokens,
+    find_wrk,
+    free_port,
+    http_get,
+    load_texts,
+    open_model,
+    run_wrk,
+)
 
 PEER_BATCH_SIZE, PEER_BATCH_TIMEOUT = 32, 0.005
+PEER_GPU_BATCH_SIZE = 64
 
 
 # ---- the peers -------------------------------------------------------------------------------------------
 
 
-def _peer_model(store: Path, ref: str):
-    """The classifier's Hugging Face folder, loaded the plain transformers way."""
+def _peer_model(store: Path, ref: str, device: str):
+    """The classifier's Hugging Face folder, loaded the plain transformers way (fp16 on a GPU)."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -52,15 +67,17 @@ def _peer_model(store: Path, ref: str):
     model_store = ModelStore(store)
     folder = model_store.version_dir(*resolve(model_store, ref))
     model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    if device.startswith("cuda"):
+        model = model.half().to(device)
     return AutoTokenizer.from_pretrained(folder), model
 
 
 def _scores(tokenizer, model, texts: list[str]) -> list[list[float]]:
     import torch
 
-    batch = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+    batch = tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(model.device)
     with torch.inference_mode():
-        return torch.softmax(model(**batch).logits, dim=-1).tolist()
+        return torch.softmax(model(**batch).logits.float(), dim=-1).tolist()
 
 
 def _first_text(body: dict) -> str:
@@ -75,7 +92,7 @@ class PeerClassifier(ls.LitAPI):
     ref: str
 
     def setup(self, device: str) -> None:
-        self.tokenizer, self.model = _peer_model(self.store, self.ref)
+        self.tokenizer, self.model = _peer_model(self.store, self.ref, device)
 
     def decode_request(self, request: dict) -> str:
         return _first_text(request)
@@ -87,21 +104,24 @@ class PeerClassifier(ls.LitAPI):
         return {"predictions": [output]}
 
 
-def serve_litserve(store: Path, ref: str, port: int) -> None:
+def serve_litserve(store: Path, ref: str, port: int, device: str) -> None:
+    on_gpu = device.startswith("cuda")
     api = PeerClassifier(
-        max_batch_size=PEER_BATCH_SIZE, batch_timeout=PEER_BATCH_TIMEOUT, api_path="/v1/classify"
+        max_batch_size=PEER_GPU_BATCH_SIZE if on_gpu else PEER_BATCH_SIZE,
+        batch_timeout=PEER_BATCH_TIMEOUT,
+        api_path="/v1/classify",
     )
     api.store, api.ref = store, ref
-    ls.LitServer(api, accelerator="cpu", workers_per_device=1).run(
+    ls.LitServer(api, accelerator="cuda" if on_gpu else "cpu", workers_per_device=1).run(
         port=port, generate_client_file=False, log_level="warning"
     )
 
 
-def serve_fastapi(store: Path, ref: str, port: int) -> None:
+def serve_fastapi(store: Path, ref: str, port: int, device: str) -> None:
     import uvicorn
     from fastapi import FastAPI
 
-    tokenizer, model = _peer_model(store, ref)
+    tokenizer, model = _peer_model(store, ref, device)
     app = FastAPI()
 
     @app.get("/health")
@@ -157,8 +177,9 @@ def commands(args: argparse.Namespace) -> dict[str, tuple[list[str], Path]]:
     here = Path(__file__).resolve().parent.parent
     store = str(args.store.resolve())
     serve = [sys.executable, "-m", "bertserve.cli", "serve", "--store", store, "--log-level", "warning"]
-    serve += ["--host", "127.0.0.1", *args.serve_args]
+    serve += ["--host", "127.0.0.1", "--device", args.device, *args.serve_args]
     peer = [sys.executable, "-m", "bench.peers", "--store", store, "--classifier", args.classifier]
+    peer += ["--device", args.device]
     servers = {"bertserve": (serve, here)}
     for variant in args.variant:
         name, _, folder = variant.partition("=")
@@ -173,7 +194,9 @@ def measure(args: argparse.Namespace) -> dict:
     from bertserve.runtime.backends import resolve_backend_name
 
     wrk = find_wrk("wrk")
-    model, _ = open_model(args.store, args.classifier, resolve_backend_name(args.reference_backend))
+    model, _ = open_model(
+        args.store, args.classifier, resolve_backend_name(args.reference_backend, args.device), args.device
+    )
     sources = load_texts("drugscom", model.tokenizer, model.labels)[0]
     texts = cut_to_tokens(model.tokenizer, sources, 16, 32)
     settings = Settings()
@@ -181,6 +204,7 @@ def measure(args: argparse.Namespace) -> dict:
     results: dict = {
         "command": " ".join(["python -m bench.peers", *sys.argv[1:]]),
         "reference_backend": model.backend.name,
+        "device": args.device,
         "rounds": [],
     }
     with tempfile.TemporaryDirectory(prefix="bertserve-peers-") as scratch, contextlib.ExitStack() as stack:
@@ -216,7 +240,8 @@ def report(results: dict, concurrency: list[int]) -> str:
     lines = [
         f"`{results['command']}`",
         "",
-        f"one in-process tokenize + forward (batch 1, {results['reference_backend']}) p50: "
+        f"one in-process tokenize + forward (batch 1, {results['reference_backend']} on "
+        f"{results['device']}) p50: "
         f"{min(single):.2f}-{max(single):.2f} ms",
         "",
         "| server | " + " | ".join(f"c={c} req/s | c={c} p50 ms" for c in concurrency) + " |",
@@ -261,6 +286,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=6.0, help="seconds per load point")
     parser.add_argument("--ceiling-seconds", type=float, default=1.5)
     parser.add_argument("--concurrency", default="1,64")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N: where every server runs")
+    parser.add_argument("--out", type=Path, default=ROOT / "results", help="results folder")
     parser.add_argument(
         "--variant", action="append", default=[], help="NAME=FOLDER: also serve bertserve from that checkout"
     )
@@ -272,13 +299,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.serve:
         serve = serve_litserve if args.serve == "litserve" else serve_fastapi
-        serve(args.store, args.classifier, args.port)
+        serve(args.store, args.classifier, args.port, args.device)
         return
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
     args.serve_args = args.serve_args.split()
     results = measure(args)
-    print(json.dumps(results))
-    print(report(results, args.concurrency))
+    table = report(results, args.concurrency)
+    out = args.out / (time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-peers")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(table)
+    print(table)
+    print(f"[peers] results in {out}")
 
 
 if __name__ == "__main__":
