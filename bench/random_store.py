@@ -1,0 +1,79 @@
+"""A store shaped like the default one, with random weights, for benchmarks where no weights can be fetched.
+
+    python -m bench.random_store STORE [--tokenizer FOLDER]
+
+publishes `sentiment` (3 labels, all-MiniLM-L6-v2's shape: 6 layers, hidden 384, 12 heads) with the
+`production` alias, using the real WordPiece tokenizer from FOLDER (default: the encoder asset's folder, when
+its files are in the cache). Throughput depends on the shape and the token counts, not on the weights, so
+`bench.run --data drugscom` and `bench.peers` measure on it what they would on the trained model; the accuracy
+columns mean nothing. This is how the GPU tables in docs/performance.md were made on a machine with no copy of
+the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+LABELS = ("negative", "neutral", "positive")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+
+
+def default_tokenizer_folder() -> Path:
+    from bertserve.training import assets
+
+    return assets.cache_dir() / f"{assets.ENCODER.name}-{assets.ENCODER.version}"
+
+
+def build(store_root: Path, tokenizer_folder: Path) -> None:
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    from bertserve.store.layout import ModelStore
+    from bertserve.store.publish import import_hf_folder, set_alias
+
+    store = ModelStore(store_root)
+    if store.versions("sentiment"):
+        print(f"[random-store] {store_root} already holds sentiment")
+        return
+    with tempfile.TemporaryDirectory(prefix="bertserve-random-") as scratch:
+        folder = Path(scratch) / "sentiment"
+        folder.mkdir()
+        for name in TOKENIZER_FILES:
+            if (tokenizer_folder / name).exists():
+                shutil.copy(tokenizer_folder / name, folder / name)
+        tokenizer = BertTokenizerFast.from_pretrained(folder)
+        config = BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=384,
+            num_hidden_layers=6,
+            num_attention_heads=12,
+            intermediate_size=1536,
+            max_position_embeddings=512,
+            num_labels=len(LABELS),
+            id2label=dict(enumerate(LABELS)),
+            label2id={label: i for i, label in enumerate(LABELS)},
+        )
+        torch.manual_seed(0)
+        BertForSequenceClassification(config).eval().save_pretrained(folder)
+        manifest = import_hf_folder(store, folder, "sentiment", created_by="bench.random_store")
+        set_alias(store, "sentiment", "production", manifest.version)
+    print(f"[random-store] published sentiment@{manifest.version} (random weights) in {store_root}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    description = __doc__.split("\n\n")[0]
+    parser = argparse.ArgumentParser(prog="python -m bench.random_store", description=description)
+    parser.add_argument("store", type=Path, help="store folder (created if missing)")
+    parser.add_argument(
+        "--tokenizer", type=Path, default=None, help="a BERT tokenizer's folder (default: the asset's)"
+    )
+    args = parser.parse_args(argv)
+    args.store.mkdir(parents=True, exist_ok=True)
+    build(args.store, args.tokenizer or default_tokenizer_folder())
+
+
+if __name__ == "__main__":
+    main()
