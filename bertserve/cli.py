@@ -28,7 +28,7 @@ def serve(
         None, help="Inference workers per endpoint (per GPU), 0 = sizing [BERTSERVE_WORKERS]."
     ),
     explain_workers: int = typer.Option(
-        None, help="Inference workers of /v1/explain (per GPU) [BERTSERVE_EXPLAIN_WORKERS]."
+        None, help="Inference workers of /v1/explain (per GPU), 0 = none [BERTSERVE_EXPLAIN_WORKERS]."
     ),
     api_servers: int = typer.Option(None, help="HTTP server processes, 0 = sizing [BERTSERVE_API_SERVERS]."),
     torch_threads: int = typer.Option(

@@ -33,9 +33,10 @@ class Settings(BaseSettings):
     )
     explain_workers: int = Field(
         1,
-        ge=1,
+        ge=0,
         le=32,
-        description="Inference worker processes of /v1/explain (per GPU on cuda), apart from /v1/classify's.",
+        description="Inference worker processes of /v1/explain (per GPU on cuda), apart from /v1/classify's; "
+        "0 serves no /v1/explain.",
     )
     api_servers: int = Field(0, ge=0, le=32, description="HTTP server processes (0: sizing).")
     torch_threads: int = Field(0, ge=0, description="Torch intra-op threads per worker (0: sizing).")

@@ -354,6 +354,7 @@ def build_server(settings: Settings, drain_flag: Path, in_flight: InFlight) -> l
     apis: list[TaskAPI] = [
         api(settings) for api in (ClassifyAPI, FillMaskAPI, ExplainAPI) if api.task in tasks
     ]
+    apis = [api for api in apis if api.worker_count() > 0]  # BERTSERVE_EXPLAIN_WORKERS=0: no /v1/explain
     for api in apis:
         api.drain_flag = drain_flag
     server = ls.LitServer(

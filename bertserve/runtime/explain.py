@@ -26,7 +26,7 @@ from bertserve.runtime.encoding import ClassifyInput
 from bertserve.runtime.loaded import LoadedModel
 
 # Tokens (path points x sequence length) in one forward + backward pass: bounds the activation memory
-TOKENS_PER_PASS = 4096
+TOKENS_PER_PASS = 2048
 ATTENTION_DECIMALS = 4  # attention is big ([layer][head][query][key]): 4 decimals keep the JSON small
 
 
@@ -129,5 +129,5 @@ def _attention(module: nn.Module, ids: torch.Tensor, inputs: dict) -> list:
     """[layer][head][query][key] attention probabilities of the input, rounded for the JSON answer."""
     with eager_attention(module):
         attentions = module(input_ids=ids, **inputs, output_attentions=True).attentions
-    stacked = torch.stack([layer[0] for layer in attentions]).float().cpu()
+    stacked = torch.stack([layer[0] for layer in attentions]).double().cpu()  # float64: 4 short decimals
     return torch.round(stacked, decimals=ATTENTION_DECIMALS).tolist()

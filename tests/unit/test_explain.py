@@ -132,3 +132,17 @@ def test_the_page_makes_no_outside_requests():
         "/v1/explain",
     ]
     assert "localStorage" not in page and "sessionStorage" not in page and "document.cookie" not in page
+
+
+def test_explain_has_workers_of_its_own_or_none(store_root, tiny_classifier_dir, tmp_path, monkeypatch):
+    from bertserve.server import InFlight, build_server
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    import_hf_folder(ModelStore(store_root), tiny_classifier_dir, "sentiment")
+    settings = Settings(store=store_root, device="cpu", workers=3, explain_workers=2)
+    server = build_server(settings, tmp_path / "draining", InFlight())
+    assert server._inference_workers_config_for_api("/v1/classify") == ["cpu"] * 3
+    assert server._inference_workers_config_for_api("/v1/explain") == ["cpu"] * 2
+    off = build_server(settings.model_copy(update={"explain_workers": 0}), tmp_path / "draining", InFlight())
+    assert [api.endpoint for api in off.litapi_connector] == ["classify"]
+    assert "/v1/explain" not in {getattr(route, "path", None) for route in off.app.routes}
