@@ -145,7 +145,9 @@ class ExplainRequest(_Request):
         description="One text, or one [text_a, text_b] pair.",
         examples=["It made my headaches worse"],
     )
-    target: str | None = Field(None, description="The label to explain; null: the predicted one.")
+    target: Annotated[str, AfterValidator(_unicode)] | None = Field(
+        None, description="The label to explain; null: the predicted one."
+    )
     steps: int = Field(32, ge=1, le=256, description="Integrated-gradients steps (Gauss-Legendre points).")
     attention: bool = Field(
         False, description="Also answer attention probabilities [layer][head][query][key]."

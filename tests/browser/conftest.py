@@ -16,7 +16,7 @@ def tiny_store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(tiny_store) -> str:
-    with running_server(tiny_store.root) as base:
+    with running_server(tiny_store.root, env={"BERTSERVE_EXPLAIN_WORKERS": "1"}) as base:
         yield base
 
 

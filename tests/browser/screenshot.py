@@ -27,7 +27,12 @@ def main() -> None:
         # running_server keeps its log and TMPDIR beside the store: serve a link from a scratch folder
         store = Path(scratch) / "model_store"
         store.symlink_to(args.store.resolve())
-        with running_server(store, env={"BERTSERVE_BACKEND": "auto"}) as base, chromium() as page:
+        with (
+            running_server(
+                store, env={"BERTSERVE_BACKEND": "auto", "BERTSERVE_EXPLAIN_WORKERS": "1"}
+            ) as base,
+            chromium() as page,
+        ):
             open_ui(page, base)
             run_tool(page, "explain", args.text)
             width = page.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]["width"]

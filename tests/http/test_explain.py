@@ -17,7 +17,8 @@ TEXT = "the drug worked and my headache was less"
 
 @pytest.fixture(scope="module")
 def server(tiny_store):
-    with running_server(tiny_store.root, env={"BERTSERVE_BACKEND": "int8"}) as base:
+    env = {"BERTSERVE_BACKEND": "int8", "BERTSERVE_EXPLAIN_WORKERS": "1"}
+    with running_server(tiny_store.root, env=env) as base:
         yield base
 
 
