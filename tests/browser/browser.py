@@ -40,7 +40,7 @@ def chromium() -> Iterator:
         missing("selenium (the dev extra: pip install -e '.[dev]')")
     browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if browser is None or driver is None:
-        missing("chromium and chromium-driver (Debian packages)")
+        missing("headless Chromium (Debian packages chromium and chromium-driver)")
     with tempfile.TemporaryDirectory(prefix="bertserve-chromium-") as profile:
         options = webdriver.ChromeOptions()
         options.binary_location = browser
