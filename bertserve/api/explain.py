@@ -23,6 +23,12 @@ class ExplainAPI(TaskAPI):
     response_type = ExplainResponse
     answer_field = "explanations"
 
+    def __init__(self, settings) -> None:
+        super().__init__(settings)
+        # One request per batch: an explanation is many passes already, and one that waited past its timeout
+        # (its client has its 504) is then dropped before it is computed rather than after its batch-mates
+        self.max_batch_size = 1
+
     def worker_count(self) -> int:
         return self.settings.explain_workers
 

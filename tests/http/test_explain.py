@@ -6,6 +6,8 @@ workers of their own (api/explain.py), whatever the configured backend.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import httpx
 import pytest
 
@@ -109,8 +111,9 @@ def test_truncate_cuts_a_long_input(server):
 
 def test_metrics_and_the_fp32_workers(server):
     before = scrape(server)
-    for _ in range(3):
-        assert explain(server, steps=8).status_code == 200
+    with ThreadPoolExecutor(3) as pool:
+        codes = list(pool.map(lambda _: explain(server, steps=8).status_code, range(3)))
+    assert codes == [200] * 3
     after = scrape(server)
     labels = {"endpoint": "explain", "model": "sentiment", "version": "1"}
 
@@ -120,6 +123,9 @@ def test_metrics_and_the_fp32_workers(server):
     assert delta("bertserve_requests_total", code="200") == 3
     assert delta("bertserve_request_duration_seconds_count", code="200") == 3
     assert delta("bertserve_model_duration_seconds_count") == 3
+    assert delta("bertserve_batch_requests_sum") == delta("bertserve_batch_requests_count") == 3, (
+        "one per batch"
+    )
     assert delta("bertserve_batch_tokens_sum") == 3 * 10 * (8 + 2)  # 10 tokens, 8 path points + 2 ends
     assert total(after, "bertserve_model_info", endpoint="explain", backend="fp32", model="sentiment") == 2
     assert total(after, "bertserve_model_info", endpoint="classify", backend="int8", model="sentiment") == 2
