@@ -27,6 +27,9 @@ def serve(
     workers: int = typer.Option(
         None, help="Inference workers per endpoint (per GPU), 0 = sizing [BERTSERVE_WORKERS]."
     ),
+    explain_workers: int = typer.Option(
+        None, help="Inference workers of /v1/explain (per GPU), 0 = none [BERTSERVE_EXPLAIN_WORKERS]."
+    ),
     api_servers: int = typer.Option(None, help="HTTP server processes, 0 = sizing [BERTSERVE_API_SERVERS]."),
     torch_threads: int = typer.Option(
         None, help="Torch threads per worker, 0 = sizing [BERTSERVE_TORCH_THREADS]."
@@ -67,7 +70,8 @@ def serve(
         None, help="Least seconds between store checks, 0 = every batch [BERTSERVE_RELOAD_INTERVAL]."
     ),
 ) -> None:
-    """Serve the store's models: POST /v1/classify, /v1/fill-mask; GET /v1/models, /health, /metrics."""
+    """Serve the store's models: POST /v1/classify, /v1/fill-mask, /v1/explain; GET /v1/models, /health,
+    /metrics, /ui."""
     overrides = {key: value for key, value in locals().items() if value is not None}
     from pydantic import ValidationError
 

@@ -31,6 +31,13 @@ class Settings(BaseSettings):
     workers: int = Field(
         0, ge=0, le=32, description="Inference worker processes per endpoint, per GPU on cuda (0: sizing)."
     )
+    explain_workers: int = Field(
+        1,
+        ge=0,
+        le=32,
+        description="Inference worker processes of /v1/explain (per GPU on cuda), apart from /v1/classify's; "
+        "0 serves no /v1/explain.",
+    )
     api_servers: int = Field(0, ge=0, le=32, description="HTTP server processes (0: sizing).")
     torch_threads: int = Field(0, ge=0, description="Torch intra-op threads per worker (0: sizing).")
     models: str = Field(
@@ -80,8 +87,9 @@ class Settings(BaseSettings):
         None, description="File of API keys, one per line ('#' comments), added to api_keys."
     )
     auth_open_paths: str = Field(
-        "/health,/metrics",
-        description="Comma-separated paths that need no key even when keys are set ('' protects all).",
+        "/health,/metrics,/ui",
+        description="Comma-separated paths that need no key even when keys are set ('' protects all); the "
+        "/ui page holds no data and asks for the key itself.",
     )
     drain_seconds: float = Field(
         25.0,

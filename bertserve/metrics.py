@@ -163,7 +163,9 @@ def loaded_versions() -> dict[tuple[str, str], Loaded]:
         if family.name != MODEL_INFO._name:
             continue
         for sample in family.samples:
-            if sample.value == 1:
+            # /v1/explain's workers hold float32 copies of the classification versions: what a version is
+            # served with is what answers /v1/classify
+            if sample.value == 1 and sample.labels["endpoint"] != "explain":
                 key = sample.labels["model"], sample.labels["version"]
                 backends[key] = sample.labels["backend"]
                 devices.setdefault(key, set()).add(sample.labels["device"])

@@ -134,3 +134,50 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+# ---- POST /v1/explain ------------------------------------------------------------------------------------
+
+
+class ExplainRequest(_Request):
+    inputs: ClassifyInput = Field(
+        ...,
+        description="One text, or one [text_a, text_b] pair.",
+        examples=["It made my headaches worse"],
+    )
+    target: Annotated[str, AfterValidator(_unicode)] | None = Field(
+        None, description="The label to explain; null: the predicted one."
+    )
+    steps: int = Field(32, ge=1, le=256, description="Integrated-gradients steps (Gauss-Legendre points).")
+    attention: bool = Field(
+        False, description="Also answer attention probabilities [layer][head][query][key]."
+    )
+    truncate: bool = Field(
+        False, description="Cut an input longer than the model's limit; false: 422 instead (the default)."
+    )
+
+    def as_list(self) -> list[str | tuple[str, str]]:
+        return [self.inputs]
+
+
+class Explanation(BaseModel):
+    label: str
+    score: float = Field(description="The label's probability (softmax; sigmoid for multi-label models).")
+    logit: float
+    baseline_logit: float = Field(description="The label's logit when every token but [CLS]/[SEP] is [PAD].")
+    tokens: list[str] = Field(description="As the tokenizer shows them: word pieces keep their '##' prefix.")
+    word_ids: list[int | None] | None = Field(
+        description="Per token, the index of the word it belongs to within its text (null: [CLS], [SEP]); "
+        "null when the model's tokenizer cannot tell."
+    )
+    attributions: list[float] = Field(description="Per token: its share of logit - baseline_logit.")
+    convergence_delta: float = Field(description="sum(attributions) - (logit - baseline_logit).")
+    attention: list[list[list[list[float]]]] | None = Field(
+        None, description="[layer][head][query][key] attention probabilities, when asked for."
+    )
+
+
+class ExplainResponse(BaseModel):
+    model: str
+    version: str
+    explanations: list[Explanation] = Field(description="One explanation (of the input, for the target).")

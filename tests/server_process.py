@@ -60,6 +60,8 @@ def running_server(
         "BERTSERVE_TORCH_THREADS": "1",
         "BERTSERVE_BACKEND": "fp32",
         "BERTSERVE_DEVICE": "cpu",
+        # no /v1/explain worker (one process less per server on a 2-core CI) unless a test asks for one
+        "BERTSERVE_EXPLAIN_WORKERS": "0",
     }
     environment.update({**defaults, "TMPDIR": str(scratch), **(env or {})})
     command = [

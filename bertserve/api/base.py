@@ -30,6 +30,7 @@ class TaskAPI(ls.LitAPI):
     endpoint: str = ""
     request_type: type = object  # the body's schema in /docs
     response_type: type = object
+    answer_field = "predictions"  # the response body's field holding the answers
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(
@@ -44,6 +45,10 @@ class TaskAPI(ls.LitAPI):
             if self.task == "classification"
             else settings.default_fill_mask_model
         )
+
+    def worker_count(self) -> int:
+        """Inference worker processes of this endpoint (per GPU on cuda)."""
+        return self.settings.workers
 
     async def authorize(self) -> None:
         """LitServe's per-route auth dependency. ServiceMiddleware has already checked the key; being async,
@@ -122,14 +127,18 @@ class TaskAPI(ls.LitAPI):
         """A submission -> Prepared for the batch. The ids made in the HTTP process are used when they came
         from this version's encoder; otherwise (no encoder there, or a swap to another tokenizer under way)
         the request is tokenized here."""
-        from bertserve.runtime.loaded import Prepared
-
         submitted = Submitted.decode(request, self.request_type)
         model = self.model_for(submitted.request.model)
         tokens = submitted.tokens
         if tokens is None or tokens.key != model.encoder.key:
             tokens = self.tokenize(model.encoder, submitted.request)
-        return Prepared(model, tokens.inputs, top_k=submitted.request.top_k, target_ids=tokens.target_ids)
+        return self.prepare(model, tokens, submitted.request)
+
+    def prepare(self, model, tokens: Tokens, request):
+        """What the batch holds for one request."""
+        from bertserve.runtime.loaded import Prepared
+
+        return Prepared(model, tokens.inputs, top_k=request.top_k, target_ids=tokens.target_ids)
 
     # ---- per batch -------------------------------------------------------------------------------
 
@@ -168,7 +177,7 @@ class TaskAPI(ls.LitAPI):
     def encode_response(self, output) -> Response:
         """orjson bytes plus X-Model-Version, which the metrics middleware reads for its labels."""
         model, predictions = output
-        body = {"model": model.name, "version": model.version, "predictions": predictions}
+        body = {"model": model.name, "version": model.version, self.answer_field: predictions}
         return Response(
             orjson.dumps(body),
             media_type="application/json",

@@ -32,5 +32,6 @@ def tiny_store(tmp_path_factory) -> ModelStore:
 
 @pytest.fixture(scope="module")
 def server(tiny_store) -> str:
-    with running_server(tiny_store.root, "--batch-timeout", "0.02") as base:
+    explain = {"BERTSERVE_EXPLAIN_WORKERS": "1"}  # fuzzed and hostile-tested with the rest
+    with running_server(tiny_store.root, "--batch-timeout", "0.02", env=explain) as base:
         yield base

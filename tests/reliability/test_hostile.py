@@ -99,6 +99,11 @@ HOSTILE = [
         {"content-type": "application/json; charset=latin-1"},
     ),
     ("xml", "/v1/classify", b"<inputs>x</inputs>", {"content-type": "application/xml"}),
+    ("explain-lone-surrogate-target", "/v1/explain", b'{"inputs": "x", "target": "\\ud800"}', JSON),
+    ("explain-steps-huge", "/v1/explain", b'{"inputs": "x", "steps": 1e12}', JSON),
+    ("explain-list-of-pairs", "/v1/explain", json.dumps({"inputs": [["a", "b"]]}).encode(), JSON),
+    ("explain-emoji-attention", "/v1/explain", text_body("👩\u200d👩\u200d👧 " * 300, attention=True), JSON),
+    ("explain-cut-attention", "/v1/explain", text_body("é " * 300, attention=True, truncate=True), JSON),
 ]
 
 
@@ -119,7 +124,8 @@ def assert_valid_answer(response: httpx.Response) -> None:
     assert response.status_code < 500, response.text[:500]
     body = response.json()
     if response.status_code == 200:
-        assert body["model"] and body["version"] and isinstance(body["predictions"], list)
+        answers = body.get("predictions", body.get("explanations"))
+        assert body["model"] and body["version"] and isinstance(answers, list)
         return
     assert 400 <= response.status_code < 500, response.status_code
     assert set(body) == {"error"}, body
@@ -198,7 +204,8 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(server, tmp_
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     suite = ElementTree.parse(report).getroot()
     tested = {case.get("name") for case in suite.iter("testcase")}
-    assert {"POST /v1/classify", "POST /v1/fill-mask", "GET /v1/models", "GET /health"} <= tested, tested
+    assert {"POST /v1/classify", "POST /v1/fill-mask", "POST /v1/explain", "GET /v1/models"} <= tested, tested
+    assert "GET /health" in tested
     assert suite.get("failures") == "0" and suite.get("errors") == "0"
     assert_still_serving(server)
 

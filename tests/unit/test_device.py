@@ -151,7 +151,8 @@ def test_a_cuda_server_starts_its_workers_one_per_gpu(store_root, tiny_classifie
     import_hf_folder(ModelStore(store_root), tiny_classifier_dir, "sentiment")
     server = build_server(Settings(store=store_root, device="cuda"), tmp_path / "draining", InFlight())
     assert server._inference_workers_config_for_api("/v1/classify") == [["cuda:0"], ["cuda:1"]]
-    (api,) = server.litapi_connector
+    assert server._inference_workers_config_for_api("/v1/explain") == [["cuda:0"], ["cuda:1"]]
+    (api,) = [api for api in server.litapi_connector if api.endpoint == "classify"]
     assert (api.settings.device, api.settings.workers, api.max_batch_size) == ("cuda:0,1", 1, 128)
     cpu = build_server(Settings(store=store_root, device="cpu", workers=3), tmp_path / "draining", InFlight())
     assert cpu._inference_workers_config_for_api("/v1/classify") == ["cpu"] * 3

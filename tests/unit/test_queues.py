@@ -31,7 +31,7 @@ def test_server_queues_requests_in_bulk_and_answers_over_zmq(
     assert inspect.iscoroutinefunction(auth), "a sync dependency costs every request a thread-pool hop"
     manager = server._init_manager(2)  # LitServer.run starts so: the broker, then the transport
     try:
-        (requests,) = server.litapi_request_queues.values()
+        requests = server.litapi_request_queues["/v1/classify"]
         requests.put((0, "uid", 0.0, {}))
         assert requests.take(1234, 4) == [(0, "uid", 0.0, {})]
         transport = server._transport

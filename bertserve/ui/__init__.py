@@ -1,0 +1,1 @@
+"""The /ui page, shipped as package data (server.py serves index.html)."""
