@@ -45,8 +45,10 @@ __all__ = ["BACKENDS", "Backend", "BackendUnavailable", "make_backend", "resolve
 # their accuracy cost is measured on held-out data by bench/ (see bench/README-performance.md).
 TOLERANCE = {"fp32": 1e-5, "onnx": 1e-3, "fp16": 0.02, "bf16": 0.08, "int8": 0.5, "onnx-int8": 0.5}
 # Least cosine between a backend's and fp32's mean-pooled probe embeddings (embedding models). Measured on
-# all-MiniLM-L6-v2 (docs/performance.md): onnx 0.999999+, bf16 ~0.998, int8 / onnx-int8 ~0.99.
-MIN_COSINE = {"fp32": 0.99999, "onnx": 0.9999, "fp16": 0.999, "bf16": 0.99, "int8": 0.97, "onnx-int8": 0.97}
+# all-MiniLM-L6-v2 (docs/performance.md): onnx 0.9999999, bf16 0.99984, onnx-int8 0.968, int8 0.888. As
+# TOLERANCE does for the quantized backends' logits, the int8 floors only catch a broken graph (cosine near
+# 0); what quantization costs an embedding model is stated in docs/performance.md.
+MIN_COSINE = {"fp32": 0.99999, "onnx": 0.9999, "fp16": 0.999, "bf16": 0.999, "int8": 0.85, "onnx-int8": 0.85}
 FLOAT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PROBE_TEXTS = (
     "the drug worked and my headache went away after two days",
