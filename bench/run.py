@@ -13,7 +13,8 @@
    picker, one generator thread) at concurrency 1, 8, 64 for short (16-32 tokens) and long (~128 tokens)
    texts. Served sequences/s over the ceiling at the best batch size is the efficiency of everything around
    the model. The embedding model (--embedding, minilm) gets the same beside classify: its ceiling (tokenize
-   + pad + forward + pool) on the same texts per served backend, and /v1/embeddings driven on the same server.
+   + pad + forward + pool) on the same texts and its vectors' cosine to fp32's per backend, and /v1/embeddings
+   driven on the same server.
 3. Writes bench/results/<UTC timestamp>/results.json, results.md (the tables, also printed) and results.png.
 
 Timings are ratios within one run on purpose: the machine is shared and noisy; absolute numbers drift.
@@ -345,12 +346,26 @@ def measure_backends(args, workloads: dict, evaluation: dict, limits, batch_size
     return results
 
 
-def measure_embeddings(args, workloads: dict, limits, batch_sizes: list[int], backends: list[str]) -> dict:
-    """Per backend: the embedding model's in-process ceiling on the same workloads as the classifier's."""
+def embed_texts(model, texts: list[str], limits):
+    """The vectors the server would answer (pooled, then normalized when the model says so)."""
+    from bertserve.runtime.embed import normalize
+    from bertserve.runtime.loaded import Prepared
+
+    (vectors,) = model.embed([Prepared(model, model.encode(texts, True))], *limits)
+    return normalize(vectors) if model.normalize else vectors
+
+
+def measure_embeddings(args, workloads: dict, limits, batch_sizes: list[int]) -> dict:
+    """Per backend: the embedding model's in-process ceiling on the same workloads as the classifier's, and
+    the cosine of its vectors to fp32's on the long texts."""
+    import torch
+
     from bertserve.runtime.backends import BackendUnavailable
 
     results: dict = {}
-    for backend in backends:
+    compared = workloads["long"][: args.eval_limit]
+    reference = None
+    for backend in args.backends:
         print(f"[bench] embedding {args.embedding} on {backend}: loading", flush=True)
         try:
             model, load_s = open_model(args.store, args.embedding, backend, args.model_device)
@@ -359,7 +374,11 @@ def measure_embeddings(args, workloads: dict, limits, batch_sizes: list[int], ba
             continue
         verification = getattr(model.backend, "verification", None)
         row: dict = {"backend": backend, "load_s": round(load_s, 2), "ceiling": {}}
-        row["min_cosine_to_fp32"] = verification.min_cosine if verification else None
+        row["probe_min_cosine"] = verification.min_cosine if verification else None
+        vectors = embed_texts(model, compared, limits)
+        reference = vectors if backend == "fp32" else reference
+        cosine = torch.nn.functional.cosine_similarity(reference, vectors, dim=-1)
+        row["cosine_to_fp32"] = {"min": round(cosine.min().item(), 6), "mean": round(cosine.mean().item(), 6)}
         for workload, texts in workloads.items():
             points = [ceiling(model, texts, bs, args.ceiling_seconds, limits) for bs in batch_sizes]
             row["ceiling"][workload] = {"points": points, "best": max(points, key=lambda p: p["seq_per_s"])}
@@ -825,18 +844,24 @@ def embeddings_markdown(results: dict) -> list[str]:
         f"## Embeddings (`{results['embedding']}`, in-process ceiling: tokenize + pad + forward + pool, "
         "same texts)",
         "",
-        "| backend | short seq/s | long seq/s | least cosine to fp32 (load probe) | load s |",
-        "|---|---|---|---|---|",
+        "| backend | short seq/s | x fp32 | long seq/s | x fp32 | cosine to fp32, long texts: least / mean "
+        "| load s |",
+        "|---|---|---|---|---|---|---|",
     ]
+    reference = results["embeddings"].get("fp32", {}).get("ceiling")
     for name, row in results["embeddings"].items():
         if "error" in row:
-            lines.append(f"| {name} | unavailable: {row['error'][:80]} | | | |")
+            lines.append(f"| {name} | unavailable: {row['error'][:80]} |" + " |" * 5)
             continue
-        c = row["ceiling"]
+        cells = []
+        for workload in ("short", "long"):
+            best = row["ceiling"][workload]["best"]
+            ratio = best["seq_per_s"] / reference[workload]["best"]["seq_per_s"] if reference else None
+            cells += [f"{fmt(best['seq_per_s'])} (bs {best['batch_size']})", fmt(ratio, 2)]
+        cosine = row["cosine_to_fp32"]
         lines.append(
-            f"| {name} | {fmt(c['short']['best']['seq_per_s'])} (bs {c['short']['best']['batch_size']}) | "
-            f"{fmt(c['long']['best']['seq_per_s'])} (bs {c['long']['best']['batch_size']}) | "
-            f"{fmt(row['min_cosine_to_fp32'], 6)} | {fmt(row['load_s'], 1)} |"
+            f"| {name} | {' | '.join(cells)} | {fmt(cosine['min'], 6)} / {fmt(cosine['mean'], 6)} | "
+            f"{fmt(row['load_s'], 1)} |"
         )
     return lines
 
@@ -979,8 +1004,7 @@ def main(argv: list[str] | None = None) -> Path:
     results["embedding"] = args.embedding if has_model(args.store, args.embedding) else ""
     results["embeddings"] = {}
     if results["embedding"]:
-        served_backends = list(dict.fromkeys(resolve_backend_name(b, accelerator) for b in serve or ["fp32"]))
-        results["embeddings"] = measure_embeddings(args, workloads, limits, batch_sizes, served_backends)
+        results["embeddings"] = measure_embeddings(args, workloads, limits, batch_sizes)
     results["served"] = []
     if serve:
         wrk = find_wrk(args.generator)

@@ -214,3 +214,13 @@ def test_metrics_count_each_route_and_the_workers_label_the_task(server):
     assert 0 < batches <= 40
     for version in ("1", "2"):
         assert total(after, "bertserve_model_info", endpoint="embeddings", model="emb", version=version) > 0
+
+
+def test_openapi_documents_both_shapes(server):
+    spec = httpx.get(f"{server}/openapi.json", headers=AUTH, timeout=30).json()
+    schemas = spec["components"]["schemas"]
+    assert {"input", "encoding_format", "dimensions"} <= set(schemas["EmbeddingsRequest"]["properties"])
+    assert {"inputs", "normalize", "truncate"} <= set(schemas["EmbedRequest"]["properties"])
+    for path, schema in (("/v1/embeddings", "EmbeddingsRequest"), ("/v1/embed", "EmbedRequest")):
+        body = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert body["$ref"].endswith(f"/{schema}")
