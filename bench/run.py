@@ -12,7 +12,9 @@
    start -> /health 200, read every process's RSS from /proc, and drive /v1/classify with wrk (Lua body
    picker, one generator thread) at concurrency 1, 8, 64 for short (16-32 tokens) and long (~128 tokens)
    texts. Served sequences/s over the ceiling at the best batch size is the efficiency of everything around
-   the model.
+   the model. The embedding model (--embedding, minilm) gets the same beside classify: its ceiling (tokenize
+   + pad + forward + pool) on the same texts and its vectors' cosine to fp32's per backend, and /v1/embeddings
+   driven on the same server.
 3. Writes bench/results/<UTC timestamp>/results.json, results.md (the tables, also printed) and results.png.
 
 Timings are ratios within one run on purpose: the machine is shared and noisy; absolute numbers drift.
@@ -39,6 +41,8 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from bertserve.runtime.device import resolve_device
@@ -58,6 +62,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="short smoke run (seconds, not minutes)")
     parser.add_argument("--classifier", default="sentiment:production", help="classification model ref")
     parser.add_argument("--mlm", default="mlm", help="masked-LM model ref for the top-5 check ('' skips)")
+    parser.add_argument(
+        "--embedding",
+        default="minilm",
+        help="embedding model ref measured beside classify ('' or absent from the store: skipped)",
+    )
     parser.add_argument(
         "--device", default="cpu", help="cpu | cuda | cuda:N: where the ceiling runs and the server serves"
     )
@@ -153,6 +162,16 @@ def server_settings(device: str):
         raise SystemExit(f"bench: {exc}") from None
 
 
+def has_model(store_root: Path, ref: str) -> bool:
+    from bertserve.store.layout import ModelStore
+    from bertserve.store.resolve import resolve
+
+    try:
+        return bool(ref) and bool(resolve(ModelStore(store_root), ref))
+    except Exception:  # not in the store: the measurement is skipped, and the report says so
+        return False
+
+
 def open_model(store_root: Path, ref: str, backend: str, device: str = "cpu"):
     from bertserve.runtime.loaded import LoadedModel
     from bertserve.store.layout import ModelStore
@@ -167,13 +186,16 @@ def open_model(store_root: Path, ref: str, backend: str, device: str = "cpu"):
 
 
 def ceiling(model, texts: list[str], batch_size: int, seconds: float, limits: tuple[int, int]) -> dict:
-    """Sequences/s of tokenize (one call per batch) + pad + forward + decode, the server's path minus HTTP."""
+    """Sequences/s of tokenize (one call per batch) + pad + forward + decode (classification) or pool
+    (embedding), the server's path minus HTTP."""
     from bertserve.runtime.loaded import Prepared
+
+    run = model.embed if model.task == "embedding" else model.classify
 
     def one(start: int) -> float:
         chunk = [texts[(start + i) % len(texts)] for i in range(batch_size)]
         began = time.perf_counter()
-        model.classify([Prepared(model, model.encode(chunk, True))], *limits)
+        run([Prepared(model, model.encode(chunk, True))], *limits)
         return time.perf_counter() - began
 
     one(0)  # warm (shape-dependent kernels, allocator)
@@ -324,12 +346,55 @@ def measure_backends(args, workloads: dict, evaluation: dict, limits, batch_size
     return results
 
 
-def adjacent_ceiling(args, backend: str, reference: dict, workloads: dict, limits):
-    """A function measuring `backend`'s ceiling at the table's best batch size (and, for short texts at
-    concurrency 1, a single forward) in this process; None when the backend was not in the table."""
+def embed_texts(model, texts: list[str], limits):
+    """The vectors the server would answer (pooled, then normalized when the model says so)."""
+    from bertserve.runtime.embed import normalize
+    from bertserve.runtime.loaded import Prepared
+
+    (vectors,) = model.embed([Prepared(model, model.encode(texts, True))], *limits)
+    return normalize(vectors) if model.normalize else vectors
+
+
+def measure_embeddings(args, workloads: dict, limits, batch_sizes: list[int]) -> dict:
+    """Per backend: the embedding model's in-process ceiling on the same workloads as the classifier's, and
+    the cosine of its vectors to fp32's on the long texts."""
+    import torch
+
+    from bertserve.runtime.backends import BackendUnavailable
+
+    results: dict = {}
+    compared = workloads["long"][: args.eval_limit]
+    reference = None
+    for backend in args.backends:
+        print(f"[bench] embedding {args.embedding} on {backend}: loading", flush=True)
+        try:
+            model, load_s = open_model(args.store, args.embedding, backend, args.model_device)
+        except BackendUnavailable as exc:
+            results[backend] = {"backend": backend, "error": str(exc)}
+            continue
+        verification = getattr(model.backend, "verification", None)
+        row: dict = {"backend": backend, "load_s": round(load_s, 2), "ceiling": {}}
+        row["probe_min_cosine"] = verification.min_cosine if verification else None
+        vectors = embed_texts(model, compared, limits)
+        reference = vectors if backend == "fp32" else reference
+        cosine = torch.nn.functional.cosine_similarity(reference, vectors, dim=-1)
+        row["cosine_to_fp32"] = {"min": round(cosine.min().item(), 6), "mean": round(cosine.mean().item(), 6)}
+        for workload, texts in workloads.items():
+            points = [ceiling(model, texts, bs, args.ceiling_seconds, limits) for bs in batch_sizes]
+            row["ceiling"][workload] = {"points": points, "best": max(points, key=lambda p: p["seq_per_s"])}
+        print(f"[bench]   ceiling short {row['ceiling']['short']['best']}", flush=True)
+        results[backend] = row
+        del model
+        gc.collect()
+    return results
+
+
+def adjacent_ceiling(args, ref: str, backend: str, reference: dict, workloads: dict, limits):
+    """A function measuring `backend`'s ceiling for model `ref` at the table's best batch size (and, for short
+    texts at concurrency 1, a single forward) in this process; None when the backend was not in the table."""
     if "ceiling" not in reference:
         return None
-    model, _ = open_model(args.store, args.classifier, backend, args.model_device)
+    model, _ = open_model(args.store, ref, backend, args.model_device)
 
     def measure(workload: str, concurrency: int) -> dict:
         best = reference["ceiling"][workload]["best"]["batch_size"]
@@ -481,10 +546,10 @@ def find_wrk(mode: str) -> str | None:
     return found
 
 
-def run_wrk(wrk: str, base: str, bodies: Path, concurrency: int, seconds: float) -> dict:
+def run_wrk(wrk: str, base: str, path: str, bodies: Path, concurrency: int, seconds: float) -> dict:
     script = ROOT / "wrk_bodies.lua"
     command = [wrk, "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "30s"]
-    command += ["-s", str(script), f"{base}/v1/classify", "--", str(bodies), "/v1/classify"]
+    command += ["-s", str(script), f"{base}{path}", "--", str(bodies), path]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -504,7 +569,7 @@ def run_wrk(wrk: str, base: str, bodies: Path, concurrency: int, seconds: float)
     }
 
 
-def run_python_generator(base: str, bodies: list[bytes], concurrency: int, seconds: float) -> dict:
+def run_python_generator(base: str, path: str, bodies: list[bytes], concurrency: int, seconds: float) -> dict:
     """Fallback when wrk is missing: closed-loop asyncio + httpx (costs the server more CPU than wrk)."""
     import httpx
 
@@ -523,7 +588,7 @@ def run_python_generator(base: str, bodies: list[bytes], concurrency: int, secon
                     index += 1
                     began = time.perf_counter()
                     response = await client.post(
-                        "/v1/classify", content=body, headers={"content-type": "application/json"}
+                        path, content=body, headers={"content-type": "application/json"}
                     )
                     latencies.append(time.perf_counter() - began)
                     errors += response.status_code != 200
@@ -551,12 +616,14 @@ def run_python_generator(base: str, bodies: list[bytes], concurrency: int, secon
     return result
 
 
-def generate(wrk: str | None, base: str, body_file: Path, concurrency: int, seconds: float) -> dict:
+def generate(
+    wrk: str | None, base: str, path: str, body_file: Path, concurrency: int, seconds: float
+) -> dict:
     """One closed-loop load point: wrk when available, else the Python generator on the same bodies."""
     if wrk:
-        return run_wrk(wrk, base, body_file, concurrency, seconds)
+        return run_wrk(wrk, base, path, body_file, concurrency, seconds)
     bodies = [line.encode() for line in body_file.read_text().splitlines() if line]
-    return run_python_generator(base, bodies, concurrency, seconds)
+    return run_python_generator(base, path, bodies, concurrency, seconds)
 
 
 def wait_until_idle(root: int, timeout: float = 60.0) -> None:
@@ -571,22 +638,31 @@ def wait_until_idle(root: int, timeout: float = 60.0) -> None:
         before = now
 
 
+@dataclass(frozen=True)
+class Route:
+    """An endpoint a served run drives: its path, the request body for one text, and `adjacent(workload,
+    concurrency)`, which measures the in-process ceiling again right after each point (None: not measured)."""
+
+    endpoint: str
+    path: str
+    body: Callable[[str], dict]
+    adjacent: Callable[[str, int], dict] | None = None
+
+
 def load_test(
-    args, backend: str, flags: list[str], workloads: dict, scratch: Path, wrk: str | None, adjacent=None
+    args, backend: str, flags: list[str], workloads: dict, scratch: Path, wrk: str | None, routes: list[Route]
 ) -> dict:
-    """Drive the backend served with extra `flags` at each concurrency; `adjacent(workload, concurrency)`,
-    when given, measures the in-process ceiling again right after each point (the server idle), as the
-    machine's speed drifts."""
+    """Drive each route of the backend served with extra `flags` at each concurrency; the in-process ceiling
+    is measured again right after each point (the server idle), as the machine's speed drifts."""
     out: dict = {"backend": backend, "flags": " ".join(flags), "points": []}
     with served(args.store, backend, scratch, args.device, flags) as info:
         out.update({k: v for k, v in info.items() if k != "base"})
         out["processes"] = [{k: p[k] for k in ("pid", "role", "rss_mb")} for p in snapshot(info["pid"])]
-        for workload, texts in workloads.items():
-            bodies = [json.dumps({"inputs": [text]}) for text in texts]
-            body_file = scratch / f"bodies-{workload}.txt"
-            body_file.write_text("\n".join(bodies) + "\n")
+        for route, (workload, texts) in ((r, w) for r in routes for w in workloads.items()):
+            body_file = scratch / f"bodies-{route.endpoint}-{workload}.txt"
+            body_file.write_text("".join(json.dumps(route.body(text)) + "\n" for text in texts))
             for concurrency in args.concurrency:
-                load = (wrk, info["base"], body_file, concurrency)
+                load = (wrk, info["base"], route.path, body_file, concurrency)
                 generate(*load, min(1.0, args.duration / 2))  # warm-up
                 cpu_before = {p["pid"]: (p["role"], p["cpu_s"]) for p in snapshot(info["pid"])}
                 point = generate(*load, args.duration)
@@ -596,6 +672,7 @@ def load_test(
                     cpu[role] = round(cpu.get(role, 0.0) + process["cpu_s"] - was, 2)
                 rps = point["requests"] / point["seconds"]
                 point.update(
+                    endpoint=route.endpoint,
                     workload=workload,
                     concurrency=concurrency,
                     req_per_s=round(rps, 2),
@@ -604,12 +681,12 @@ def load_test(
                 )
                 for key in ("p50_ms", "p90_ms", "p99_ms"):
                     point[key] = round(point[key], 2)
-                if adjacent is not None:
+                if route.adjacent is not None:
                     wait_until_idle(info["pid"])  # the generator stops with requests still queued
-                    point["adjacent"] = adjacent(workload, concurrency)
+                    point["adjacent"] = route.adjacent(workload, concurrency)
                 out["points"].append(point)
                 print(
-                    f"[bench]   served {backend} {out['flags']} {workload} c={concurrency}: "
+                    f"[bench]   served {backend} {out['flags']} {route.endpoint} {workload} c={concurrency}: "
                     f"{point['req_per_s']} req/s, "
                     f"p50 {point['p50_ms']} ms, errors {point['errors']}",
                     flush=True,
@@ -719,6 +796,7 @@ def markdown(results: dict) -> str:
         )
     lines += ["", f"Best backend within {MAX_ACCURACY_LOSS:g} point of fp32: **{results['best_backend']}**; "]
     lines[-1] += f"`auto` on this machine resolves to **{results['auto_backend']}**."
+    lines += embeddings_markdown(results)
     if results.get("served"):
         lines += [
             "",
@@ -728,14 +806,16 @@ def markdown(results: dict) -> str:
             "p50 / 1 forward: against a single-text forward measured then too. Flags: added to "
             f"`bertserve serve --device {results['device']}` (none: the sizing defaults, {sizing(results)}).",
             "",
-            "| backend | flags | workload | c | req/s | seq/s | p50 ms | p90 ms | p99 ms | ceiling seq/s "
-            "| served/ceiling | p50 / 1 forward | errors | CPU cores: http / queue mgr / main / workers |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| backend | flags | endpoint | workload | c | req/s | seq/s | p50 ms | p90 ms | p99 ms "
+            "| ceiling seq/s | served/ceiling | p50 / 1 forward | errors "
+            "| CPU cores: http / queue mgr / main / workers |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for run in results["served"]:
             for p in run["points"]:
                 lines.append(
-                    f"| {run['backend']} | {run['flags'] or '-'} | {p['workload']} | {p['concurrency']} | "
+                    f"| {run['backend']} | {run['flags'] or '-'} | {p['endpoint']} | {p['workload']} | "
+                    f"{p['concurrency']} | "
                     f"{fmt(p['req_per_s'])} | "
                     f"{fmt(p['seq_per_s'])} | {fmt(p['p50_ms'], 2)} | {fmt(p['p90_ms'], 2)} | "
                     f"{fmt(p['p99_ms'], 2)} | {fmt(p.get('ceiling_seq_per_s'))} | "
@@ -754,6 +834,36 @@ def markdown(results: dict) -> str:
                 f"{run['startup_s']} | {rss} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def embeddings_markdown(results: dict) -> list[str]:
+    if not results.get("embedding"):
+        return ["", "Embeddings: skipped (no embedding model given or in the store)."]
+    lines = [
+        "",
+        f"## Embeddings (`{results['embedding']}`, in-process ceiling: tokenize + pad + forward + pool, "
+        "same texts)",
+        "",
+        "| backend | short seq/s | x fp32 | long seq/s | x fp32 | cosine to fp32, long texts: least / mean "
+        "| load s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    reference = results["embeddings"].get("fp32", {}).get("ceiling")
+    for name, row in results["embeddings"].items():
+        if "error" in row:
+            lines.append(f"| {name} | unavailable: {row['error'][:80]} |" + " |" * 5)
+            continue
+        cells = []
+        for workload in ("short", "long"):
+            best = row["ceiling"][workload]["best"]
+            ratio = best["seq_per_s"] / reference[workload]["best"]["seq_per_s"] if reference else None
+            cells += [f"{fmt(best['seq_per_s'])} (bs {best['batch_size']})", fmt(ratio, 2)]
+        cosine = row["cosine_to_fp32"]
+        lines.append(
+            f"| {name} | {' | '.join(cells)} | {fmt(cosine['min'], 6)} / {fmt(cosine['mean'], 6)} | "
+            f"{fmt(row['load_s'], 1)} |"
+        )
+    return lines
 
 
 def plot(results: dict, path: Path) -> None:
@@ -775,7 +885,7 @@ def plot(results: dict, path: Path) -> None:
     axes[0].legend()
     for run in results.get("served", []):
         for workload, style in (("short", "-o"), ("long", "--s")):
-            points = [p for p in run["points"] if p["workload"] == workload]
+            points = [p for p in run["points"] if p["workload"] == workload and p["endpoint"] == "classify"]
             if points:
                 axes[1].plot(
                     [p["concurrency"] for p in points],
@@ -799,11 +909,12 @@ def plot(results: dict, path: Path) -> None:
 # ---- main ------------------------------------------------------------------------------------------------
 
 
-def relate_to_ceiling(run: dict, reference: dict) -> None:
+def relate_to_ceiling(run: dict, references: dict[str, dict]) -> None:
     """Served over the ceiling measured right after each point (the table's, from minutes earlier, is kept
-    for reference): the machine's speed drifts by tens of percent."""
-    for point in run["points"]:
+    for reference): the machine's speed drifts by tens of percent. `references`: endpoint -> table row."""
+    for point in (p for p in run["points"] if "adjacent" in p):
         measured = point.pop("adjacent")
+        reference = references[point["endpoint"]]
         point["ceiling_seq_per_s"] = measured["seq_per_s"]
         point["table_ceiling_seq_per_s"] = reference["ceiling"][point["workload"]]["best"]["seq_per_s"]
         point["served_vs_ceiling"] = round(point["seq_per_s"] / measured["seq_per_s"], 3)
@@ -890,6 +1001,10 @@ def main(argv: list[str] | None = None) -> Path:
         name = results["best_backend"] if item == "best" else item
         if name not in serve:
             serve.append(name)
+    results["embedding"] = args.embedding if has_model(args.store, args.embedding) else ""
+    results["embeddings"] = {}
+    if results["embedding"]:
+        results["embeddings"] = measure_embeddings(args, workloads, limits, batch_sizes)
     results["served"] = []
     if serve:
         wrk = find_wrk(args.generator)
@@ -897,13 +1012,33 @@ def main(argv: list[str] | None = None) -> Path:
         with tempfile.TemporaryDirectory(prefix="bertserve-bench-") as scratch:
             for backend in serve:
                 resolved = resolve_backend_name(backend, accelerator)
-                reference = results["backends"].get(resolved, {})
-                adjacent = adjacent_ceiling(args, resolved, reference, workloads, limits)
+                references = {"classify": results["backends"].get(resolved, {})}
+                routes = [
+                    Route(
+                        "classify",
+                        "/v1/classify",
+                        lambda text: {"inputs": [text]},
+                        adjacent_ceiling(
+                            args, args.classifier, resolved, references["classify"], workloads, limits
+                        ),
+                    )
+                ]
+                if results["embedding"]:
+                    references["embeddings"] = results["embeddings"].get(resolved, {})
+                    routes.append(
+                        Route(
+                            "embeddings",
+                            "/v1/embeddings",
+                            lambda text: {"input": [text], "model": args.embedding},
+                            adjacent_ceiling(
+                                args, args.embedding, resolved, references["embeddings"], workloads, limits
+                            ),
+                        )
+                    )
                 for flags in args.server_flags:
                     print(f"[bench] serving {backend} {' '.join(flags)}", flush=True)
-                    run = load_test(args, backend, flags, workloads, Path(scratch), wrk, adjacent)
-                    if "ceiling" in reference:
-                        relate_to_ceiling(run, reference)
+                    run = load_test(args, backend, flags, workloads, Path(scratch), wrk, routes)
+                    relate_to_ceiling(run, references)
                     results["served"].append(run)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     table = markdown(results)

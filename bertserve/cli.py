@@ -37,6 +37,7 @@ def serve(
     models: str = typer.Option(None, help="Model refs to load, '*' = all [BERTSERVE_MODELS]."),
     default_classify_model: str = typer.Option(None, help="[BERTSERVE_DEFAULT_CLASSIFY_MODEL]"),
     default_fill_mask_model: str = typer.Option(None, help="[BERTSERVE_DEFAULT_FILL_MASK_MODEL]"),
+    default_embedding_model: str = typer.Option(None, help="[BERTSERVE_DEFAULT_EMBEDDING_MODEL]"),
     backend: str = typer.Option(
         None, help="fp32 | fp16 | bf16 | int8 | onnx | onnx-int8 | auto [BERTSERVE_BACKEND]."
     ),
@@ -70,8 +71,8 @@ def serve(
         None, help="Least seconds between store checks, 0 = every batch [BERTSERVE_RELOAD_INTERVAL]."
     ),
 ) -> None:
-    """Serve the store's models: POST /v1/classify, /v1/fill-mask, /v1/explain; GET /v1/models, /health,
-    /metrics, /ui."""
+    """Serve the store's models: POST /v1/classify, /v1/fill-mask, /v1/embeddings, /v1/embed, /v1/explain;
+    GET /v1/models, /health, /metrics, /ui."""
     overrides = {key: value for key, value in locals().items() if value is not None}
     from pydantic import ValidationError
 

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     )
     default_classify_model: str = Field("sentiment", description="Model used by /v1/classify when absent.")
     default_fill_mask_model: str = Field("mlm", description="Model used by /v1/fill-mask when absent.")
+    default_embedding_model: str = Field(
+        "minilm", description="Model used by /v1/embeddings and /v1/embed when absent."
+    )
     backend: Backend = Field(
         "auto",
         description="Inference backend of every served model not in model_backends ('auto': the fastest "

@@ -105,6 +105,9 @@ class ModelVersionInfo(BaseModel):
     labels: list[str] | None = None
     problem_type: str | None = None
     max_length: int | None = None
+    pooling: str | None = Field(None, description="Embedding models: how token vectors become one vector.")
+    normalize: bool | None = Field(None, description="Embedding models: vectors scaled to unit length.")
+    dimensions: int | None = Field(None, description="Embedding models: length of a vector.")
     metrics: dict[str, Any] = {}
     below_baseline: bool | None = Field(
         None,
@@ -116,7 +119,7 @@ class ModelVersionInfo(BaseModel):
 
 class ModelInfo(BaseModel):
     name: str
-    task: Literal["classification", "fill-mask"]
+    task: Literal["classification", "fill-mask", "embedding"]
     versions: list[ModelVersionInfo]
     aliases: dict[str, str]
     default_version: str | None = Field(description="The version a request naming only the model gets.")
@@ -181,3 +184,93 @@ class ExplainResponse(BaseModel):
     model: str
     version: str
     explanations: list[Explanation] = Field(description="One explanation (of the input, for the target).")
+
+
+# ---- embeddings: POST /v1/embeddings (OpenAI's shape) and POST /v1/embed (TEI's shape) ----------------
+
+
+class EmbedJob(BaseModel):
+    """What either embeddings route queues for the inference workers (not a public schema)."""
+
+    model: str | None
+    texts: list[str]
+    shape: Literal["openai", "tei"]
+    normalize: bool
+    truncate: bool
+    dimensions: int | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+
+    def as_list(self) -> list[str]:
+        return self.texts
+
+
+class EmbeddingsRequest(_Request):
+    input: Text | Annotated[list[Text], Field(min_length=1)] = Field(
+        ...,
+        description="One text or a list of texts (token-id arrays are not accepted). Texts longer than the "
+        "model's limit are cut to it.",
+        examples=["The pill stopped my migraine."],
+    )
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="float: a list of numbers; base64: little-endian float32 bytes, base64-encoded."
+    )
+    dimensions: int | None = Field(
+        None,
+        ge=1,
+        description="Keep the first N components and L2-normalize again; meaningful only for models "
+        "trained for it (Matryoshka).",
+    )
+    user: str | None = Field(None, description="Accepted for OpenAI compatibility; not used.")
+
+    def as_list(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+    def job(self) -> EmbedJob:
+        return EmbedJob(
+            model=self.model,
+            texts=self.as_list(),
+            shape="openai",
+            normalize=True,
+            truncate=True,
+            dimensions=self.dimensions,
+            encoding_format=self.encoding_format,
+        )
+
+
+class EmbedRequest(_Request):
+    inputs: Text | Annotated[list[Text], Field(min_length=1)] = Field(
+        ..., description="One text or a list of texts.", examples=["The pill stopped my migraine."]
+    )
+    normalize: bool = Field(True, description="L2-normalize each vector; false: the pooled vector as is.")
+    truncate: bool = Field(True, description="Cut inputs longer than the model's limit; false: 422 instead.")
+
+    def as_list(self) -> list[str]:
+        return [self.inputs] if isinstance(self.inputs, str) else list(self.inputs)
+
+    def job(self) -> EmbedJob:
+        return EmbedJob(
+            model=self.model,
+            texts=self.as_list(),
+            shape="tei",
+            normalize=self.normalize,
+            truncate=self.truncate,
+        )
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str = Field(description="The vector, or its base64 float32 bytes.")
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    version: str
+    usage: EmbeddingUsage

@@ -31,6 +31,7 @@ from bertserve.api import request_queue
 from bertserve.api.base import TaskAPI
 from bertserve.api.buffer import ExpiringResponseBuffer
 from bertserve.api.classify import ClassifyAPI
+from bertserve.api.embeddings import EmbeddingsAPI
 from bertserve.api.encoders import HttpEncoders
 from bertserve.api.explain import ExplainAPI
 from bertserve.api.fill_mask import FillMaskAPI
@@ -53,6 +54,8 @@ INSTRUMENTED = {
     "/v1/fill-mask": "fill-mask",
     "/v1/models": "models",
     "/v1/explain": "explain",
+    "/v1/embeddings": "embeddings",
+    "/v1/embed": "embed",
 }
 
 
@@ -215,6 +218,7 @@ def describe_models(store: ModelStore, settings: Settings) -> ModelsResponse:
     inference workers report loaded (a version refused at start-up is listed, not served)."""
     loaded = metrics.loaded_versions()
     defaults = {"classify": settings.default_classify_model, "fill-mask": settings.default_fill_mask_model}
+    defaults.update(embeddings=settings.default_embedding_model, embed=settings.default_embedding_model)
     models = []
     for name in store.models():
         manifests = [store.read_manifest(name, v) for v in store.versions(name)]
@@ -235,6 +239,9 @@ def describe_models(store: ModelStore, settings: Settings) -> ModelsResponse:
                 labels=m.labels,
                 problem_type=m.problem_type,
                 max_length=m.max_length,
+                pooling=m.pooling,
+                normalize=m.normalize,
+                dimensions=m.dimensions,
                 metrics=m.metrics,
                 below_baseline=m.metrics.get("holdout", {}).get("below_baseline"),
                 created_at=m.created_at,
@@ -266,16 +273,20 @@ def _submit_from_http_processes(server: ls.LitServer, apis: list[TaskAPI]) -> li
     for api in apis:
         encoders = HttpEncoders(api.settings, api.task)
         every_encoders.append(encoders)
-        server.app.add_api_route(
-            api.api_path,
-            _task_endpoint(api, SubmittingHandler(api, server), encoders),
-            methods=["POST"],
-            dependencies=[Depends(api.authorize)],
-        )
+        handler = SubmittingHandler(api, server)
+        for path, schemas in api.routes().items():  # one queue and one set of workers per api
+            server.app.add_api_route(
+                path,
+                _task_endpoint(api, handler, encoders, *schemas),
+                methods=["POST"],
+                dependencies=[Depends(api.authorize)],
+            )
     return every_encoders
 
 
-def _task_endpoint(api: TaskAPI, handler: SubmittingHandler, encoders: HttpEncoders):
+def _task_endpoint(
+    api: TaskAPI, handler: SubmittingHandler, encoders: HttpEncoders, request_type: type, response_type: type
+):
     # Large requests are tokenized in a thread (the tokenizer runs without the GIL), so that the event loop
     # goes on delivering answers meanwhile; small ones cost less than the hand-off and stay in the loop.
     tokenizing = ThreadPoolExecutor(1, thread_name_prefix=f"tokenize-{api.endpoint}")  # started on first use
@@ -292,7 +303,7 @@ def _task_endpoint(api: TaskAPI, handler: SubmittingHandler, encoders: HttpEncod
             raise exc.to_http() from None
         return await handler.handle_request((arrived, submission), bytes)
 
-    endpoint.__annotations__ = {"request": api.request_type, "return": api.response_type}  # for /docs
+    endpoint.__annotations__ = {"request": request_type, "return": response_type}  # for /docs
     return endpoint
 
 
@@ -352,7 +363,7 @@ def build_server(settings: Settings, drain_flag: Path, in_flight: InFlight) -> l
         )
     tasks = set(model_tasks(store, served).values())
     apis: list[TaskAPI] = [
-        api(settings) for api in (ClassifyAPI, FillMaskAPI, ExplainAPI) if api.task in tasks
+        api(settings) for api in (ClassifyAPI, FillMaskAPI, EmbeddingsAPI, ExplainAPI) if api.task in tasks
     ]
     apis = [api for api in apis if api.worker_count() > 0]  # BERTSERVE_EXPLAIN_WORKERS=0: no /v1/explain
     for api in apis:
@@ -379,13 +390,17 @@ def build_server(settings: Settings, drain_flag: Path, in_flight: InFlight) -> l
         drain_flag=drain_flag,
     )
     server._bertserve_queues = queues
+    # each route's request queue, by path: an api with several routes has one queue (LitServe's, by api_path)
+    server._bertserve_queue_paths = {path: api.api_path for api in apis for path in api.routes()}
     server.response_buffer = ExpiringResponseBuffer(settings.request_timeout + 10)
     install_error_handlers(server.app)
     server._bertserve_encoders = _submit_from_http_processes(server, apis)
     _add_routes(server.app, store, settings)
     _document_plain_text_routes(server.app)
     server.app.title = "bertserve"
-    server.app.description = "BERT text classification and fill-mask, from a versioned model store."
+    server.app.description = (
+        "BERT text classification, fill-mask and sentence embeddings, from a versioned model store."
+    )
     return server
 
 
@@ -454,7 +469,12 @@ def run_server(settings: Settings) -> None:
             logger.info("stopped during start-up: not starting the HTTP servers")
             server._shutdown_event.set()  # the drain may have run before LitServe created the event
             return {}
-        server._bertserve_queues.update(server.litapi_request_queues)
+        server._bertserve_queues.update(
+            {
+                path: server.litapi_request_queues[api_path]
+                for path, api_path in server._bertserve_queue_paths.items()
+            }
+        )
         supervisor.start()
         return original_run(*args, **kwargs)
 

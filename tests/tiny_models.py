@@ -6,10 +6,17 @@ transformers can then actually fail when our code computes something different.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
-from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertTokenizerFast
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    BertForSequenceClassification,
+    BertModel,
+    BertTokenizerFast,
+)
 
 WORDS = [
     "the",
@@ -204,4 +211,32 @@ def build_masked_lm(folder: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = BertForMaskedLM(tiny_config(len(tokenizer))).eval()
     model.save_pretrained(folder)
+    return folder
+
+
+def build_sentence_encoder(
+    folder: Path, pooling: str = "mean", normalize: bool = True, max_seq_length: int = 48, seed: int = 0
+) -> Path:
+    """Save a tiny BertModel laid out as a sentence-transformers folder: modules.json, 1_Pooling/config.json
+    (the older boolean keys, as all-MiniLM-L6-v2 has them) and sentence_bert_config.json."""
+    tokenizer = write_tokenizer(folder)
+    torch.manual_seed(seed)
+    config = tiny_config(len(tokenizer))
+    BertModel(config, add_pooling_layer=False).eval().save_pretrained(folder)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if normalize:
+        modules.append(
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
+        )
+    (folder / "modules.json").write_text(json.dumps(modules, indent=2))
+    modes = {"cls": "cls_token", "mean": "mean_tokens", "max": "max_tokens", "lasttoken": "lasttoken"}
+    pooling_config = {"word_embedding_dimension": config.hidden_size}
+    pooling_config.update({f"pooling_mode_{key}": mode == pooling for mode, key in modes.items()})
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling_config, indent=2))
+    settings = {"max_seq_length": max_seq_length, "do_lower_case": False}
+    (folder / "sentence_bert_config.json").write_text(json.dumps(settings))
     return folder

@@ -54,6 +54,10 @@ class TaskAPI(ls.LitAPI):
         """LitServe's per-route auth dependency. ServiceMiddleware has already checked the key; being async,
         this no-op spares every request the thread-pool hop FastAPI makes for LitServe's sync default."""
 
+    def routes(self) -> dict[str, tuple[type, type]]:
+        """The HTTP routes this API answers (server.py adds them): path -> (request, response) schema."""
+        return {self.api_path: (self.request_type, self.response_type)}
+
     def health(self) -> bool:
         """Runs in the HTTP processes: LitServe already waits for every worker's setup (load + warm-up)."""
         drain_flag = getattr(self, "drain_flag", None)
@@ -135,7 +139,7 @@ class TaskAPI(ls.LitAPI):
         return self.prepare(model, tokens, submitted.request)
 
     def prepare(self, model, tokens: Tokens, request):
-        """What the batch holds for one request."""
+        """The batch's view of one request: a Prepared with what the task's decode needs."""
         from bertserve.runtime.loaded import Prepared
 
         return Prepared(model, tokens.inputs, top_k=request.top_k, target_ids=tokens.target_ids)
@@ -177,9 +181,11 @@ class TaskAPI(ls.LitAPI):
     def encode_response(self, output) -> Response:
         """orjson bytes plus X-Model-Version, which the metrics middleware reads for its labels."""
         model, predictions = output
-        body = {"model": model.name, "version": model.version, self.answer_field: predictions}
         return Response(
-            orjson.dumps(body),
+            self.response_body(model, predictions),
             media_type="application/json",
             headers={"X-Model-Version": model.ref},
         )
+
+    def response_body(self, model, predictions) -> bytes:
+        return orjson.dumps({"model": model.name, "version": model.version, self.answer_field: predictions})

@@ -1,4 +1,5 @@
-"""Inference backends behind one small interface: logits for sequences, logits at masked positions.
+"""Inference backends behind one small interface: logits for sequences, logits at masked positions, token
+states (last hidden state) for embedding models.
 
 The task decode (softmax, top-k, labels) lives in loaded.py and never knows which backend ran.
 
@@ -15,7 +16,8 @@ The PyTorch backends run on the worker's device (cpu or cuda:N); int8 and the ON
 
 Every non-reference backend is verified when it is built: its logits on fixed probe inputs must stay within
 the backend's tolerance of the fp32 model's on the same device, with the same top-1 wherever fp32's top-1 is
-not a near tie.
+not a near tie. An embedding model's backend is verified by cosine instead: every probe text's mean-pooled
+vector must be at least MIN_COSINE[backend] from fp32's.
 A backend that fails is not used: an explicit choice raises BackendUnavailable, `auto` moves on.
 """
 
@@ -42,6 +44,11 @@ __all__ = ["BACKENDS", "Backend", "BackendUnavailable", "make_backend", "resolve
 # rounding; the quantized ones are only guarded against gross breakage here (a wrong export scores ~1):
 # their accuracy cost is measured on held-out data by bench/ (see bench/README-performance.md).
 TOLERANCE = {"fp32": 1e-5, "onnx": 1e-3, "fp16": 0.02, "bf16": 0.08, "int8": 0.5, "onnx-int8": 0.5}
+# Least cosine between a backend's and fp32's mean-pooled probe embeddings (embedding models). Measured on
+# all-MiniLM-L6-v2 (docs/performance.md): onnx 0.9999999, bf16 0.99984, onnx-int8 0.968, int8 0.888. As
+# TOLERANCE does for the quantized backends' logits, the int8 floors only catch a broken graph (cosine near
+# 0); what quantization costs an embedding model is stated in docs/performance.md.
+MIN_COSINE = {"fp32": 0.99999, "onnx": 0.9999, "fp16": 0.999, "bf16": 0.999, "int8": 0.85, "onnx-int8": 0.85}
 FLOAT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PROBE_TEXTS = (
     "the drug worked and my headache went away after two days",
@@ -67,6 +74,9 @@ class Backend(Protocol):
     def masked_logits(self, batch: dict[str, torch.Tensor], positions: torch.Tensor) -> torch.Tensor:
         """[len(positions), vocab] float32 logits at (row, column) positions of the batch."""
 
+    def hidden_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[batch, tokens, hidden] float32 last hidden state of a bare encoder (an embedding model)."""
+
 
 def _masked_lm_parts(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     """(encoder, head) when the head can run on gathered hidden states alone (BERT `cls`, RoBERTa `lm_head`),
@@ -75,6 +85,11 @@ def _masked_lm_parts(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     if head is None:
         return None
     return model.base_model, head
+
+
+def _is_bare_encoder(model: nn.Module) -> bool:
+    """A model with no task head (AutoModel): what an embedding version loads."""
+    return getattr(model, "base_model", model) is model
 
 
 class TorchBackend:
@@ -126,6 +141,10 @@ class TorchBackend:
         return self.model(**self._inputs(batch)).logits.float().cpu()
 
     @torch.inference_mode()
+    def hidden_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model(**self._inputs(batch)).last_hidden_state.float().cpu()
+
+    @torch.inference_mode()
     def masked_logits(self, batch: dict[str, torch.Tensor], positions: torch.Tensor) -> torch.Tensor:
         rows, cols = positions.to(self.device).unbind(1)
         if self._mlm_parts is None:
@@ -136,7 +155,8 @@ class TorchBackend:
 
 
 class OrtBackend:
-    """ONNX Runtime (CPU) on an exported graph; the masked-LM head stays in torch (masked positions only)."""
+    """ONNX Runtime (CPU) on an exported graph: classification logits, or the encoder's last hidden state
+    (an embedding model's, or a masked LM's, whose head stays in torch and runs at masked positions only)."""
 
     def __init__(
         self,
@@ -154,15 +174,15 @@ class OrtBackend:
         self.name = "onnx-int8" if quantized else "onnx"
         parts = _masked_lm_parts(model)
         self._head: nn.Module | None = None
-        if parts is None:
-            module, graph = model, "logits"
-        else:
-            module, graph = parts[0], "hidden"
+        if parts is not None:
+            module, self.graph = parts[0], "hidden"
             self._head = parts[1].eval()
+        else:
+            module, self.graph = model, "hidden" if _is_bare_encoder(model) else "logits"
         accepted = _forward_arguments(module)
         self.input_names = tuple(name for name in input_names if name in accepted) or ("input_ids",)
         path = exported_graph(
-            module, self.input_names, weights_sha256, graph, quantized, getattr(model, "config", None)
+            module, self.input_names, weights_sha256, self.graph, quantized, getattr(model, "config", None)
         )
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
@@ -179,8 +199,13 @@ class OrtBackend:
         return torch.from_numpy(self.session.run(None, feeds)[0])
 
     def sequence_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        if self._head is not None:
-            raise TypeError("a masked-LM graph has no sequence logits")
+        if self.graph != "logits":
+            raise TypeError("an encoder graph has no sequence logits")
+        return self._run(batch).float()
+
+    def hidden_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.graph != "hidden" or self._head is not None:
+            raise TypeError("only an embedding model's graph gives hidden states here")
         return self._run(batch).float()
 
     @torch.inference_mode()
@@ -206,6 +231,7 @@ class Verification:
     max_abs_diff: float
     relative: float  # RMS(diff) / std(reference)
     top1_agreement: float
+    min_cosine: float | None = None  # embedding models: the least cosine to fp32's probe vectors
 
 
 def probe_batch(config, input_names: tuple[str, ...], seed: int = 0) -> tuple[dict, torch.Tensor]:
@@ -226,8 +252,13 @@ def probe_batch(config, input_names: tuple[str, ...], seed: int = 0) -> tuple[di
     return batch, positions
 
 
-def _probe(backend: Backend, masked: bool, batch: dict, positions: torch.Tensor) -> torch.Tensor:
-    return backend.masked_logits(batch, positions) if masked else backend.sequence_logits(batch)
+def _probe(backend: Backend, kind: str, batch: dict, positions: torch.Tensor) -> torch.Tensor:
+    """What the probe compares: logits (classification, masked LM) or mean-pooled vectors (embedding)."""
+    if kind == "embedding":
+        from bertserve.runtime.embed import pool
+
+        return pool(backend.hidden_states(batch), batch["attention_mask"], "mean")
+    return backend.masked_logits(batch, positions) if kind == "masked" else backend.sequence_logits(batch)
 
 
 def compare(reference: torch.Tensor, candidate: torch.Tensor, name: str) -> Verification:
@@ -240,6 +271,33 @@ def compare(reference: torch.Tensor, candidate: torch.Tensor, name: str) -> Veri
     same = reference.argmax(-1) == candidate.argmax(-1)
     agreement = same[clear].float().mean().item() if clear.any() else 1.0
     return Verification(name, diff.abs().max().item(), relative, agreement)
+
+
+def compare_vectors(reference: torch.Tensor, candidate: torch.Tensor, name: str) -> Verification:
+    """Embeddings agree when they point the same way: the least per-row cosine is what counts."""
+    check = compare(reference, candidate, name)
+    check.min_cosine = torch.nn.functional.cosine_similarity(reference, candidate, dim=-1).min().item()
+    check.top1_agreement = 1.0  # a vector has no top-1; the cosine stands in for it
+    return check
+
+
+def _failure(check: Verification) -> str | None:
+    """Why a verified backend is refused, or None."""
+    if check.min_cosine is not None:
+        floor = MIN_COSINE[check.backend]
+        if check.min_cosine >= floor:
+            return None
+        return (
+            f"{check.backend} embeddings differ from fp32: least cosine {check.min_cosine:.6f} "
+            f"(floor {floor:g})"
+        )
+    if check.relative <= TOLERANCE[check.backend] and check.top1_agreement >= 1.0:
+        return None
+    return (
+        f"{check.backend} differs from fp32: RMS diff / std {check.relative:.4g} (tolerance "
+        f"{TOLERANCE[check.backend]:g}), max |diff| {check.max_abs_diff:.4g}, top-1 agreement "
+        f"{check.top1_agreement:.2f}"
+    )
 
 
 def text_probe(tokenizer, input_names: tuple[str, ...], masked: bool) -> tuple[dict, torch.Tensor]:
@@ -321,13 +379,14 @@ def make_backend(
     model = model.float().eval()
     candidates = backend_names.auto_candidates(accelerator) if name == "auto" else [name]
     masked = _masked_lm_parts(model) is not None
+    kind = "masked" if masked else "embedding" if _is_bare_encoder(model) else "sequence"
     if tokenizer is not None:
         batch, positions = text_probe(tokenizer, input_names, masked)
     else:
         batch, positions = probe_batch(getattr(model, "config", None), input_names)
     reference = None
     if candidates != ["fp32"]:
-        reference = _probe(TorchBackend(model, "fp32", input_names, device), masked, batch, positions)
+        reference = _probe(TorchBackend(model, "fp32", input_names, device), kind, batch, positions)
     failures = []
     for candidate in candidates:
         # fp16 and bf16 convert in place: when another candidate may follow, they get a copy
@@ -342,24 +401,22 @@ def make_backend(
             logger.warning("backend %s unavailable: %s", candidate, exc)
             continue
         if reference is not None and candidate != "fp32":
-            check = compare(reference, _probe(backend, masked, batch, positions), candidate)
+            compared = compare_vectors if kind == "embedding" else compare
+            check = compared(reference, _probe(backend, kind, batch, positions), candidate)
             backend.verification = check
-            if check.relative > TOLERANCE[candidate] or check.top1_agreement < 1.0:
-                message = (
-                    f"{candidate} differs from fp32: RMS diff / std {check.relative:.4g} (tolerance "
-                    f"{TOLERANCE[candidate]:g}), max |diff| {check.max_abs_diff:.4g}, top-1 agreement "
-                    f"{check.top1_agreement:.2f}"
-                )
+            message = _failure(check)
+            if message is not None:
                 if name != "auto":
                     raise BackendUnavailable(message)
                 failures.append(message)
                 logger.warning("backend %s rejected: %s", candidate, message)
                 continue
             logger.info(
-                "backend %s verified: RMS diff / std %.4g, max |diff| %.4g",
+                "backend %s verified: RMS diff / std %.4g, max |diff| %.4g%s",
                 candidate,
                 check.relative,
                 check.max_abs_diff,
+                "" if check.min_cosine is None else f", least cosine {check.min_cosine:.6f}",
             )
         return backend
     raise BackendUnavailable("no backend passed: " + "; ".join(failures))

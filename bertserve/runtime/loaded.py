@@ -1,8 +1,9 @@
-"""A loaded store version: its tokenizer, a backend, and the task's decode (labels, softmax, top-k, masks).
+"""A loaded store version: its tokenizer, a backend, and the task's decode (labels, softmax, top-k, masks,
+pooled embeddings).
 
 Tokenizing (runtime/encoding.py) runs per request, in the HTTP processes, where client mistakes are found
-(one bad request never fails a batch); `classify` / `fill_mask` run on everything a batch holds, in
-length-sorted forward passes.
+(one bad request never fails a batch); `classify` / `fill_mask` / `embed` run on everything a batch holds,
+in length-sorted forward passes.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from bertserve.runtime.backends import Backend, make_backend
 from bertserve.runtime.batching import pad_batch, plan_batches
+from bertserve.runtime.embed import pool
 from bertserve.runtime.encoding import ClassifyInput, Encoded, TextEncoder
 from bertserve.store.manifest import Manifest
 
@@ -28,6 +30,7 @@ class Prepared:
     inputs: list[Encoded]
     top_k: int | None = None
     target_ids: list[int] | None = None
+    options: object = None  # what else the task's answer depends on (embedding: the request's options)
     sequences: int = field(init=False)
     tokens: int = field(init=False)
 
@@ -44,9 +47,11 @@ class LoadedModel:
         self.name, self.version, self.task = manifest.name, manifest.version, manifest.task
         self.device = device
         self.tokenizer = AutoTokenizer.from_pretrained(version_dir)
-        auto_model = (
-            AutoModelForSequenceClassification if self.task == "classification" else AutoModelForMaskedLM
-        )
+        auto_model = {
+            "classification": AutoModelForSequenceClassification,
+            "fill-mask": AutoModelForMaskedLM,
+            "embedding": AutoModel,
+        }[self.task]
         # SDPA: PyTorch's fused attention kernels (flash / memory-efficient on a GPU), never the eager one
         model = auto_model.from_pretrained(
             version_dir, dtype=torch.float32, use_safetensors=True, attn_implementation="sdpa"
@@ -79,6 +84,9 @@ class LoadedModel:
         self.pad_id = self.tokenizer.pad_token_id or 0
         self.mask_id = self.tokenizer.mask_token_id
         self._drop_ids = set(self.tokenizer.all_special_ids) - {self.mask_id}
+        self.pooling = manifest.pooling or "mean"
+        self.normalize = manifest.normalize if manifest.normalize is not None else True
+        self.dimensions = self.config.hidden_size  # every supported pooling keeps the hidden size
         self.padded_tokens = 0
 
     @property
@@ -155,6 +163,17 @@ class LoadedModel:
             answers[owner[index]].append(self._describe_masks(sequence.ids, per_sequence[index]))
         return answers
 
+    def embed(
+        self, requests: Sequence[Prepared], max_batch_size: int, max_batch_tokens: int
+    ) -> list[torch.Tensor]:
+        """Per request: its inputs' pooled vectors, [inputs, dimensions] float32, not normalized yet (the
+        request decides: runtime/embed.py)."""
+        sequences = [item for request in requests for item in request.inputs]
+        vectors = torch.empty((len(sequences), self.dimensions))
+        for group, batch in self._passes(sequences, max_batch_size, max_batch_tokens):
+            vectors[group] = pool(self.backend.hidden_states(batch), batch["attention_mask"], self.pooling)
+        return list(vectors.split([request.sequences for request in requests]))
+
     def _describe_masks(self, ids: list[int], masks: list[tuple[list[int], list[float]]]) -> list[list[dict]]:
         mask_columns = [col for col, token in enumerate(ids) if token == self.mask_id]
         described = []
@@ -180,6 +199,8 @@ class LoadedModel:
         if self.task == "classification":
             request = Prepared(self, self.encode(["warm up", ("warm", "up")], truncate=True))
             self.classify([request], 8, 4096)
+        elif self.task == "embedding":
+            self.embed([Prepared(self, self.encode(["warm up", "a longer text to warm up"], True))], 8, 4096)
         else:
             text = f"warm {self.tokenizer.mask_token} up"
             self.fill_mask([Prepared(self, self.encode_masked([text], True), top_k=1)], 8, 4096)

@@ -34,7 +34,11 @@ def _resolve(store: ModelStore, ref: str) -> tuple[str, str]:
 def import_(
     path: Path = typer.Argument(..., help="Local Hugging Face folder (config.json, weights, tokenizer)."),
     name: str = typer.Option(..., "--name", help="Model name in the store."),
-    task: str = typer.Option(None, help="classification | fill-mask (default: from config.architectures)."),
+    task: str = typer.Option(
+        None,
+        help="classification | fill-mask | embedding (default: embedding for a sentence-transformers folder, "
+        "else from config.architectures).",
+    ),
     alias: str = typer.Option(None, help="Also point this alias at the new version."),
     store: Path = StoreOption,
 ) -> None:

@@ -25,12 +25,17 @@ class Manifest(BaseModel):
 
     name: str
     version: str
-    task: Literal["classification", "fill-mask"]
+    task: Literal["classification", "fill-mask", "embedding"]
     problem_type: Literal["single_label", "multi_label"] | None = None
     labels: list[str] = Field(default_factory=list)
     base_model: str | None = None
     encoder: Literal["frozen", "fine-tuned"] | None = None
     max_length: int = 512
+    # embedding: how token states become one vector (store/embedding.py, runtime/embed.py)
+    pooling: Literal["mean", "cls", "max", "lasttoken", "mean_sqrt_len_tokens"] | None = None
+    normalize: bool | None = None
+    dimensions: int | None = None
+    pooling_source: str | None = None
     training: dict = Field(default_factory=dict)
     metrics: dict = Field(default_factory=dict)
     files: dict[str, FileEntry] = Field(default_factory=dict)

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from bertserve.store.embedding import embedding_fields, is_sentence_transformers_folder, pooling_files
 from bertserve.store.errors import IntegrityError, PromotionRefused, StoreError, UnknownModelError
 from bertserve.store.gate import DEFAULT_MARGIN, HOLDOUT_FILE, METRICS, Holdout, compare
 from bertserve.store.layout import ALIASES_NAME, HISTORY_NAME, ModelStore, check_name
@@ -23,6 +24,7 @@ from bertserve.store.manifest import MANIFEST_NAME, Manifest, hash_folder, sha25
 
 LOCK_NAME = ".lock"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+TASKS = ("classification", "fill-mask", "embedding")
 
 
 @contextlib.contextmanager
@@ -270,16 +272,23 @@ def detect_task(architectures: list[str]) -> str | None:
 
 
 def import_hf_folder(
-    store: ModelStore, path: str | Path, name: str, task: str | None = None, created_by: str | None = None
+    store: ModelStore,
+    path: str | Path,
+    name: str,
+    task: str | None = None,
+    created_by: str | None = None,
+    extra_fields: dict | None = None,
 ) -> Manifest:
     """Publish a local Hugging Face BERT-family folder as the next version of `name`.
 
     The model is loaded once here with its task head (pickle `.bin` weights are read with
     `weights_only` and re-saved as safetensors, so the server never unpickles anything), the fast
     tokenizer is saved beside it, and a folder whose head would be freshly initialised is refused:
-    serving random head weights would answer confidently and wrongly."""
+    serving random head weights would answer confidently and wrongly. A sentence-transformers folder is an
+    `embedding` model: its pooling files come along and the manifest records what they say."""
     from transformers import (
         AutoConfig,
+        AutoModel,
         AutoModelForMaskedLM,
         AutoModelForSequenceClassification,
         AutoTokenizer,
@@ -289,15 +298,24 @@ def import_hf_folder(
     if not (source / "config.json").is_file():
         raise StoreError(f"{source} is not a Hugging Face model folder: config.json is missing")
     config = AutoConfig.from_pretrained(source)
+    if task is None and is_sentence_transformers_folder(source):
+        task = "embedding"
     task = task or detect_task(list(config.architectures or []))
-    if task not in ("classification", "fill-mask"):
+    if task not in TASKS:
         raise StoreError(
             f"cannot tell the task of {source} (architectures {config.architectures}): pass --task; "
-            "a bare encoder has no head to serve, train one with `bertserve train` or `bertserve pretrain`"
+            "a bare encoder has no head to serve: serve it as --task embedding, or train one with "
+            "`bertserve train` or `bertserve pretrain`"
         )
-    model_class = AutoModelForSequenceClassification if task == "classification" else AutoModelForMaskedLM
+    model_class = {
+        "classification": AutoModelForSequenceClassification,
+        "fill-mask": AutoModelForMaskedLM,
+        "embedding": AutoModel,
+    }[task]
     model, info = model_class.from_pretrained(source, output_loading_info=True)
-    missing = [key for key in info["missing_keys"] if not key.endswith("position_ids")]
+    # an embedding model uses the token states only: BERT's pooler (for next-sentence prediction) is unused
+    unused = ("position_ids", "pooler.dense.weight", "pooler.dense.bias") if task == "embedding" else ()
+    missing = [key for key in info["missing_keys"] if not key.endswith(("position_ids", *unused))]
     if missing:
         raise StoreError(
             f"{source} has no trained {task} head (missing {', '.join(missing[:3])}...): "
@@ -307,19 +325,24 @@ def import_hf_folder(
     if not tokenizer.is_fast:
         raise StoreError(f"{source}: no fast tokenizer could be built (tokenizer.json or vocab.txt needed)")
     limits = [tokenizer.model_max_length, getattr(config, "max_position_embeddings", 512)]
-    fields: dict = {
-        "task": task,
-        "base_model": str(source.resolve()),
-        "max_length": int(min(limit for limit in limits if limit and limit < 1_000_000)),
-    }
+    fields: dict = {"task": task, "base_model": str(source.resolve())}
     if task == "classification":
         fields["labels"] = [config.id2label[i] for i in range(config.num_labels)]
         multi = config.problem_type == "multi_label_classification"
         fields["problem_type"] = "multi_label" if multi else "single_label"
+    if task == "embedding":
+        fields.update(embedding_fields(source, config.hidden_size))
+        limits.append(fields.get("max_length"))
+    fields["max_length"] = int(min(limit for limit in limits if limit and limit < 1_000_000))
+    fields.update(extra_fields or {})
     with tempfile.TemporaryDirectory(prefix="bertserve-import-") as scratch:
         folder = Path(scratch) / "version"
         model.save_pretrained(folder, safe_serialization=True)
         tokenizer.save_pretrained(folder)
+        if task == "embedding":
+            for relative in pooling_files(source):
+                (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source / relative, folder / relative)
         return publish_version(
             store,
             name,

