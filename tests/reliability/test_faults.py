@@ -38,6 +38,20 @@ def wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
+async def wait_for_async(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not await asyncio.to_thread(condition):
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        await asyncio.sleep(0.02)
+
+
+def held_by_worker(base: str) -> bool:
+    """Six clients' requests in flight, after at least one batch of theirs was answered."""
+    samples = scrape(base)
+    answered = metric_sum(samples, "bertserve_requests_total", endpoint="classify", code="200")
+    return answered >= 6 and metric_sum(samples, "bertserve_requests_in_flight", endpoint="classify") == 6
+
+
 def test_worker_killed_mid_batch_is_replaced_and_its_requests_fail_fast(tmp_path, classifier_dirs):
     store = classify_store(tmp_path / "model_store", classifier_dirs)
     # request_timeout far above the client's: a request lost with the worker would show as a client timeout.
@@ -52,10 +66,10 @@ def test_worker_killed_mid_batch_is_replaced_and_its_requests_fail_fast(tmp_path
         async def load_then_kill() -> list:
             stop = asyncio.Event()
             clients = asyncio.create_task(closed_loop(url, HEAVY, clients=6, stop=stop, client_timeout=30))
-            # six clients of 32 inputs each: the worker takes their requests and holds them until answered
-            await asyncio.sleep(1.5)
+            # six clients of 32 inputs each: once a first batch is answered and all six are in flight again,
+            # the worker holds their requests (it waits a second for more before computing)
+            await wait_for_async(lambda: held_by_worker(base), 60, "six requests in flight after a batch")
             os.kill(worker, signal.SIGKILL)
-            await asyncio.sleep(0.5)
             # keep the load on until the new worker has answered (bounded by the clients' timeout)
             while not stop.is_set():
                 replaced = [p for p in worker_pids(base.process.pid) if p != worker]
@@ -72,6 +86,7 @@ def test_worker_killed_mid_batch_is_replaced_and_its_requests_fail_fast(tmp_path
         lost = [o for o in outcomes if o.status == 503]
         assert lost, "the request the worker was computing is answered 503"
         assert all(o.body["error"]["code"] == "worker_lost" for o in lost)
+        assert all(o.headers.get("retry-after") == "1" for o in lost), "every 503 says when to retry"
 
         (new_worker,) = worker_pids(base.process.pid)
         assert new_worker != worker
@@ -93,6 +108,7 @@ def test_requests_sent_right_after_an_idle_worker_dies_are_answered_not_lost(tmp
         counts = statuses(outcomes)
         assert set(counts) <= {200, 503}, f"an answer or an error, never a hang: {counts}"
         assert all(o.body["error"]["code"] == "worker_lost" for o in outcomes if o.status == 503)
+        assert all(o.headers.get("retry-after") == "1" for o in outcomes if o.status == 503)
         wait_for(lambda: httpx.get(f"{base}/health", timeout=5).status_code == 200, 60, "a new worker")
         assert httpx.post(url, json=LIGHT, timeout=10).status_code == 200
 
@@ -120,7 +136,10 @@ def _sigterm_under_load(store, sent: int) -> tuple[list, list, list, int]:
                 while not in_flight.done():
                     try:
                         health.append((await client.get(f"{base}/health")).status_code)
-                        late.append((await client.post(url, json=LIGHT)).status_code)
+                        answer = await client.post(url, json=LIGHT)
+                        late.append(answer.status_code)
+                        if answer.status_code == 503:
+                            assert answer.headers.get("retry-after") == "1", "a draining server's 503"
                     except httpx.TransportError:
                         break  # it finished and stopped listening between two checks
                     await asyncio.sleep(0.05)
