@@ -245,3 +245,62 @@ def test_a_worker_that_cannot_come_back_makes_the_server_exit_non_zero(tmp_path,
         (worker,) = worker_pids(base.process.pid)
         os.kill(worker, signal.SIGKILL)
         assert base.process.wait(timeout=120) != 0
+
+
+# Loaded by every process of the server (PYTHONPATH): the model fails any forward pass holding the word
+# "moon", as a model can fail on one batch (a device error, a kernel bug) with nothing wrong in a request.
+FAILING_FORWARD = """
+import bertserve.runtime.loaded as loaded
+
+classify = loaded.LoadedModel.classify
+
+
+def failing_classify(self, requests, *args):
+    poison = self.tokenizer.convert_tokens_to_ids("moon")
+    if any(poison in item.ids for request in requests for item in request.inputs):
+        raise RuntimeError("injected fault: the forward pass failed")
+    return classify(self, requests, *args)
+
+
+loaded.LoadedModel.classify = failing_classify
+"""
+
+
+def test_a_failing_batch_answers_its_requests_500_and_the_worker_serves_the_next(tmp_path, classifier_dirs):
+    store = classify_store(tmp_path / "model_store", classifier_dirs)
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(FAILING_FORWARD)
+    env = {"PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
+    # the first request of a batch waits a second for more: the eight sent at once share one batch
+    args = ("--workers", "1", "--max-batch-size", "1024", "--batch-timeout", "1")
+    with running_server(store.root, *args, env=env) as base:
+        url = f"{base}/v1/classify"
+        (worker,) = worker_pids(base.process.pid)
+        before = scrape(base)
+        bodies = [{"inputs": [f"the drug worked for {word}"]} for word in ("pain", "sleep", "days", "weeks")]
+        bodies += [{"inputs": ["the moon"]}] + [{"inputs": [f"awful {w}"]} for w in ("nausea", "tea", "dog")]
+
+        async def send_together() -> list[httpx.Response]:
+            async with httpx.AsyncClient(timeout=30) as client:
+                return list(await asyncio.gather(*(client.post(url, json=body) for body in bodies)))
+
+        answers = asyncio.run(send_together())
+        codes = [answer.status_code for answer in answers]
+        assert codes[4] == 500 and set(codes) <= {200, 500}, codes
+        failed = [answer for answer in answers if answer.status_code == 500]
+        assert len(failed) > 1, f"the batch-mates of the failing request: {codes}"
+        for answer in failed:
+            assert answer.json()["error"]["code"] == "internal_error", answer.text
+        after = scrape(base)
+        assert worker_pids(base.process.pid) == [worker], "the worker survived its failed batch"
+        following = httpx.post(url, json=bodies[0], timeout=30)
+        assert following.status_code == 200 and following.json()["version"] == "1", following.text
+        counted = [
+            metric_sum(s, "bertserve_requests_total", endpoint="classify", code="500")
+            for s in (before, after)
+        ]
+        assert counted[1] - counted[0] == len(failed), "/metrics counts every 500"
+        assert metric_sum(after, "bertserve_worker_restarts_total") == 0
+    messages = [entry["message"] for entry in log_entries(base.log)]
+    assert [m for m in messages if m.startswith("batch of")] == [f"batch of {len(failed)} requests failed"]
