@@ -33,5 +33,6 @@ def tiny_store(tmp_path_factory) -> ModelStore:
 
 @pytest.fixture(scope="session")
 def server(tiny_store) -> str:
-    with running_server(tiny_store.root, "--batch-timeout", "0.02") as base:
+    # one worker per endpoint whatever the machine: the queue depth it samples is then exact
+    with running_server(tiny_store.root, "--workers", "1", "--batch-timeout", "0.02") as base:
         yield base
