@@ -244,7 +244,14 @@ def test_a_worker_that_cannot_come_back_makes_the_server_exit_non_zero(tmp_path,
             (store.version_dir("sentiment", version) / "model.safetensors").write_bytes(b"corrupt")
         (worker,) = worker_pids(base.process.pid)
         os.kill(worker, signal.SIGKILL)
-        assert base.process.wait(timeout=120) != 0
+        code = base.process.wait(timeout=120)
+        wait_for(lambda: not live_group_members(base.process.pid), 30, "every process of the server to exit")
+    assert code == 1
+    log = base.log.read_text()
+    assert "refusing sentiment@1" in log and "refusing sentiment@2" in log, "each damaged version is named"
+    messages = [entry["message"] for entry in log_entries(base.log) if entry["level"] == "error"]
+    assert "worker 0 of /v1/classify failed its setup: stopping the server" in messages, messages
+    assert messages[-1] == "an inference worker failed its setup; exiting for the orchestrator to restart us"
 
 
 # Loaded by every process of the server (PYTHONPATH): the model fails any forward pass holding the word
