@@ -110,11 +110,18 @@ def test_requests_past_their_timeout_get_504_and_are_dropped_not_computed(tmp_pa
         assert computed + dropped <= sent
 
 
-def test_response_buffer_forgets_requests_the_middleware_already_answered_504():
+def test_response_buffer_forgets_requests_the_middleware_already_answered_504(monkeypatch):
     """LitServe's handler, cancelled by the 504, never pops its entry: the buffer drops it after its ttl."""
-    buffer = ExpiringResponseBuffer(ttl=0.05)
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])  # the buffer's clock, moved by hand
+    buffer = ExpiringResponseBuffer(ttl=5)
     buffer["answered-504"] = "late answer"
-    time.sleep(0.1)
+    clock[0] += 4
+    buffer["still-young"] = "pending"
+    assert set(buffer) == {"answered-504", "still-young"}, "nothing is dropped before its ttl"
+    clock[0] += 2
     buffer["waiting"] = "pending"
+    assert set(buffer) == {"still-young", "waiting"}
+    buffer.pop("still-young")
     assert list(buffer) == ["waiting"] and list(buffer.born) == ["waiting"]
     assert buffer.pop("waiting") == "pending" and not buffer.born
