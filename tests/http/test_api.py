@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from bertserve.store.publish import set_alias
-from tests.http.test_parity import as_scores, assert_same_scores, transformers_fill, transformers_scores
+from tests.http.reference import as_scores, assert_same_scores, transformers_fill, transformers_scores
 
 
 def post(base: str, path: str, body) -> httpx.Response:

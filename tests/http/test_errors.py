@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import pytest
 
-from tests.http.test_parity import as_scores, assert_same_scores, transformers_scores
+from tests.http.reference import as_scores, assert_same_scores, transformers_scores
 from tests.server_process import running_server
 
 BAD_REQUESTS = [

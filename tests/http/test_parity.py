@@ -9,22 +9,20 @@ from __future__ import annotations
 
 import random
 from concurrent.futures import ThreadPoolExecutor
-from functools import cache
 
 import httpx
-import pytest
-import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
+from tests.http.reference import (
+    as_scores,
+    assert_same_scores,
+    close,
+    transformers_fill,
+    transformers_scores,
+)
 from tests.http.test_metrics import scrape, total
 from tests.tiny_models import WORDS
 
 CONCURRENCY = 16
-
-
-def close(got: float, expected: float) -> bool:
-    """Within 1e-5, and within 0.1% for the tiny scores of unlikely target words."""
-    return got == pytest.approx(expected, abs=1e-5) and got == pytest.approx(expected, rel=1e-3, abs=1e-9)
 
 
 def distinct_texts(count: int, seed: int) -> list[str]:
@@ -65,31 +63,6 @@ def served_concurrently_and_alone(base: str, path: str, bodies: list[dict]) -> t
 
 
 # ---- classification -----------------------------------------------------------------------------------
-
-
-@cache
-def classifier(folder: str):
-    return AutoTokenizer.from_pretrained(folder), AutoModelForSequenceClassification.from_pretrained(folder)
-
-
-def transformers_scores(folder: str, item: str | list[str], multi_label: bool = False) -> dict[str, float]:
-    """What transformers answers for one input (a text or a pair) on its own: no padding."""
-    tokenizer, model = classifier(folder)
-    encoded = tokenizer(*([item] if isinstance(item, str) else item), return_tensors="pt")
-    with torch.inference_mode():
-        logits = model.eval()(**encoded).logits[0]
-    scores = logits.sigmoid() if multi_label else logits.softmax(-1)
-    return {model.config.id2label[i]: float(s) for i, s in enumerate(scores)}
-
-
-def as_scores(ranking: list[dict]) -> dict[str, float]:
-    return {item["label"]: item["score"] for item in ranking}
-
-
-def assert_same_scores(got: dict[str, float], expected: dict[str, float], what) -> None:
-    assert got.keys() == expected.keys(), what
-    for label, score in expected.items():
-        assert close(got[label], score), (what, label, got[label], score)
 
 
 def classify_bodies() -> list[dict]:
@@ -147,17 +120,6 @@ def test_top_k_one_is_the_argmax(server, tiny_store):
 
 
 # ---- fill-mask ----------------------------------------------------------------------------------------
-
-
-@cache
-def fill_mask_pipeline(folder: str):
-    return pipeline("fill-mask", model=folder, tokenizer=folder, device="cpu")
-
-
-def transformers_fill(folder: str, text: str, top_k: int, targets: list[str] | None) -> list[list[dict]]:
-    """The fill-mask pipeline's candidates for each mask of `text`, alone."""
-    found = fill_mask_pipeline(folder)(text, top_k=top_k, **({"targets": targets} if targets else {}))
-    return [found] if text.count("[MASK]") == 1 else found
 
 
 def fill_mask_bodies() -> list[dict]:
