@@ -68,10 +68,20 @@ async def swaps_under_load(base: str, steps: list[tuple[Callable[[], object], st
     """Run each store change while 4 clients keep sending; wait for its version to answer before the next."""
     stop = asyncio.Event()
     outcomes: list[Outcome] = []
-    load = asyncio.create_task(closed_loop(f"{base}/v1/classify", LIGHT, clients=4, stop=stop))
+    load = asyncio.create_task(
+        closed_loop(f"{base}/v1/classify", LIGHT, clients=4, stop=stop, outcomes=outcomes)
+    )
     switches = []
+
+    async def answered(more: int) -> None:
+        """Until `more` further requests of the load are answered: traffic on each side of every swap."""
+        target, deadline = len(outcomes) + more, time.monotonic() + 60
+        while len(outcomes) < target:
+            assert time.monotonic() < deadline and not load.done(), f"{more} answers not within 60 s"
+            await asyncio.sleep(0.02)
+
     try:
-        await asyncio.sleep(1)
+        await answered(20)
         async with httpx.AsyncClient(timeout=10) as client:
             for change, version in steps:
                 command = time.monotonic()
@@ -81,7 +91,7 @@ async def swaps_under_load(base: str, steps: list[tuple[Callable[[], object], st
                     assert time.monotonic() < deadline, f"version {version} not served within 60 s"
                     await asyncio.sleep(0.05)
                 switches.append(Switch(command, time.monotonic(), version))
-                await asyncio.sleep(1)
+                await answered(20)
     finally:
         stop.set()
         outcomes = await load
