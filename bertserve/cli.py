@@ -76,6 +76,7 @@ def serve(
     overrides = {key: value for key, value in locals().items() if value is not None}
     from pydantic import ValidationError
 
+    from bertserve.auth import configured_keys
     from bertserve.config import Settings, serving_metrics_dir
     from bertserve.runtime.device import DeviceUnavailable
 
@@ -84,6 +85,10 @@ def serve(
     except ValidationError as exc:
         _refuse("; ".join(f"{error['loc'][0]}: {error['msg']}" for error in exc.errors()))
     except DeviceUnavailable as exc:
+        _refuse(str(exc))
+    try:  # a keys file that names no key (or cannot be read) would turn authentication off
+        configured_keys(settings)
+    except (OSError, ValueError) as exc:
         _refuse(str(exc))
     with serving_metrics_dir():  # before bertserve.metrics is imported anywhere
         from bertserve.server import run_server

@@ -27,6 +27,14 @@ STATUS_CODES = {
 }
 
 
+class WorkerHTTPException(PickleableHTTPException):
+    """An error answered from outside the HTTP process. LitServe's PickleableHTTPException pickles without its
+    headers, so a 503's Retry-After would be lost on the way; this one keeps them."""
+
+    def __reduce__(self):
+        return (HTTPException, (self.status_code, self.detail, self.headers))
+
+
 class ClientError(Exception):
     """A problem with what the client sent: always a 4xx, never a 500, never fatal to a worker."""
 

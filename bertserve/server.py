@@ -518,5 +518,6 @@ def run_server(settings: Settings) -> None:
         log_config=logs.uvicorn_log_config(settings),
         access_log=False,  # ServiceMiddleware writes the access log, with request ids
     )
-    if supervisor.failed:
-        raise SystemExit("an inference worker failed its setup; exiting for the orchestrator to restart us")
+    if supervisor.failed:  # logged, not printed: a bare line on stderr would break the JSON log
+        logger.error("an inference worker failed its setup; exiting for the orchestrator to restart us")
+        raise SystemExit(1)

@@ -18,11 +18,10 @@ import threading
 import time
 
 from litserve.utils import LitAPIStatus, LoopResponseType, WorkerSetupStatus
-from litserve.utils import PickleableHTTPException as WorkerHTTPException
 from prometheus_client import multiprocess
 
 from bertserve import metrics
-from bertserve.errors import error_body
+from bertserve.errors import WorkerHTTPException, error_body
 
 logger = logging.getLogger("bertserve")
 
@@ -90,7 +89,9 @@ class WorkerSupervisor:
         """Answer every request the dead worker held; ones it already answered are ignored by LitServe."""
         held = self.server.litapi_request_queues[api.api_path].retire(pid)
         error = WorkerHTTPException(
-            503, error_body("worker_lost", "the inference worker handling this request died; retry it")
+            503,
+            error_body("worker_lost", "the inference worker handling this request died; retry it"),
+            headers={"Retry-After": "1"},
         )
         for response_queue_id, uid in held:
             with contextlib.suppress(Exception):

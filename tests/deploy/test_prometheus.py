@@ -118,6 +118,11 @@ def query(prometheus: str, expr: str, at: float | None = None) -> list[dict]:
     return body["data"]["result"]
 
 
+def scrapes(prometheus: str) -> float:
+    """How many times Prometheus has scraped the server so far."""
+    return scalar(prometheus, 'count_over_time(up{job="bertserve"}[1h])') or 0.0
+
+
 def scalar(prometheus: str, expr: str, at: float | None = None) -> float | None:
     result = query(prometheus, expr, at)
     assert len(result) <= 1, (expr, result)
@@ -176,7 +181,10 @@ def test_prometheus_scrapes_exact_counts_and_quantiles(server, prometheus):
     httpx.post(f"{server}/v1/classify", json={"inputs": ["warm up"]}, timeout=30).raise_for_status()
     wait_for("the target up", lambda: scalar(prometheus, 'up{job="bertserve"}') == 1)
     wait_for("the warm-up request scraped", lambda: scalar(prometheus, classify_total) == 1)
-    time.sleep(3)  # quiet scrapes after the warm-up: the rate window below starts among them
+    quiet = (
+        scrapes(prometheus) + 3
+    )  # quiet scrapes after the warm-up: the rate window below starts among them
+    wait_for("three quiet scrapes", lambda: scrapes(prometheus) >= quiet)
     before = time.time()
     buckets_before = exposed_buckets(server, LATENCY, CLASSIFY)
 
@@ -196,7 +204,8 @@ def test_prometheus_scrapes_exact_counts_and_quantiles(server, prometheus):
 
     expected_total = 1 + sent["classify"]
     wait_for("the burst scraped", lambda: scalar(prometheus, classify_total) == expected_total)
-    time.sleep(1.5)
+    settled = scrapes(prometheus) + 1  # one scrape past the burst: the window below ends after it
+    wait_for("one more scrape", lambda: scrapes(prometheus) >= settled)
     after = time.time()
     buckets_after = exposed_buckets(server, LATENCY, CLASSIFY)
 

@@ -1,4 +1,5 @@
-"""One tiny store and one real server process shared by the HTTP tests of a module."""
+"""One tiny store and one real server process shared by every HTTP test that does not need its own: tests
+that change the store put it back, and counts are compared before and after (never from zero)."""
 
 from __future__ import annotations
 
@@ -24,14 +25,15 @@ def build_tiny_store(root: Path, scratch: Path) -> ModelStore:
     return store
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory) -> ModelStore:
     base = tmp_path_factory.mktemp("store")
     return build_tiny_store(base / "model_store", base / "hf")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(tiny_store) -> str:
+    # one worker per endpoint whatever the machine: the queue depth it samples is then exact
     explain = {"BERTSERVE_EXPLAIN_WORKERS": "1"}  # fuzzed and hostile-tested with the rest
-    with running_server(tiny_store.root, "--batch-timeout", "0.02", env=explain) as base:
+    with running_server(tiny_store.root, "--workers", "1", "--batch-timeout", "0.02", env=explain) as base:
         yield base

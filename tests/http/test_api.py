@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from bertserve.store.publish import set_alias
+from tests.http.reference import as_scores, assert_same_scores, transformers_fill, transformers_scores
 
 
 def post(base: str, path: str, body) -> httpx.Response:
@@ -24,13 +25,19 @@ def test_classify_one_text_answers_every_label_best_first(server):
     assert sum(d["score"] for d in ranking) == pytest.approx(1, abs=1e-5)
 
 
-def test_classify_lists_pairs_and_top_k(server):
-    body = post(server, "/v1/classify", {"inputs": ["good", "bad", "okay"], "top_k": 1}).json()
-    assert [len(p) for p in body["predictions"]] == [1, 1, 1]
-    pairs = post(server, "/v1/classify", {"inputs": [["the pill", "worked"], ["no", "sleep"]]}).json()
-    assert len(pairs["predictions"]) == 2
-    single = post(server, "/v1/classify", {"inputs": "the pill worked"}).json()
-    assert pairs["predictions"][0] != single["predictions"][0], "a pair is not the concatenated text"
+def test_classify_lists_pairs_and_top_k(server, tiny_store):
+    folder = str(tiny_store.version_dir("sentiment", "1"))
+    texts = ["good", "bad", "okay"]
+    body = post(server, "/v1/classify", {"inputs": texts, "top_k": 1}).json()
+    for text, (best,) in zip(texts, body["predictions"], strict=True):
+        expected = transformers_scores(folder, text)
+        assert best["label"] == max(expected, key=expected.get), "top_k 1 is the argmax"
+    items = [["the pill", "worked"], ["no", "sleep"]]
+    pairs = post(server, "/v1/classify", {"inputs": items}).json()["predictions"]
+    for item, ranking in zip(items, pairs, strict=True):
+        assert_same_scores(as_scores(ranking), transformers_scores(folder, item), item)
+    joined = transformers_scores(folder, "the pill worked")
+    assert as_scores(pairs[0]) != pytest.approx(joined, abs=1e-3), "a pair is not the concatenated text"
 
 
 def test_model_selection_by_name_version_and_alias(server, tiny_store):
@@ -39,14 +46,16 @@ def test_model_selection_by_name_version_and_alias(server, tiny_store):
         post(server, "/v1/classify", {"inputs": "x", "model": "sentiment:production"}).json()["version"]
         == "1"
     )
-    one = post(server, "/v1/classify", {"inputs": "great drug", "model": "sentiment@1"}).json()["predictions"]
-    two = post(server, "/v1/classify", {"inputs": "great drug", "model": "sentiment@2"}).json()["predictions"]
-    assert one != two, "two versions are two different checkpoints"
+    for version in ("1", "2"):
+        answer = post(
+            server, "/v1/classify", {"inputs": "great drug", "model": f"sentiment@{version}"}
+        ).json()
+        expected = transformers_scores(str(tiny_store.version_dir("sentiment", version)), "great drug")
+        assert_same_scores(as_scores(answer["predictions"][0]), expected, version)
     multi = post(server, "/v1/classify", {"inputs": "bad sleep", "model": "topics"}).json()
     assert multi["model"] == "topics"
-    assert abs(sum(d["score"] for d in multi["predictions"][0]) - 1) > 1e-3, (
-        "multi-label answers sigmoid scores"
-    )
+    expected = transformers_scores(str(tiny_store.version_dir("topics", "1")), "bad sleep", multi_label=True)
+    assert_same_scores(as_scores(multi["predictions"][0]), expected, "multi-label answers sigmoid scores")
     set_alias(tiny_store, "sentiment", "production", "2")
     try:
         moved = post(server, "/v1/classify", {"inputs": "x"})
@@ -55,21 +64,24 @@ def test_model_selection_by_name_version_and_alias(server, tiny_store):
         set_alias(tiny_store, "sentiment", "production", "1")
 
 
-def test_fill_mask_one_and_two_masks_and_targets(server):
-    body = post(server, "/v1/fill-mask", {"inputs": "the capital of france is [MASK] .", "top_k": 3}).json()
-    assert (body["model"], body["version"]) == ("mlm", "1")
-    ((candidates,),) = body["predictions"]
-    assert len(candidates) == 3 and all(
-        {"token", "token_str", "score", "sequence"} <= set(c) for c in candidates
-    )
-    two = post(server, "/v1/fill-mask", {"inputs": ["the [MASK] is [MASK]", "a [MASK]"]}).json()[
-        "predictions"
+def test_fill_mask_one_and_two_masks_and_targets(server, tiny_store):
+    folder = str(tiny_store.version_dir("mlm", "1"))
+    cases = [
+        ({"inputs": "the capital of france is [MASK] .", "top_k": 3}, 3, None),
+        ({"inputs": ["the [MASK] is [MASK]", "a [MASK]"]}, 5, None),
+        ({"inputs": "the [MASK] is good", "targets": ["tea", "coffee"]}, 5, ["tea", "coffee"]),
     ]
-    assert [len(masks) for masks in two] == [2, 1] and len(two[0][0]) == 5
-    targeted = post(
-        server, "/v1/fill-mask", {"inputs": "the [MASK] is good", "targets": ["tea", "coffee"]}
-    ).json()
-    assert {c["token_str"] for c in targeted["predictions"][0][0]} == {"tea", "coffee"}
+    for body, top_k, targets in cases:
+        answer = post(server, "/v1/fill-mask", body).json()
+        assert (answer["model"], answer["version"]) == ("mlm", "1")
+        texts = body["inputs"] if isinstance(body["inputs"], list) else [body["inputs"]]
+        for text, masks in zip(texts, answer["predictions"], strict=True):
+            expected = transformers_fill(folder, text, top_k, targets)
+            assert [[c["token_str"] for c in m] for m in masks] == [
+                [c["token_str"] for c in m] for m in expected
+            ]
+            for got, want in zip(masks, expected, strict=True):
+                assert [c["score"] for c in got] == pytest.approx([c["score"] for c in want], abs=1e-5)
 
 
 def test_models_endpoint_lists_versions_aliases_and_what_is_served(server):

@@ -14,6 +14,7 @@ from tests.server_process import ServerURL, log_entries, running_server
 ENV_KEY = "env-key-3f9c2a71d5"
 FILE_KEY = "file-key-b81e44c0aa"
 WRONG_KEY = "wrong-key-77d0e1f2c9"
+SINGLE_KEY = "single-key-5a0b93e6d4"  # BERTSERVE_API_KEY
 CLASSIFY = {"inputs": ["my secret text about headaches"]}
 
 
@@ -24,6 +25,7 @@ def keyed_server(tiny_store, tmp_path_factory) -> ServerURL:
     env = {
         "BERTSERVE_API_KEYS": f"{ENV_KEY}, another-key-0000",
         "BERTSERVE_API_KEYS_FILE": str(keys_file),
+        "BERTSERVE_API_KEY": SINGLE_KEY,
         "BERTSERVE_AUTH_OPEN_PATHS": "/health",  # /metrics protected too
         "BERTSERVE_MODELS": "sentiment",
     }
@@ -63,8 +65,10 @@ def test_keys_file_skips_comments_and_blank_lines(tmp_path):
         {"Authorization": f"Bearer {WRONG_KEY}"},
         {"Authorization": f"Bearer {ENV_KEY}x"},
         {"Authorization": f"Bearer {ENV_KEY[:-1]}"},
+        {"X-API-Key": WRONG_KEY},
+        {"X-API-Key": ""},
     ],
-    ids=["missing", "no-scheme", "basic", "empty", "wrong", "longer", "prefix"],
+    ids=["missing", "no-scheme", "basic", "empty", "wrong", "longer", "prefix", "wrong-x-api-key", "empty-x"],
 )
 def test_every_refusal_is_the_same_401(keyed_server, headers):
     for method, path, body in [
@@ -80,7 +84,7 @@ def test_every_refusal_is_the_same_401(keyed_server, headers):
         assert (error["code"], error["message"]) == ("unauthorized", UNAUTHORIZED_MESSAGE)
 
 
-@pytest.mark.parametrize("key", [ENV_KEY, "another-key-0000", FILE_KEY])
+@pytest.mark.parametrize("key", [ENV_KEY, "another-key-0000", FILE_KEY, SINGLE_KEY])
 def test_every_configured_key_is_accepted(keyed_server, key):
     auth = {"Authorization": f"Bearer {key}"}
     response = httpx.post(f"{keyed_server}/v1/classify", json=CLASSIFY, headers=auth, timeout=30)
@@ -89,6 +93,18 @@ def test_every_configured_key_is_accepted(keyed_server, key):
     lowercase = {"Authorization": f"bearer {key}"}
     assert httpx.get(f"{keyed_server}/metrics", headers=lowercase, timeout=30).status_code == 200
     assert httpx.get(f"{keyed_server}/v1/models", headers={"X-API-Key": key}, timeout=30).status_code == 200
+
+
+def test_a_keys_file_without_a_key_refuses_to_start(tiny_store, tmp_path):
+    """It would silently turn authentication off: a configuration mistake, one line, exit code 2."""
+    empty = tmp_path / "keys.txt"
+    empty.write_text("# every key was removed\n\n")
+    env = {"BERTSERVE_API_KEYS_FILE": str(empty), "BERTSERVE_MODELS": "sentiment"}
+    with pytest.raises(RuntimeError, match="server exited with 2") as failed:  # noqa: SIM117
+        with running_server(tiny_store.root, env=env, timeout=120):
+            pass
+    said = str(failed.value).split(":", 1)[1].strip()
+    assert said == f"bertserve serve: BERTSERVE_API_KEYS_FILE {empty} holds no key", said
 
 
 def test_settings_never_show_the_keys():

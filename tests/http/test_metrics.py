@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
+from transformers import AutoTokenizer
 
-from tests.server_process import running_server
+from tests.server_process import ServerURL, running_server
 
 
 def scrape(base: str) -> dict[tuple[str, tuple], float]:
@@ -33,7 +36,7 @@ def fire(base: str, count: int, inputs: list[str], concurrency: int = 16) -> lis
         return list(pool.map(one, range(count)))
 
 
-def test_counts_are_exact_and_batches_form_under_concurrency(server):
+def test_counts_are_exact_and_batches_form_under_concurrency(server, tiny_store):
     before = scrape(server)
     codes = fire(server, 60, ["the drug worked", "awful nausea"])
     assert codes == [200] * 60
@@ -57,13 +60,15 @@ def test_counts_are_exact_and_batches_form_under_concurrency(server):
     single_input_batches = delta("bertserve_batch_requests_bucket", le="1.0", **model)
     assert batches < 60, "concurrent requests were merged into shared forward passes"
     assert single_input_batches < batches, "some batch held more than one request"
-    assert delta("bertserve_batch_tokens_sum", **model) >= 120 * 4
+    tokenizer = AutoTokenizer.from_pretrained(tiny_store.version_dir("sentiment", "1"))
+    longest = max(len(tokenizer(text).input_ids) for text in ["the drug worked", "awful nausea"])
+    assert delta("bertserve_batch_tokens_sum", **model) == 120 * longest, "every pass pads to its longest"
     assert delta("bertserve_model_duration_seconds_count", **model) == batches
     assert total(after, "bertserve_requests_in_flight", endpoint="classify") == 0
     depth = [
         v for (n, lbl), v in after.items() if n == "bertserve_queue_depth" and ("endpoint", "classify") in lbl
     ]
-    assert len(depth) == 1 and 0 <= depth[0] < 60, "the workers sample what is still queued at every batch"
+    assert depth == [0], "the worker samples what is still queued after every batch: nothing, after the last"
 
 
 def test_two_workers_share_the_load_and_keep_exact_counts(tiny_store):
@@ -89,4 +94,21 @@ def test_two_workers_share_the_load_and_keep_exact_counts(tiny_store):
         }
         assert len(pids) == 2, "each of the two classify workers loaded the model"
         seq = total(after, "bertserve_sequences_total", endpoint="classify", model="sentiment", version="1")
-        assert seq - total(before, "bertserve_sequences_total", endpoint="classify", model="sentiment") >= 80
+        assert seq - total(before, "bertserve_sequences_total", endpoint="classify", model="sentiment") == 80
+        computed = requests_computed_by_process(base)
+        assert set(computed) == {int(pid) for pid in pids}, computed
+        assert sum(computed.values()) == 80 and all(computed.values()), f"both workers computed: {computed}"
+
+
+def requests_computed_by_process(base: ServerURL) -> dict[int, float]:
+    """{worker pid: classify requests it computed}, from each process's own multiprocess-metrics file (the
+    exposition sums the processes)."""
+    (folder,) = base.tmp.glob("bertserve-metrics-*")
+    computed = {}
+    for path in folder.glob("histogram_*.db"):
+        for key, value, *_ in MmapedDict.read_all_values_from_file(str(path)):
+            _, sample, labels, _ = json.loads(key)
+            if sample == "bertserve_batch_requests_sum" and labels["endpoint"] == "classify":
+                pid = int(path.stem.rsplit("_", 1)[1])
+                computed[pid] = computed.get(pid, 0) + value
+    return computed

@@ -94,11 +94,17 @@ async def _send(client: httpx.AsyncClient, url: str, body: dict) -> Outcome:
 
 
 async def closed_loop(
-    url: str, body: dict, clients: int, stop: asyncio.Event, client_timeout: float = 20
+    url: str,
+    body: dict,
+    clients: int,
+    stop: asyncio.Event,
+    client_timeout: float = 20,
+    outcomes: list[Outcome] | None = None,
 ) -> list[Outcome]:
     """`clients` concurrent clients, each sending its next request when the last is answered, until `stop`.
-    The client timeout bounds every request: a hung connection shows as a ReadTimeout outcome."""
-    outcomes: list[Outcome] = []
+    The client timeout bounds every request: a hung connection shows as a ReadTimeout outcome. Outcomes are
+    appended to `outcomes` as they come, for a caller that watches them during the run."""
+    outcomes = [] if outcomes is None else outcomes
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(timeout=client_timeout, limits=limits) as client:
 

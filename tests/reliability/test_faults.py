@@ -38,6 +38,20 @@ def wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
+async def wait_for_async(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not await asyncio.to_thread(condition):
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        await asyncio.sleep(0.02)
+
+
+def held_by_worker(base: str) -> bool:
+    """Six clients' requests in flight, after at least one batch of theirs was answered."""
+    samples = scrape(base)
+    answered = metric_sum(samples, "bertserve_requests_total", endpoint="classify", code="200")
+    return answered >= 6 and metric_sum(samples, "bertserve_requests_in_flight", endpoint="classify") == 6
+
+
 def test_worker_killed_mid_batch_is_replaced_and_its_requests_fail_fast(tmp_path, classifier_dirs):
     store = classify_store(tmp_path / "model_store", classifier_dirs)
     # request_timeout far above the client's: a request lost with the worker would show as a client timeout.
@@ -52,10 +66,10 @@ def test_worker_killed_mid_batch_is_replaced_and_its_requests_fail_fast(tmp_path
         async def load_then_kill() -> list:
             stop = asyncio.Event()
             clients = asyncio.create_task(closed_loop(url, HEAVY, clients=6, stop=stop, client_timeout=30))
-            # six clients of 32 inputs each: the worker takes their requests and holds them until answered
-            await asyncio.sleep(1.5)
+            # six clients of 32 inputs each: once a first batch is answered and all six are in flight again,
+            # the worker holds their requests (it waits a second for more before computing)
+            await wait_for_async(lambda: held_by_worker(base), 60, "six requests in flight after a batch")
             os.kill(worker, signal.SIGKILL)
-            await asyncio.sleep(0.5)
             # keep the load on until the new worker has answered (bounded by the clients' timeout)
             while not stop.is_set():
                 replaced = [p for p in worker_pids(base.process.pid) if p != worker]
@@ -72,6 +86,7 @@ def test_worker_killed_mid_batch_is_replaced_and_its_requests_fail_fast(tmp_path
         lost = [o for o in outcomes if o.status == 503]
         assert lost, "the request the worker was computing is answered 503"
         assert all(o.body["error"]["code"] == "worker_lost" for o in lost)
+        assert all(o.headers.get("retry-after") == "1" for o in lost), "every 503 says when to retry"
 
         (new_worker,) = worker_pids(base.process.pid)
         assert new_worker != worker
@@ -93,6 +108,7 @@ def test_requests_sent_right_after_an_idle_worker_dies_are_answered_not_lost(tmp
         counts = statuses(outcomes)
         assert set(counts) <= {200, 503}, f"an answer or an error, never a hang: {counts}"
         assert all(o.body["error"]["code"] == "worker_lost" for o in outcomes if o.status == 503)
+        assert all(o.headers.get("retry-after") == "1" for o in outcomes if o.status == 503)
         wait_for(lambda: httpx.get(f"{base}/health", timeout=5).status_code == 200, 60, "a new worker")
         assert httpx.post(url, json=LIGHT, timeout=10).status_code == 200
 
@@ -120,7 +136,10 @@ def _sigterm_under_load(store, sent: int) -> tuple[list, list, list, int]:
                 while not in_flight.done():
                     try:
                         health.append((await client.get(f"{base}/health")).status_code)
-                        late.append((await client.post(url, json=LIGHT)).status_code)
+                        answer = await client.post(url, json=LIGHT)
+                        late.append(answer.status_code)
+                        if answer.status_code == 503:
+                            assert answer.headers.get("retry-after") == "1", "a draining server's 503"
                     except httpx.TransportError:
                         break  # it finished and stopped listening between two checks
                     await asyncio.sleep(0.05)
@@ -225,4 +244,70 @@ def test_a_worker_that_cannot_come_back_makes_the_server_exit_non_zero(tmp_path,
             (store.version_dir("sentiment", version) / "model.safetensors").write_bytes(b"corrupt")
         (worker,) = worker_pids(base.process.pid)
         os.kill(worker, signal.SIGKILL)
-        assert base.process.wait(timeout=120) != 0
+        code = base.process.wait(timeout=120)
+        wait_for(lambda: not live_group_members(base.process.pid), 30, "every process of the server to exit")
+    assert code == 1
+    log = base.log.read_text()
+    assert "refusing sentiment@1" in log and "refusing sentiment@2" in log, "each damaged version is named"
+    messages = [entry["message"] for entry in log_entries(base.log) if entry["level"] == "error"]
+    assert "worker 0 of /v1/classify failed its setup: stopping the server" in messages, messages
+    assert messages[-1] == "an inference worker failed its setup; exiting for the orchestrator to restart us"
+
+
+# Loaded by every process of the server (PYTHONPATH): the model fails any forward pass holding the word
+# "moon", as a model can fail on one batch (a device error, a kernel bug) with nothing wrong in a request.
+FAILING_FORWARD = """
+import bertserve.runtime.loaded as loaded
+
+classify = loaded.LoadedModel.classify
+
+
+def failing_classify(self, requests, *args):
+    poison = self.tokenizer.convert_tokens_to_ids("moon")
+    if any(poison in item.ids for request in requests for item in request.inputs):
+        raise RuntimeError("injected fault: the forward pass failed")
+    return classify(self, requests, *args)
+
+
+loaded.LoadedModel.classify = failing_classify
+"""
+
+
+def test_a_failing_batch_answers_its_requests_500_and_the_worker_serves_the_next(tmp_path, classifier_dirs):
+    store = classify_store(tmp_path / "model_store", classifier_dirs)
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(FAILING_FORWARD)
+    env = {"PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
+    # the first request of a batch waits a second for more: the eight sent at once share one batch
+    args = ("--workers", "1", "--max-batch-size", "1024", "--batch-timeout", "1")
+    with running_server(store.root, *args, env=env) as base:
+        url = f"{base}/v1/classify"
+        (worker,) = worker_pids(base.process.pid)
+        before = scrape(base)
+        bodies = [{"inputs": [f"the drug worked for {word}"]} for word in ("pain", "sleep", "days", "weeks")]
+        bodies += [{"inputs": ["the moon"]}] + [{"inputs": [f"awful {w}"]} for w in ("nausea", "tea", "dog")]
+
+        async def send_together() -> list[httpx.Response]:
+            async with httpx.AsyncClient(timeout=30) as client:
+                return list(await asyncio.gather(*(client.post(url, json=body) for body in bodies)))
+
+        answers = asyncio.run(send_together())
+        codes = [answer.status_code for answer in answers]
+        assert codes[4] == 500 and set(codes) <= {200, 500}, codes
+        failed = [answer for answer in answers if answer.status_code == 500]
+        assert len(failed) > 1, f"the batch-mates of the failing request: {codes}"
+        for answer in failed:
+            assert answer.json()["error"]["code"] == "internal_error", answer.text
+        after = scrape(base)
+        assert worker_pids(base.process.pid) == [worker], "the worker survived its failed batch"
+        following = httpx.post(url, json=bodies[0], timeout=30)
+        assert following.status_code == 200 and following.json()["version"] == "1", following.text
+        counted = [
+            metric_sum(s, "bertserve_requests_total", endpoint="classify", code="500")
+            for s in (before, after)
+        ]
+        assert counted[1] - counted[0] == len(failed), "/metrics counts every 500"
+        assert metric_sum(after, "bertserve_worker_restarts_total") == 0
+    messages = [entry["message"] for entry in log_entries(base.log)]
+    assert [m for m in messages if m.startswith("batch of")] == [f"batch of {len(failed)} requests failed"]

@@ -99,21 +99,29 @@ def test_requests_past_their_timeout_get_504_and_are_dropped_not_computed(tmp_pa
 
         # A request that timed out is never computed: the HTTP process drops it while tokenizing it (it is
         # never queued), or the worker drops it as expired when it takes it. None is computed twice.
-        time.sleep(2)  # the worker takes what is still queued
+        # The queue is first in, first out: once a request sent now is answered, the worker has taken (and
+        # dropped or computed) every request queued before it. That one is not part of the burst.
+        assert httpx.post(url, json=LIGHT, timeout=30).status_code == 200
         samples = scrape(base)
-        computed = metric_sum(samples, "bertserve_batch_requests_count", endpoint="classify")
+        computed = metric_sum(samples, "bertserve_batch_requests_sum", endpoint="classify") - 1
         dropped = metric_sum(samples, "bertserve_expired_requests_total", endpoint="classify")
         print(f"\n{dict(counts)}; worker computed {computed:.0f}, dropped {dropped:.0f} expired requests")
         assert counts[200] <= computed < sent, "expired requests are dropped before the forward pass"
         assert computed + dropped <= sent
-        assert httpx.post(url, json=LIGHT, timeout=10).status_code == 200
 
 
-def test_response_buffer_forgets_requests_the_middleware_already_answered_504():
+def test_response_buffer_forgets_requests_the_middleware_already_answered_504(monkeypatch):
     """LitServe's handler, cancelled by the 504, never pops its entry: the buffer drops it after its ttl."""
-    buffer = ExpiringResponseBuffer(ttl=0.05)
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])  # the buffer's clock, moved by hand
+    buffer = ExpiringResponseBuffer(ttl=5)
     buffer["answered-504"] = "late answer"
-    time.sleep(0.1)
+    clock[0] += 4
+    buffer["still-young"] = "pending"
+    assert set(buffer) == {"answered-504", "still-young"}, "nothing is dropped before its ttl"
+    clock[0] += 2
     buffer["waiting"] = "pending"
+    assert set(buffer) == {"still-young", "waiting"}
+    buffer.pop("still-young")
     assert list(buffer) == ["waiting"] and list(buffer.born) == ["waiting"]
     assert buffer.pop("waiting") == "pending" and not buffer.born

@@ -29,7 +29,7 @@ from tests.reliability.conftest import (
     scrape,
     statuses,
 )
-from tests.server_process import running_server
+from tests.server_process import log_entries, running_server
 
 pytestmark = pytest.mark.slow
 
@@ -68,10 +68,20 @@ async def swaps_under_load(base: str, steps: list[tuple[Callable[[], object], st
     """Run each store change while 4 clients keep sending; wait for its version to answer before the next."""
     stop = asyncio.Event()
     outcomes: list[Outcome] = []
-    load = asyncio.create_task(closed_loop(f"{base}/v1/classify", LIGHT, clients=4, stop=stop))
+    load = asyncio.create_task(
+        closed_loop(f"{base}/v1/classify", LIGHT, clients=4, stop=stop, outcomes=outcomes)
+    )
     switches = []
+
+    async def answered(more: int) -> None:
+        """Until `more` further requests of the load are answered: traffic on each side of every swap."""
+        target, deadline = len(outcomes) + more, time.monotonic() + 60
+        while len(outcomes) < target:
+            assert time.monotonic() < deadline and not load.done(), f"{more} answers not within 60 s"
+            await asyncio.sleep(0.02)
+
     try:
-        await asyncio.sleep(1)
+        await answered(20)
         async with httpx.AsyncClient(timeout=10) as client:
             for change, version in steps:
                 command = time.monotonic()
@@ -81,7 +91,7 @@ async def swaps_under_load(base: str, steps: list[tuple[Callable[[], object], st
                     assert time.monotonic() < deadline, f"version {version} not served within 60 s"
                     await asyncio.sleep(0.05)
                 switches.append(Switch(command, time.monotonic(), version))
-                await asyncio.sleep(1)
+                await answered(20)
     finally:
         stop.set()
         outcomes = await load
@@ -190,3 +200,64 @@ def test_a_swap_to_a_version_with_another_tokenizer_never_runs_ids_of_the_other_
         outcomes, switches = asyncio.run(swaps_under_load(base, steps))
         print(f"\n{len(outcomes)} requests during 2 swaps: {dict(statuses(outcomes))}")
         check_versions(outcomes, "1", switches, expected)
+
+
+def classify_as(base: str, ref: str | None) -> httpx.Response:
+    return httpx.post(f"{base}/v1/classify", json={**LIGHT, "model": ref} if ref else LIGHT, timeout=30)
+
+
+def test_a_pinned_version_keeps_serving_and_a_broken_new_version_is_refused(tmp_path, classifier_dirs):
+    """`--models sentiment@1,sentiment:production`: @1 answers as version 1 whatever the alias does; a version
+    in the store that no ref names is 404 version_not_loaded; a new version that cannot be loaded is refused
+    (logged) and the one the alias named before keeps serving."""
+    store = classify_store(tmp_path / "model_store", classifier_dirs)
+    env = {"BERTSERVE_RELOAD_INTERVAL": "0.2"}
+    models = "sentiment@1,sentiment:production"
+    with running_server(store.root, "--workers", "1", "--models", models, env=env) as base:
+
+        def served_by(ref: str | None, version: str) -> None:
+            deadline = time.monotonic() + 60
+            while (answer := classify_as(base, ref)).json().get("version") != version:
+                assert time.monotonic() < deadline, f"{ref} not answered by version {version} within 60 s"
+                time.sleep(0.05)
+            assert answer.status_code == 200
+            assert flat(answer.json()["predictions"]) == pytest.approx(flat(expected[version]), abs=1e-5)
+
+        def not_loaded(version: str) -> None:
+            refused = classify_as(base, f"sentiment@{version}")
+            assert refused.status_code == 404 and refused.json()["error"]["code"] == "version_not_loaded"
+
+        not_loaded("2")
+        import_hf_folder(store, classifier_dirs[2], "sentiment")  # 3
+        set_alias(store, "sentiment", "production", "3")
+        import_hf_folder(store, classifier_dirs[1], "sentiment")  # 4, published but named by no ref
+        expected = expected_scores(store)
+        assert flat(expected["1"]) != pytest.approx(flat(expected["3"]), abs=1e-3), (
+            "the two versions answer differently"
+        )
+        served_by(None, "3")
+        served_by("sentiment@1", "1")
+        not_loaded("2")
+        not_loaded("4")
+
+        broken = import_hf_folder(store, classifier_dirs[0], "sentiment")  # 5: its weights are then damaged
+        weights = store.version_dir("sentiment", broken.version) / "model.safetensors"
+        data = bytearray(weights.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        weights.write_bytes(bytes(data))
+        set_alias(store, "sentiment", "production", broken.version)
+
+        def refused() -> list[str]:
+            return [
+                e["message"] for e in log_entries(base.log) if "refusing the store change" in e["message"]
+            ]
+
+        deadline = time.monotonic() + 60
+        while not refused():
+            assert time.monotonic() < deadline, "the refused version is never logged"
+            time.sleep(0.05)
+        served_by(None, "3")
+        served_by("sentiment:production", "3")
+        served_by("sentiment@1", "1")
+        assert "sentiment@1" in refused()[0] and "sentiment@3" in refused()[0], refused()
+    assert "does not match its sha256" in base.log.read_text()

@@ -7,7 +7,6 @@ import asyncio
 import inspect
 import multiprocessing as mp
 import pickle
-import threading
 import time
 from types import SimpleNamespace
 
@@ -41,17 +40,19 @@ def test_server_queues_requests_in_bulk_and_answers_over_zmq(
         worker_side = pickle.loads(pickle.dumps(transport))
         assert isinstance(worker_side, ResponseTransport)
 
+        def publish() -> None:
+            worker_side.send(("uid-0", ("for http process 0",)), consumer_id=0)
+            worker_side.send(("uid-1", ("for http process 1",)), consumer_id=1)
+
         async def roundtrip() -> tuple:
             answer = asyncio.create_task(transport.areceive(consumer_id=1, timeout=10))
-            await asyncio.sleep(0.3)  # the subscription reaches the broker
-
-            def publish() -> None:
-                worker_side.connect_publisher()
-                worker_side.send(("uid-0", ("for http process 0",)), consumer_id=0)
-                worker_side.send(("uid-1", ("for http process 1",)), consumer_id=1)
-
-            threading.Thread(target=publish).start()
-            return await answer
+            await asyncio.to_thread(worker_side.connect_publisher)
+            # a subscription reaches the broker a moment after it is made (what is sent before is lost):
+            # publish again until the answer arrives (areceive's timeout bounds the wait)
+            while not answer.done():
+                await asyncio.to_thread(publish)
+                await asyncio.wait({answer}, timeout=0.05)
+            return answer.result()
 
         assert asyncio.run(roundtrip()) == ("uid-1", ("for http process 1",))
         worker_side.close()

@@ -29,6 +29,8 @@ from bertserve.store.publish import (
 )
 from bertserve.store.resolve import parse_ref, resolve
 
+WEIGHTS = "model.safetensors"
+
 
 def _publish(root: str, source: str) -> str:
     return publish_version(
@@ -45,9 +47,13 @@ def test_import_hashes_every_file_and_loads_back(store_root, tiny_classifier_dir
     on_disk = {p.name for p in folder.iterdir()} - {"manifest.json"}
     assert set(manifest.files) == on_disk and "model.safetensors" in on_disk and "tokenizer.json" in on_disk
     assert verify_version(store, "sentiment", "1").version == "1"
-    original = AutoModelForSequenceClassification.from_pretrained(tiny_classifier_dir).state_dict()
-    stored = load_file(folder / "model.safetensors")
-    assert all(torch.equal(original[k], stored[k]) for k in stored)
+    assert_same_weights(load_file(folder / "model.safetensors"), load_file(tiny_classifier_dir / WEIGHTS))
+
+
+def assert_same_weights(stored: dict[str, torch.Tensor], original: dict[str, torch.Tensor]) -> None:
+    assert stored.keys() == original.keys()
+    for key, tensor in original.items():
+        assert torch.equal(stored[key], tensor), key
 
 
 def test_pickle_weights_are_converted_to_safetensors(store_root, tiny_classifier_dir, tmp_path):
@@ -63,6 +69,8 @@ def test_pickle_weights_are_converted_to_safetensors(store_root, tiny_classifier
     assert (legacy / "pytorch_model.bin").exists()
     manifest = import_hf_folder(ModelStore(store_root), legacy, "legacy")
     assert "model.safetensors" in manifest.files and not any(f.endswith(".bin") for f in manifest.files)
+    converted = ModelStore(store_root).version_dir("legacy", manifest.version) / WEIGHTS
+    assert_same_weights(load_file(converted), load_file(tiny_classifier_dir / WEIGHTS))
 
 
 def test_bare_encoder_without_head_is_refused(store_root, tiny_classifier_dir, tmp_path):
