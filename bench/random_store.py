@@ -3,8 +3,9 @@
     python -m bench.random_store STORE [--tokenizer FOLDER]
 
 publishes `sentiment` (3 labels, all-MiniLM-L6-v2's shape: 6 layers, hidden 384, 12 heads) with the
-`production` alias, using the real WordPiece tokenizer from FOLDER (default: the encoder asset's folder, when
-its files are in the cache). Throughput depends on the shape and the token counts, not on the weights, so
+`production` alias, and `minilm` (task embedding: the same encoder shape, mean pooling, normalized), using the
+real WordPiece tokenizer from FOLDER (default: the encoder asset's folder, when its files are in the cache).
+Throughput depends on the shape and the token counts, not on the weights, so
 `bench.run --data drugscom` and `bench.peers` measure on it what they would on the trained model; the accuracy
 columns mean nothing. This is how the GPU tables in docs/performance.md were made on a machine with no copy of
 the weights.
@@ -29,38 +30,43 @@ def default_tokenizer_folder() -> Path:
 
 def build(store_root: Path, tokenizer_folder: Path) -> None:
     import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast
 
     from bertserve.store.layout import ModelStore
     from bertserve.store.publish import import_hf_folder, set_alias
 
     store = ModelStore(store_root)
-    if store.versions("sentiment"):
-        print(f"[random-store] {store_root} already holds sentiment")
-        return
-    with tempfile.TemporaryDirectory(prefix="bertserve-random-") as scratch:
-        folder = Path(scratch) / "sentiment"
-        folder.mkdir()
-        for name in TOKENIZER_FILES:
-            if (tokenizer_folder / name).exists():
-                shutil.copy(tokenizer_folder / name, folder / name)
-        tokenizer = BertTokenizerFast.from_pretrained(folder)
-        config = BertConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=384,
-            num_hidden_layers=6,
-            num_attention_heads=12,
-            intermediate_size=1536,
-            max_position_embeddings=512,
-            num_labels=len(LABELS),
-            id2label=dict(enumerate(LABELS)),
-            label2id={label: i for i, label in enumerate(LABELS)},
-        )
-        torch.manual_seed(0)
-        BertForSequenceClassification(config).eval().save_pretrained(folder)
-        manifest = import_hf_folder(store, folder, "sentiment", created_by="bench.random_store")
-        set_alias(store, "sentiment", "production", manifest.version)
-    print(f"[random-store] published sentiment@{manifest.version} (random weights) in {store_root}")
+    for name, task in (("sentiment", "classification"), ("minilm", "embedding")):
+        if store.versions(name):
+            print(f"[random-store] {store_root} already holds {name}")
+            continue
+        with tempfile.TemporaryDirectory(prefix="bertserve-random-") as scratch:
+            folder = Path(scratch) / name
+            folder.mkdir()
+            for file in TOKENIZER_FILES:
+                if (tokenizer_folder / file).exists():
+                    shutil.copy(tokenizer_folder / file, folder / file)
+            tokenizer = BertTokenizerFast.from_pretrained(folder)
+            config = BertConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=384,
+                num_hidden_layers=6,
+                num_attention_heads=12,
+                intermediate_size=1536,
+                max_position_embeddings=512,
+                num_labels=len(LABELS),
+                id2label=dict(enumerate(LABELS)),
+                label2id={label: i for i, label in enumerate(LABELS)},
+            )
+            torch.manual_seed(0)
+            if task == "classification":
+                model = BertForSequenceClassification(config)
+            else:
+                model = BertModel(config, add_pooling_layer=False)
+            model.eval().save_pretrained(folder)
+            manifest = import_hf_folder(store, folder, name, task=task, created_by="bench.random_store")
+            set_alias(store, name, "production", manifest.version)
+        print(f"[random-store] published {name}@{manifest.version} (random weights) in {store_root}")
 
 
 def main(argv: list[str] | None = None) -> None:
