@@ -98,3 +98,22 @@ def test_bench_quick_run_writes_results(tmp_path, monkeypatch):
     for point in (point for done in results["served"] for point in done["points"]):
         assert point["requests"] > 0 and point["errors"] == 0
         assert {"req_per_s", "seq_per_s", "p50_ms", "p90_ms", "p99_ms", "served_vs_ceiling"} <= set(point)
+
+
+def test_random_store_has_the_default_models_shapes(tmp_path):
+    """bench.random_store stands in for the default store on a machine with no weights (the GPU tables)."""
+    from bench import random_store
+    from bertserve.store.layout import ModelStore
+    from tests.tiny_models import write_tokenizer
+
+    write_tokenizer(tmp_path / "tokenizer")
+    random_store.main([str(tmp_path / "store"), "--tokenizer", str(tmp_path / "tokenizer")])
+    store = ModelStore(tmp_path / "store")
+    sentiment = store.read_manifest("sentiment", "1")
+    minilm = store.read_manifest("minilm", "1")
+    assert (sentiment.task, sentiment.labels) == ("classification", ["negative", "neutral", "positive"])
+    embedding = (minilm.task, minilm.pooling, minilm.normalize, minilm.dimensions)
+    assert embedding == ("embedding", "mean", True, 384)
+    config = json.loads((store.version_dir("sentiment", "1") / "config.json").read_text())
+    assert (config["num_hidden_layers"], config["hidden_size"], config["num_attention_heads"]) == (6, 384, 12)
+    assert store.aliases("sentiment")["production"] == store.aliases("minilm")["production"] == "1"
