@@ -519,9 +519,10 @@ def served(store: Path, backend: str, log_dir: Path, device: str = "cpu", flags:
                 raise RuntimeError(f"server not healthy after 600 s: {log.read_text()[-3000:]}")
             time.sleep(0.05)
         info = {"startup_s": round(time.monotonic() - started, 2), "pid": process.pid, "base": base}
-        _, metrics = http_get(f"{base}/metrics")
-        info["backends_loaded"] = sorted(set(re.findall(rb'backend="([^"]+)"', metrics)))
-        info["backends_loaded"] = [b.decode() for b in info["backends_loaded"]]
+        # what answers the task endpoints, as /v1/models says (not the explain workers' float32 copies)
+        _, body = http_get(f"{base}/v1/models")
+        served = [v for m in json.loads(body)["models"] for v in m["versions"] if v["served"]]
+        info["backends_loaded"] = sorted({version["backend"] for version in served})
         yield info
     finally:
         if process.poll() is None:
