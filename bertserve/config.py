@@ -121,6 +121,14 @@ class Settings(BaseSettings):
         parse_model_backends(value)
         return value
 
+    def default_model(self, task: str) -> str:
+        """The model an endpoint of `task` answers with when a request names none."""
+        return {
+            "classification": self.default_classify_model,
+            "fill-mask": self.default_fill_mask_model,
+            "embedding": self.default_embedding_model,
+        }[task]
+
     def backend_for(self, model_name: str) -> str:
         """The backend the named model is served with."""
         return parse_model_backends(self.model_backends).get(model_name, self.backend)

@@ -217,8 +217,13 @@ def describe_models(store: ModelStore, settings: Settings) -> ModelsResponse:
     """GET /v1/models, from the store's manifests (read fresh: aliases may have moved) and what the
     inference workers report loaded (a version refused at start-up is listed, not served)."""
     loaded = metrics.loaded_versions()
-    defaults = {"classify": settings.default_classify_model, "fill-mask": settings.default_fill_mask_model}
-    defaults.update(embeddings=settings.default_embedding_model, embed=settings.default_embedding_model)
+    endpoint_tasks = {
+        "classify": "classification",
+        "fill-mask": "fill-mask",
+        "embeddings": "embedding",
+        "embed": "embedding",
+    }
+    defaults = {endpoint: settings.default_model(task) for endpoint, task in endpoint_tasks.items()}
     models = []
     for name in store.models():
         manifests = [store.read_manifest(name, v) for v in store.versions(name)]

@@ -40,11 +40,7 @@ class TaskAPI(ls.LitAPI):
             loop=SequenceBatchingLoop(),
         )
         self.settings = settings
-        self.default_ref = (
-            settings.default_classify_model
-            if self.task == "classification"
-            else settings.default_fill_mask_model
-        )
+        self.default_ref = settings.default_model(self.task)
 
     def worker_count(self) -> int:
         """Inference worker processes of this endpoint (per GPU on cuda)."""

@@ -12,7 +12,6 @@ import torch
 
 from bertserve.api.base import TaskAPI
 from bertserve.api.encoders import HttpEncoders, Tokens
-from bertserve.config import Settings
 from bertserve.errors import ClientError
 from bertserve.runtime.embed import normalize, shorten
 from bertserve.runtime.encoding import TextEncoder
@@ -26,10 +25,6 @@ class EmbeddingsAPI(TaskAPI):
     endpoint = "embeddings"
     request_type = EmbedJob
     response_type = EmbeddingsResponse
-
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings)
-        self.default_ref = settings.default_embedding_model
 
     def routes(self) -> dict[str, tuple[type, type]]:
         return {

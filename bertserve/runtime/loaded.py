@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
+import transformers
+from transformers import AutoTokenizer
 
 from bertserve.runtime.backends import Backend, make_backend
 from bertserve.runtime.batching import pad_batch, plan_batches
 from bertserve.runtime.embed import pool
 from bertserve.runtime.encoding import ClassifyInput, Encoded, TextEncoder
-from bertserve.store.manifest import Manifest
+from bertserve.store.manifest import TASK_MODEL_CLASSES, Manifest
 
 
 @dataclass
@@ -47,11 +48,7 @@ class LoadedModel:
         self.name, self.version, self.task = manifest.name, manifest.version, manifest.task
         self.device = device
         self.tokenizer = AutoTokenizer.from_pretrained(version_dir)
-        auto_model = {
-            "classification": AutoModelForSequenceClassification,
-            "fill-mask": AutoModelForMaskedLM,
-            "embedding": AutoModel,
-        }[self.task]
+        auto_model = getattr(transformers, TASK_MODEL_CLASSES[self.task])
         # SDPA: PyTorch's fused attention kernels (flash / memory-efficient on a GPU), never the eager one
         model = auto_model.from_pretrained(
             version_dir, dtype=torch.float32, use_safetensors=True, attn_implementation="sdpa"

@@ -11,6 +11,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 MANIFEST_NAME = "manifest.json"
 CHUNK = 1 << 20
+# Each task and the transformers Auto class its weights load with (named, so the store needs no torch)
+TASK_MODEL_CLASSES = {
+    "classification": "AutoModelForSequenceClassification",
+    "fill-mask": "AutoModelForMaskedLM",
+    "embedding": "AutoModel",
+}
 
 
 class FileEntry(BaseModel):

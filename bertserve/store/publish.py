@@ -20,11 +20,10 @@ from bertserve.store.embedding import embedding_fields, is_sentence_transformers
 from bertserve.store.errors import IntegrityError, PromotionRefused, StoreError, UnknownModelError
 from bertserve.store.gate import DEFAULT_MARGIN, HOLDOUT_FILE, METRICS, Holdout, compare
 from bertserve.store.layout import ALIASES_NAME, HISTORY_NAME, ModelStore, check_name
-from bertserve.store.manifest import MANIFEST_NAME, Manifest, hash_folder, sha256_file
+from bertserve.store.manifest import MANIFEST_NAME, TASK_MODEL_CLASSES, Manifest, hash_folder, sha256_file
 
 LOCK_NAME = ".lock"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
-TASKS = ("classification", "fill-mask", "embedding")
 
 
 @contextlib.contextmanager
@@ -286,13 +285,8 @@ def import_hf_folder(
     tokenizer is saved beside it, and a folder whose head would be freshly initialised is refused:
     serving random head weights would answer confidently and wrongly. A sentence-transformers folder is an
     `embedding` model: its pooling files come along and the manifest records what they say."""
-    from transformers import (
-        AutoConfig,
-        AutoModel,
-        AutoModelForMaskedLM,
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-    )
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
 
     source = Path(path).expanduser()
     if not (source / "config.json").is_file():
@@ -301,17 +295,13 @@ def import_hf_folder(
     if task is None and is_sentence_transformers_folder(source):
         task = "embedding"
     task = task or detect_task(list(config.architectures or []))
-    if task not in TASKS:
+    if task not in TASK_MODEL_CLASSES:
         raise StoreError(
             f"cannot tell the task of {source} (architectures {config.architectures}): pass --task; "
             "a bare encoder has no head to serve: serve it as --task embedding, or train one with "
             "`bertserve train` or `bertserve pretrain`"
         )
-    model_class = {
-        "classification": AutoModelForSequenceClassification,
-        "fill-mask": AutoModelForMaskedLM,
-        "embedding": AutoModel,
-    }[task]
+    model_class = getattr(transformers, TASK_MODEL_CLASSES[task])
     model, info = model_class.from_pretrained(source, output_loading_info=True)
     # an embedding model uses the token states only: BERT's pooler (for next-sentence prediction) is unused
     unused = ("position_ids", "pooler.dense.weight", "pooler.dense.bias") if task == "embedding" else ()
