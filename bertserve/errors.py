@@ -1,7 +1,8 @@
 """The one error shape, `{"error": {"code", "message"}}`, and the mapping from client mistakes to 4xx.
 
 Errors raised in an inference worker travel back to the HTTP process pickled inside a FastAPI
-HTTPException whose `detail` already holds the error body; the handlers here render every error the same.
+HTTPException (litserve_seam.WorkerHTTPException) whose `detail` already holds the error body; the handlers
+here render every error the same.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from litserve.utils import PickleableHTTPException
+
+from bertserve.engine.litserve_seam import WorkerHTTPException
 
 STATUS_CODES = {
     400: "bad_request",
@@ -27,14 +29,6 @@ STATUS_CODES = {
 }
 
 
-class WorkerHTTPException(PickleableHTTPException):
-    """An error answered from outside the HTTP process. LitServe's PickleableHTTPException pickles without its
-    headers, so a 503's Retry-After would be lost on the way; this one keeps them."""
-
-    def __reduce__(self):
-        return (HTTPException, (self.status_code, self.detail, self.headers))
-
-
 class ClientError(Exception):
     """A problem with what the client sent: always a 4xx, never a 500, never fatal to a worker."""
 
@@ -46,7 +40,7 @@ class ClientError(Exception):
 
     def to_http(self) -> HTTPException:
         """Picklable form that LitServe carries from the worker back to the HTTP process."""
-        return PickleableHTTPException(self.status, error_body(self.code, self.message))
+        return WorkerHTTPException(self.status, error_body(self.code, self.message))
 
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:

@@ -121,6 +121,11 @@ EXPIRED = Counter(
     "Requests a worker dropped uncomputed (answered 504): they waited in the queue past request_timeout.",
     ["endpoint"],
 )
+CANCELLED = Counter(
+    f"{PREFIX}_cancelled_requests",
+    "Requests withdrawn uncomputed because their client went away: it disconnected, or was answered 504.",
+    ["endpoint"],
+)
 WORKER_RESTARTS = Counter(
     f"{PREFIX}_worker_restarts",
     "Inference worker processes that died and were replaced; their in-flight requests were answered 503.",

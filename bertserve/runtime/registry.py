@@ -5,6 +5,11 @@ against the live store. When `store alias` / `store rollback` / a publish change
 refs name, the worker keeps answering with what it has, loads and warms the new versions in a background
 thread, then switches in one step (new snapshot + new model set) and drops the versions no ref names any more.
 So a swap never answers 404 for a version still loading, and never stops the batches while a model loads.
+
+A version that cannot be loaded (damaged files), at start-up or in a swap, is refused once and remembered:
+store versions never change once published. The models whose change brought a refused version keep serving
+what they had (their old versions and aliases); every other model's change lands. So one damaged version
+never blocks the swaps of any model, its own later changes included.
 """
 
 from __future__ import annotations
@@ -87,10 +92,26 @@ class Plan:
     def keys(self, task: str) -> list[Key]:
         return [(n, v) for n, versions in self.served.items() if self.tasks[n] == task for v in versions]
 
-    def without(self, refused: set[Key]) -> Plan:
-        """The plan minus versions that could not be loaded: requests naming them get pick_version's 404."""
-        served = {n: [v for v in versions if (n, v) not in refused] for n, versions in self.served.items()}
-        return Plan({n: v for n, v in served.items() if v}, self.tasks, self.snapshot)
+    def without(self, refused: set[Key], previous: Plan | None = None) -> Plan:
+        """The plan minus versions that could not be loaded. A model the `previous` plan served keeps its
+        previous versions and aliases when this plan brought it a refused version; otherwise requests
+        naming a refused version get pick_version's 404."""
+        kept = {n for n, _ in refused if previous is not None and n in previous.served}
+        served = {
+            n: [v for v in versions if (n, v) not in refused]
+            for n, versions in self.served.items()
+            if n not in kept
+        }
+        published = {n: v for n, v in self.snapshot.published.items() if n not in kept}
+        alias_map = {n: a for n, a in self.snapshot.alias_map.items() if n not in kept}
+        tasks = dict(self.tasks)
+        for name in kept:
+            assert previous is not None
+            served[name] = previous.served[name]
+            published[name] = previous.snapshot.versions(name)
+            alias_map[name] = previous.snapshot.aliases(name)
+            tasks[name] = previous.tasks[name]
+        return Plan({n: v for n, v in served.items() if v}, tasks, StoreSnapshot(published, alias_map))
 
 
 class ModelRegistry:
@@ -108,6 +129,7 @@ class ModelRegistry:
         self._executor: ThreadPoolExecutor | None = None
         self._next_check = 0.0
         self._seen: Fingerprint = ()  # the store state last acted on (applied, or refused and logged)
+        self.refused: set[Key] = set()  # versions that failed to load: never tried again
 
     # ---- start-up and per request ----------------------------------------------------------------
 
@@ -116,10 +138,10 @@ class ModelRegistry:
         log line, and the others serve. Raises when none of this task's versions can be loaded."""
         self._seen = store_fingerprint(self.store)
         plan = self._plan()
-        loaded = self._load(plan, refuse_failed=True)
+        loaded = self._load(plan)
         if plan.keys(self.task) and not loaded:
             raise RuntimeError(f"{self.endpoint}: none of {plan.keys(self.task)} could be loaded")
-        self._apply(plan.without(set(plan.keys(self.task)) - set(loaded)), loaded)
+        self._apply(plan.without(self.refused), loaded)
 
     def pick(self, ref: str) -> LoadedModel:
         """The loaded model a request's ref names, resolved against the snapshot of the last swap."""
@@ -150,41 +172,42 @@ class ModelRegistry:
             logger.exception("%s: cannot serve the store change; keeping the loaded versions", self.endpoint)
             return
         if self._same_models(plan):
-            self._apply(plan, {})
+            self._apply(plan.without(self.refused, self.plan), {})
             return
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="model-load")
-        self._pending = plan, self._executor.submit(self._load, plan, False)
+        self._pending = plan, self._executor.submit(self._load, plan)
 
     def _same_models(self, plan: Plan) -> bool:
-        return set(plan.keys(self.task)) == set(self.models)
+        """Nothing to load: every version the plan names is loaded already, or refused for good."""
+        return set(plan.keys(self.task)) - self.refused == set(self.models)
 
     def _finish(self, plan: Plan, loading: Future) -> None:
         try:
             loaded = loading.result()
-        except Exception:
+        except Exception:  # not a version's fault (those are refused in _load): keep serving what we have
             logger.exception(
-                "%s: refusing the store change (a new version failed to load); still serving %s",
+                "%s: could not apply the store change; still serving %s",
                 self.endpoint,
                 ", ".join(f"{n}@{v}" for n, v in sorted(self.models)),
             )
             return
-        self._apply(plan, loaded)
+        self._apply(plan.without(self.refused, self.plan), loaded)
 
     # ---- helpers ---------------------------------------------------------------------------------
 
     def _plan(self) -> Plan:
         return Plan.read(self.store, self.settings.models)
 
-    def _load(self, plan: Plan, refuse_failed: bool) -> dict[Key, LoadedModel]:
-        """Verify, load and warm every version of the plan not loaded yet. A failure raises, unless
-        `refuse_failed` (start-up), where the version is logged and left out."""
+    def _load(self, plan: Plan) -> dict[Key, LoadedModel]:
+        """Verify, load and warm every version of the plan not loaded (nor refused) yet. One that fails is
+        logged and added to `refused`."""
         from bertserve.runtime.loaded import LoadedModel
         from bertserve.store.publish import verify_version
 
         loaded: dict[Key, LoadedModel] = {}
         for name, version in plan.keys(self.task):
-            if (name, version) in self.models:
+            if (name, version) in self.models or (name, version) in self.refused:
                 continue
             try:
                 verify_version(self.store, name, version)
@@ -196,9 +219,8 @@ class ModelRegistry:
                 )
                 model.warm_up()
             except Exception as exc:
-                if not refuse_failed:
-                    raise
                 logger.error("%s: refusing %s@%s, it cannot be loaded: %s", self.endpoint, name, version, exc)
+                self.refused.add((name, version))
                 continue
             loaded[(name, version)] = model
         return loaded

@@ -142,19 +142,25 @@ def test_usable_cpus_are_the_affinity_capped_by_the_quota(tmp_path):
 def test_a_cuda_server_starts_its_workers_one_per_gpu(store_root, tiny_classifier_dir, tmp_path, monkeypatch):
     """The assembly LitServe gets (no worker starts here, so no GPU is needed): each endpoint's workers are
     spread over the GPUs, one per GPU, each told its cuda:N; the HTTP processes come from the sizing."""
-    from bertserve.server import InFlight, build_server
+    from bertserve.server import INSTRUMENTED, InFlight, build_server
     from bertserve.store.layout import ModelStore
     from bertserve.store.publish import import_hf_folder
 
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     monkeypatch.setattr(device, "cuda_gpus", gpus(2))
     import_hf_folder(ModelStore(store_root), tiny_classifier_dir, "sentiment")
-    server = build_server(Settings(store=store_root, device="cuda"), tmp_path / "draining", InFlight())
+    server = build_server(
+        Settings(store=store_root, device="cuda"), tmp_path / "draining", InFlight(tuple(INSTRUMENTED))
+    )
     assert server._inference_workers_config_for_api("/v1/classify") == [["cuda:0"], ["cuda:1"]]
     assert server._inference_workers_config_for_api("/v1/explain") == [["cuda:0"], ["cuda:1"]]
     (api,) = [api for api in server.litapi_connector if api.endpoint == "classify"]
     assert (api.settings.device, api.settings.workers, api.max_batch_size) == ("cuda:0,1", 1, 128)
-    cpu = build_server(Settings(store=store_root, device="cpu", workers=3), tmp_path / "draining", InFlight())
+    cpu = build_server(
+        Settings(store=store_root, device="cpu", workers=3),
+        tmp_path / "draining",
+        InFlight(tuple(INSTRUMENTED)),
+    )
     assert cpu._inference_workers_config_for_api("/v1/classify") == ["cpu"] * 3
 
 
