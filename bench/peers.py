@@ -220,8 +220,8 @@ def measure(args: argparse.Namespace) -> dict:
             for name, base in bases.items():
                 point = {}
                 for concurrency in args.concurrency:
-                    run_wrk(wrk, base, bodies, concurrency, 1)  # warm-up
-                    load = run_wrk(wrk, base, bodies, concurrency, args.duration)
+                    run_wrk(wrk, base, "/v1/classify", bodies, concurrency, 1)  # warm-up
+                    load = run_wrk(wrk, base, "/v1/classify", bodies, concurrency, args.duration)
                     point[f"c{concurrency}"] = {
                         "req_per_s": round(load["requests"] / load["seconds"], 1),
                         "p50_ms": round(load["p50_ms"], 2),

@@ -37,7 +37,7 @@ from bertserve.api.fill_mask import FillMaskAPI
 from bertserve.auth import Authenticator
 from bertserve.config import Settings
 from bertserve.engine import request_queue
-from bertserve.engine.admission import ARRIVED, InFlight, arrived
+from bertserve.engine.admission import TICKET, InFlight, Ticket, ticket
 from bertserve.engine.buffer import ExpiringResponseBuffer
 from bertserve.engine.litserve_seam import ServerInternals, check_litserve
 from bertserve.engine.submitter import SubmittingHandler
@@ -97,7 +97,7 @@ class ServiceMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.monotonic()
-        ARRIVED.set(started)  # the endpoint hands it to the worker: its expiry and our 504 share one clock
+        TICKET.set(Ticket(started))  # handed to the worker: its expiry and our 504 share one clock
         path = scope.get("path", "")
         endpoint = INSTRUMENTED.get(path)
         headers = dict(scope.get("headers", ()))
@@ -200,7 +200,7 @@ class ServiceMiddleware:
 
         route = asyncio.ensure_future(self.app(scope, counting_receive, tracking_send))
         watch = asyncio.ensure_future(client_gone())
-        remaining = self.settings.request_timeout - (time.monotonic() - ARRIVED.get())
+        remaining = self.settings.request_timeout - (time.monotonic() - TICKET.get().arrived)
         try:
             await asyncio.wait({route, watch}, timeout=max(remaining, 0), return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -210,6 +210,9 @@ class ServiceMiddleware:
         with contextlib.suppress(asyncio.CancelledError, _BodyTooLarge):
             await route
             return
+        queue_path = self.queue_paths.get(scope["path"])
+        if route.cancelled() and queue_path is not None and not TICKET.get().queued:
+            metrics.CANCELLED.labels(queue_path.rsplit("/", 1)[-1]).inc()  # its client left before the queue
         if too_large:
             if not started:  # a chunked body (no Content-Length) that grew past the limit
                 await error_response(413, f"body over the limit of {limit} bytes")(scope, receive, send)
@@ -308,7 +311,7 @@ def _task_endpoint(
     tokenizing = ThreadPoolExecutor(1, thread_name_prefix=f"tokenize-{api.endpoint}")  # started on first use
 
     async def endpoint(request) -> Response:
-        arrived_at = arrived()
+        admitted = ticket()
         try:
             if api.is_large(request):
                 loop = asyncio.get_running_loop()
@@ -317,7 +320,8 @@ def _task_endpoint(
                 submission = api.submission(request, encoders)
         except ClientError as exc:
             raise exc.to_http() from None
-        return await handler.answer(arrived_at, submission)
+        admitted.queued = True  # from here on the engine withdraws it, should its client leave
+        return await handler.answer(admitted.arrived, submission)
 
     endpoint.__annotations__ = {"request": request_type, "return": response_type}  # for /docs
     return endpoint

@@ -4,9 +4,10 @@ each request arrived.
 - InFlight counts requests per request *queue*, across every HTTP process (shared memory, forked with them).
   Two routes served by one API (/v1/embeddings and /v1/embed) share one queue, so they share one count and
   one `max_queue` bound. SIGTERM's drain waits for the total to reach 0.
-- ARRIVED holds when ServiceMiddleware received the request (time.monotonic(), one clock for every process
-  of the machine). Its 504 and the worker's expiry both count from it, so a worker never computes a request
-  whose client was already answered 504.
+- TICKET holds, per request, when ServiceMiddleware received it (time.monotonic(), one clock for every
+  process of the machine) and whether it was handed to the queue yet. The 504 and the worker's expiry both
+  count from that moment, so a worker never computes a request whose client was already answered 504; a
+  request whose client left before it was queued is counted as withdrawn by the middleware itself.
 """
 
 from __future__ import annotations
@@ -14,13 +15,24 @@ from __future__ import annotations
 import multiprocessing as mp
 import time
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 
-ARRIVED: ContextVar[float] = ContextVar("bertserve_arrived")
+
+@dataclass
+class Ticket:
+    arrived: float = field(default_factory=time.monotonic)
+    queued: bool = False
 
 
-def arrived() -> float:
-    """When the current request reached the middleware (now, outside one: a test calling an app directly)."""
-    return ARRIVED.get(time.monotonic())
+TICKET: ContextVar[Ticket] = ContextVar("bertserve_ticket")
+
+
+def ticket() -> Ticket:
+    """The current request's ticket (a fresh one outside the middleware: a test calling an app directly)."""
+    try:
+        return TICKET.get()
+    except LookupError:
+        return Ticket()
 
 
 class InFlight:

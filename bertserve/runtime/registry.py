@@ -7,9 +7,9 @@ thread, then switches in one step (new snapshot + new model set) and drops the v
 So a swap never answers 404 for a version still loading, and never stops the batches while a model loads.
 
 A version that cannot be loaded (damaged files), at start-up or in a swap, is refused once and remembered:
-store versions never change once published. The models whose change brought a refused version keep serving
-what they had (their old versions and aliases); every other model's change lands. So one damaged version
-never blocks the swaps of any model, its own later changes included.
+store versions never change once published. An alias moved to a refused version keeps serving the version it
+named before; a ref pinned to one answers 404; every other change lands. So one damaged version never blocks
+the swaps of any model, its own later changes included.
 """
 
 from __future__ import annotations
@@ -93,25 +93,22 @@ class Plan:
         return [(n, v) for n, versions in self.served.items() if self.tasks[n] == task for v in versions]
 
     def without(self, refused: set[Key], previous: Plan | None = None) -> Plan:
-        """The plan minus versions that could not be loaded. A model the `previous` plan served keeps its
-        previous versions and aliases when this plan brought it a refused version; otherwise requests
-        naming a refused version get pick_version's 404."""
-        kept = {n for n, _ in refused if previous is not None and n in previous.served}
-        served = {
-            n: [v for v in versions if (n, v) not in refused]
-            for n, versions in self.served.items()
-            if n not in kept
-        }
-        published = {n: v for n, v in self.snapshot.published.items() if n not in kept}
-        alias_map = {n: a for n, a in self.snapshot.alias_map.items() if n not in kept}
-        tasks = dict(self.tasks)
-        for name in kept:
-            assert previous is not None
-            served[name] = previous.served[name]
-            published[name] = previous.snapshot.versions(name)
-            alias_map[name] = previous.snapshot.aliases(name)
-            tasks[name] = previous.tasks[name]
-        return Plan({n: v for n, v in served.items() if v}, tasks, StoreSnapshot(published, alias_map))
+        """The plan minus versions that could not be loaded: requests naming them get pick_version's 404.
+        An alias moved to a refused version keeps pointing where it did in the `previous` plan (that version
+        stays served), so `store alias` to a damaged version never takes the alias's traffic down."""
+        served = {n: [v for v in versions if (n, v) not in refused] for n, versions in self.served.items()}
+        alias_map = {n: dict(aliases) for n, aliases in self.snapshot.alias_map.items()}
+        for name, aliases in alias_map.items():
+            before = previous.snapshot.aliases(name) if previous is not None else {}
+            for alias, version in aliases.items():
+                old = before.get(alias)
+                if (name, version) in refused and old is not None and old in previous.served.get(name, []):
+                    aliases[alias] = old
+                    served.setdefault(name, [])
+                    if old not in served[name]:
+                        served[name].append(old)
+        snapshot = StoreSnapshot(self.snapshot.published, alias_map)
+        return Plan({n: v for n, v in served.items() if v}, self.tasks, snapshot)
 
 
 class ModelRegistry:

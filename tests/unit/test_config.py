@@ -20,7 +20,7 @@ def two_gpus() -> tuple[int, str]:
 
 def test_sizing_fills_only_what_is_left_to_it():
     on_16 = Settings().resolved(cpus=16, probe=no_gpu)
-    assert (on_16.device, on_16.workers, on_16.torch_threads, on_16.api_servers) == ("cpu", 4, 4, 0)
+    assert (on_16.device, on_16.workers, on_16.torch_threads, on_16.api_servers) == ("cpu", 4, 4, 8)
     assert (on_16.max_batch_size, on_16.max_batch_tokens) == CPU_BATCH
     explicit = Settings(workers=2, torch_threads=3, api_servers=5, max_batch_size=8).resolved(16, no_gpu)
     assert (explicit.workers, explicit.torch_threads, explicit.api_servers) == (2, 3, 5)

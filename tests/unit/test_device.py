@@ -79,14 +79,14 @@ def test_bad_device_values(spec):
 @pytest.mark.parametrize(
     ("cpus", "gpus_used", "workers", "expected"),
     [
-        # CPU: one worker per 4 CPUs (1..8), the CPUs shared as threads, HTTP processes: one per worker (0)
-        (1, 0, 0, Sizing(1, 1, 0, 32, 16384)),
-        (2, 0, 0, Sizing(1, 2, 0, 32, 16384)),
-        (4, 0, 0, Sizing(1, 4, 0, 32, 16384)),
-        (8, 0, 0, Sizing(2, 4, 0, 32, 16384)),
-        (16, 0, 0, Sizing(4, 4, 0, 32, 16384)),
-        (64, 0, 0, Sizing(8, 8, 0, 32, 16384)),
-        (2, 0, 4, Sizing(4, 1, 0, 32, 16384)),  # explicit workers: never below one thread
+        # CPU: one worker per 4 CPUs (1..8), the CPUs shared as threads, HTTP processes: one per CPU (1..8)
+        (1, 0, 0, Sizing(1, 1, 1, 32, 16384)),
+        (2, 0, 0, Sizing(1, 2, 2, 32, 16384)),
+        (4, 0, 0, Sizing(1, 4, 4, 32, 16384)),
+        (8, 0, 0, Sizing(2, 4, 8, 32, 16384)),
+        (16, 0, 0, Sizing(4, 4, 8, 32, 16384)),
+        (64, 0, 0, Sizing(8, 8, 8, 32, 16384)),
+        (2, 0, 4, Sizing(4, 1, 2, 32, 16384)),  # explicit workers: never below one thread
         # CUDA: one worker per GPU, a few threads, HTTP processes by the CPUs, wide batches
         (16, 1, 0, Sizing(1, 4, 4, 128, 65536)),
         (2, 1, 0, Sizing(1, 2, 1, 128, 65536)),
