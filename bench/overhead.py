@@ -49,9 +49,8 @@ def measure(args: argparse.Namespace, scratch: Path) -> dict:
     tokenizer_folder = scratch / "tokenizer"
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     tokenizer.save_pretrained(tokenizer_folder)
-    texts = cut_to_tokens(
-        tokenizer, load_texts("drugscom", tokenizer, ["negative", "neutral", "positive"])[0], 16, 32
-    )
+    sources = load_texts(args.data, tokenizer, ["negative", "neutral", "positive"])[0]
+    texts = cut_to_tokens(tokenizer, sources, 16, 32)
     bodies = scratch / "bodies.txt"
     bodies.write_text("\n".join(json.dumps({"inputs": [text]}) for text in texts) + "\n")
     workers = http_processes()
@@ -126,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--tokenizer", type=Path, default=None, help="a BERT tokenizer's folder (default: MiniLM's)"
     )
+    parser.add_argument("--data", choices=("drugscom", "synthetic"), default="drugscom", help="request texts")
     parser.add_argument("--out", type=Path, default=ROOT / "results", help="results folder")
     parser.add_argument(
         "--variant", action="append", default=[], help="NAME=FOLDER: also serve bertserve from that checkout"

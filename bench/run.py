@@ -467,7 +467,7 @@ def describe_process(pid: int, root: int) -> dict | None:
         return None
     rss_kb = int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) if "VmRSS" in status else 0
     if pid == root:
-        role = "main (supervisor, answer broker)"
+        role = "main (supervisor)"
     elif "spawn_main" in cmdline:
         role = "inference worker"
     elif "resource_tracker" in cmdline:
@@ -743,7 +743,7 @@ def cores(point: dict) -> str:
     roles = (
         "http server (uvicorn)",
         "queue manager (mp.Manager)",
-        "main (supervisor, answer broker)",
+        "main (supervisor)",
         "inference worker",
     )
     return " / ".join(f"{cpu.get(role, 0.0) / point['seconds']:.2f}" for role in roles)
