@@ -15,7 +15,6 @@ the swaps of any model, its own later changes included.
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
 import time
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from bertserve import metrics
 from bertserve.config import Settings
+from bertserve.runtime.cpu import release_freed_memory
 from bertserve.runtime.selection import Served, model_tasks, pick_version, served_versions
 from bertserve.store.layout import ALIASES_NAME, ModelStore
 
@@ -241,6 +241,5 @@ class ModelRegistry:
             logger.info("%s: serving %s@%s", self.endpoint, *key)
         for model in dropped:
             logger.info("%s: unloaded %s (no configured model ref names it now)", self.endpoint, model.ref)
-        if dropped:
-            del dropped
-            gc.collect()
+        del dropped
+        release_freed_memory()  # what loading or unloading freed, back to the OS
