@@ -9,7 +9,7 @@ STORE ?= model_store
 # $(call require,TOOL,HOW TO GET IT): a target that needs an outside tool stops and says so, never skips.
 require = @command -v $(1) > /dev/null || { echo "make $@: $(1) is missing: $(2)" >&2; exit 1; }
 
-.PHONY: serve venv test lint format bench image-test deploy-check clean help
+.PHONY: serve install venv test lint format bench image-test deploy-check clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -29,6 +29,8 @@ $(BIN)/.serve-installed: pyproject.toml scripts/install-torch.sh
 $(BIN)/.dev-installed: $(BIN)/.serve-installed
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
+
+install: $(BIN)/.serve-installed  ## create .venv with what `make serve` installs, without building any model
 
 venv: $(BIN)/.dev-installed  ## create .venv with the service, training and test dependencies
 
