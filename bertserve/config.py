@@ -90,9 +90,9 @@ class Settings(BaseSettings):
         None, description="File of API keys, one per line ('#' comments), added to api_keys."
     )
     auth_open_paths: str = Field(
-        "/health,/metrics,/ui",
-        description="Comma-separated paths that need no key even when keys are set ('' protects all); the "
-        "/ui page holds no data and asks for the key itself.",
+        "/health,/live,/metrics,/ui",
+        description="Comma-separated paths that need no key even when keys are set ('' protects all): the "
+        "probes, Prometheus, and the /ui page, which holds no data and asks for the key itself.",
     )
     drain_seconds: float = Field(
         25.0,
@@ -128,6 +128,11 @@ class Settings(BaseSettings):
             "fill-mask": self.default_fill_mask_model,
             "embedding": self.default_embedding_model,
         }[task]
+
+    def default_setting(self, task: str) -> str:
+        """The flag and variable that set `task`'s default model, for messages."""
+        name = {"classification": "classify", "fill-mask": "fill_mask", "embedding": "embedding"}[task]
+        return f"--default-{name.replace('_', '-')}-model / BERTSERVE_DEFAULT_{name.upper()}_MODEL"
 
     def backend_for(self, model_name: str) -> str:
         """The backend the named model is served with."""

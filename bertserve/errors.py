@@ -90,6 +90,49 @@ async def _on_http_exception(_: Request, exc: HTTPException) -> JSONResponse:
     return error_response(exc.status_code, message, code, headers=getattr(exc, "headers", None))
 
 
+# Our own routes answer errors in ErrorResponse's shape (routes of other protocols keep their protocol's).
+OWN_ROUTES = ("/v1/classify", "/v1/fill-mask", "/v1/explain", "/v1/embeddings", "/v1/embed")
+DOCUMENTED_STATUSES = {
+    "400": "Malformed JSON.",
+    "401": "API keys are configured and the request has none or a wrong one.",
+    "404": "Unknown model, version or alias.",
+    "413": "Body, input count or input length over the configured limits.",
+    "422": "Schema or content violation (details lists each schema violation).",
+    "500": "The model failed on this batch: a server fault, logged; never caused by what a client sent.",
+    "503": "Queue full, draining, or the worker computing it died; retry after Retry-After.",
+    "504": "The request outlived the request timeout.",
+}
+
+
+def document_error_shape(app: FastAPI) -> None:
+    """/openapi.json shows the error body our routes answer (request_id and 422's details included) instead
+    of FastAPI's `{"detail": ...}`, which the service never sends."""
+    from pydantic.json_schema import models_json_schema
+
+    from bertserve.schemas import ErrorResponse
+
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = generate()
+        _, definitions = models_json_schema(
+            [(ErrorResponse, "serialization")], ref_template="#/components/schemas/{model}"
+        )
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(definitions["$defs"])
+        body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+        for path in OWN_ROUTES:
+            operation = schema["paths"].get(path, {}).get("post")
+            if operation is not None:
+                for status, description in DOCUMENTED_STATUSES.items():
+                    operation["responses"][status] = {"description": description, "content": body}
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Every error (schema, HTTP, worker-side) leaves the service in the one JSON shape."""
     app.add_exception_handler(RequestValidationError, _on_validation_error)

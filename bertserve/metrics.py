@@ -78,7 +78,7 @@ QUEUE_DURATION = Histogram(
 )
 MODEL_DURATION = Histogram(
     f"{PREFIX}_model_duration_seconds",
-    "Time of one batch in the model: tokenize + forward + decode.",
+    "Time of one batch in the model: pad + forward + decode (requests arrive tokenized).",
     MODEL_LABELS,
     buckets=LATENCY_BUCKETS,
 )

@@ -43,7 +43,7 @@ from bertserve.engine.litserve_seam import ServerInternals, check_litserve
 from bertserve.engine.submitter import SubmittingHandler
 from bertserve.engine.supervisor import WorkerSupervisor
 from bertserve.engine.transport import ResponseTransport
-from bertserve.errors import ClientError, error_response, install_error_handlers
+from bertserve.errors import ClientError, document_error_shape, error_response, install_error_handlers
 from bertserve.runtime.device import resolve_device
 from bertserve.runtime.selection import model_tasks, served_versions
 from bertserve.schemas import ModelInfo, ModelsResponse, ModelVersionInfo
@@ -335,6 +335,14 @@ def _document_plain_text_routes(app: FastAPI) -> None:
 
 
 def _add_routes(app: FastAPI, store: ModelStore, settings: Settings) -> None:
+    @app.get("/live", response_class=Response, tags=["health"])
+    def live() -> Response:
+        """Liveness: 200 whenever this HTTP process answers, also while a worker is replaced or the server
+        drains (/health, the readiness check, is 503 then): restarting the pod would not help."""
+        return Response("ok", media_type="text/plain")
+
+    document_error_shape(app)
+
     @app.get("/v1/models", response_model=ModelsResponse, tags=["models"])
     def list_models() -> ModelsResponse:
         """Every model in the store: versions, aliases, which are served, labels, encoder, metrics."""

@@ -66,3 +66,16 @@ def pick_version(
     if tasks[name] != task:
         raise ClientError(422, f"model {name!r} is a {tasks[name]} model, not {task}", "wrong_task")
     return name, version
+
+
+def unserved_default(
+    store: ModelStore, served: Served, tasks: dict[str, str], defaults: dict[str, str]
+) -> tuple[str, str] | None:
+    """(task, why) for the first task this server answers whose default model (`defaults`: task -> ref, what
+    a request naming no model gets) it cannot serve, else None: every such request would be a 404."""
+    for task in sorted(set(tasks.values())):
+        try:
+            pick_version(store, served, tasks, defaults[task], task)
+        except ClientError as exc:
+            return task, exc.message
+    return None

@@ -70,18 +70,22 @@ def test_worker_killed_mid_batch_is_replaced_and_its_requests_fail_fast(tmp_path
             # the worker holds their requests (it waits a second for more before computing)
             await wait_for_async(lambda: held_by_worker(base), 60, "six requests in flight after a batch")
             os.kill(worker, signal.SIGKILL)
-            # keep the load on until the new worker has answered (bounded by the clients' timeout)
+            # keep the load on until the new worker has answered (bounded by the clients' timeout); the
+            # liveness route answers throughout: a probe on it never restarts a pod for a worker replacement
             while not stop.is_set():
                 replaced = [p for p in worker_pids(base.process.pid) if p != worker]
                 ready = httpx.get(f"{base}/health", timeout=5).status_code == 200
+                live.append(httpx.get(f"{base}/live", timeout=5).status_code)
                 if replaced and ready:
                     stop.set()
                 await asyncio.sleep(0.2)
             return await clients
 
+        live: list[int] = []
         outcomes = asyncio.run(load_then_kill())
         counts = statuses(outcomes)
-        print(f"\nworker {worker} killed under load: {dict(counts)}")
+        print(f"\nworker {worker} killed under load: {dict(counts)}; /live meanwhile: {set(live)}")
+        assert live and set(live) == {200}, "liveness stays 200 while the worker is replaced"
         assert set(counts) <= {200, 503}, f"an error or an answer for every request, never a hang: {counts}"
         lost = [o for o in outcomes if o.status == 503]
         assert lost, "the request the worker was computing is answered 503"
