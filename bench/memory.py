@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.run import ROOT, http_get, served, snapshot
+from bench.run import ROOT, http_get, save_results, served, snapshot
 
 PROBES = {
     "/v1/classify": {"inputs": ["the pills helped with my headaches"]},
@@ -101,12 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     results = measure(args)
     table = report(results)
-    out = args.out / (time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-memory")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "results.md").write_text(table)
-    print(table)
-    print(f"[memory] results in {out}")
+    save_results(args.out, "memory", results, table)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,11 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from bench.peers import started
+from bench.peers import drive, started
 from bench.random_store import build, default_tokenizer_folder
-from bench.run import ROOT, cut_to_tokens, find_wrk, load_texts, run_wrk
+from bench.run import ROOT, cut_to_tokens, find_wrk, load_texts, save_results
 
 
 def http_processes() -> int:
@@ -74,15 +73,7 @@ def measure(args: argparse.Namespace, scratch: Path) -> dict:
         for number in range(args.rounds):
             row: dict = {}
             for name, base in bases.items():
-                point = {}
-                for concurrency in args.concurrency:
-                    run_wrk(wrk, base, "/v1/classify", bodies, concurrency, 1)  # warm-up
-                    load = run_wrk(wrk, base, "/v1/classify", bodies, concurrency, args.duration)
-                    point[f"c{concurrency}"] = {
-                        "req_per_s": round(load["requests"] / load["seconds"], 1),
-                        "p50_ms": round(load["p50_ms"], 3),
-                        "errors": load["errors"],
-                    }
+                point = drive(wrk, base, bodies, args.concurrency, args.duration)
                 row[name] = point
                 print(f"[overhead] round {number + 1} {name}: {json.dumps(point)}", flush=True)
             results["rounds"].append(row)
@@ -136,12 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="bertserve-overhead-") as scratch:
         results = measure(args, Path(scratch))
     table = report(results, args.concurrency)
-    out = args.out / (time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-overhead")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "results.md").write_text(table)
-    print(table)
-    print(f"[overhead] results in {out}")
+    save_results(args.out, "overhead", results, table)
 
 
 if __name__ == "__main__":

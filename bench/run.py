@@ -426,6 +426,17 @@ def best_backend(results: dict) -> str:
 # ---- served: process, load generator ---------------------------------------------------------------------
 
 
+def save_results(out_root: Path, kind: str, results: dict, table: str) -> Path:
+    """<out_root>/<UTC timestamp>-<kind>/results.json and results.md; prints the table and where it went."""
+    out = out_root / (time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{kind}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(table)
+    print(table)
+    print(f"[{kind}] results in {out}")
+    return out
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

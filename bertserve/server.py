@@ -458,8 +458,8 @@ def run_server(settings: Settings) -> None:
     if settings.device == "cpu":
         # The workers' OpenMP threads sleep when idle instead of spinning (libgomp's default is to spin for
         # a while after each parallel region): spinning threads take the cores the HTTP processes and the
-        # queue need between two forwards. On 2 cores this alone took c=1 from 34 to 205 req/s on a
-        # near-zero-cost model (bench.overhead's). Inherited by the spawned workers; a value set wins.
+        # queue need between two forwards (measured: docs/performance.md#how-to-tune). Inherited by the
+        # spawned workers; a value already set wins.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     logger.info(
         "device %s: %d inference worker(s) per endpoint%s x %d torch threads; HTTP processes: %s; "
