@@ -409,7 +409,7 @@ def build_server(settings: Settings, drain_flag: Path, in_flight: InFlight) -> l
     internals.replace_middlewares(add_middlewares)
     server._bertserve_queues = queues
     server._bertserve_queue_paths = queue_paths
-    server.response_buffer = ExpiringResponseBuffer(settings.request_timeout + 10)
+    internals.replace_response_buffer(ExpiringResponseBuffer(settings.request_timeout + 10))
     install_error_handlers(server.app)
     server._bertserve_encoders = _submit_from_http_processes(server, apis)
     _add_routes(server.app, store, settings)

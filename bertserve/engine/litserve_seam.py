@@ -33,6 +33,8 @@ Each LitServe name used: why bertserve needs it / what breaks without it.
   two monitors race to restart a worker; nothing can stop the server.
 - `middlewares`, `app.user_middleware`: LitServe's middlewares give way to ServiceMiddleware and GZip / its
   request counter costs a Manager round trip per request.
+- `response_buffer`: replaced by one that forgets answers awaited by requests already answered 504
+  (buffer.py) / one entry leaks per timed-out request.
 """
 
 from __future__ import annotations
@@ -211,6 +213,10 @@ class ServerInternals:
 
     def request_queue(self, api_path: str):
         return self.server.litapi_request_queues[api_path]
+
+    def replace_response_buffer(self, buffer: dict) -> None:
+        """The HTTP processes' map of awaited answers (LitServe's handler and reader use it)."""
+        self.server.response_buffer = buffer
 
     def replace_middlewares(self, add: Callable[[Any], None]) -> None:
         """Drop LitServe's middlewares (its request counter costs a Manager round trip per request); `add`
