@@ -209,14 +209,16 @@ class ServiceMiddleware:
                 route.cancel()
         with contextlib.suppress(asyncio.CancelledError, _BodyTooLarge):
             await route
-            return
-        queue_path = self.queue_paths.get(scope["path"])
-        if route.cancelled() and queue_path is not None and not TICKET.get().queued:
-            metrics.CANCELLED.labels(queue_path.rsplit("/", 1)[-1]).inc()  # its client left before the queue
-        if too_large:
-            if not started:  # a chunked body (no Content-Length) that grew past the limit
+        if too_large:  # a chunked body (no Content-Length) past the limit: FastAPI's 400 was dropped
+            if not started:
                 await error_response(413, f"body over the limit of {limit} bytes")(scope, receive, send)
-        elif watch.done() and not watch.cancelled():
+            return
+        if not route.cancelled():
+            return  # answered
+        queue_path = self.queue_paths.get(scope["path"])
+        if queue_path is not None and not TICKET.get().queued:
+            metrics.CANCELLED.labels(queue_path.rsplit("/", 1)[-1]).inc()  # its client left before the queue
+        if watch.done() and not watch.cancelled():
             scope[CLIENT_GONE] = True  # nobody to answer: logged and counted as 499
         elif not started:
             message = f"no answer within {self.settings.request_timeout:g} s"
