@@ -60,12 +60,18 @@ class ProtocolMiddleware:
             return scope, replay
         path, request = target
         payload = orjson.dumps(request)
-        kept = [(k, v) for k, v in scope.get("headers", ()) if k not in (b"content-length", BINARY_HEADER)]
+        replaced = (
+            b"content-length",
+            b"content-type",
+            BINARY_HEADER,
+        )  # a binary request is JSON from here on
+        kept = [(k, v) for k, v in scope.get("headers", ()) if k not in replaced]
+        length = (b"content-length", str(len(payload)).encode())
         scope = {
             **scope,
             "path": path,
             "raw_path": path.encode(),
-            "headers": [*kept, (b"content-length", str(len(payload)).encode())],
+            "headers": [*kept, length, (b"content-type", b"application/json")],
         }
         return scope, _replaying([{"type": "http.request", "body": payload, "more_body": False}], receive)
 
@@ -77,7 +83,8 @@ class ProtocolMiddleware:
         match = kserve.INFER_PATTERN.match(path)
         task = self.served.task_of(match.group(1)) if match else None
         if task not in kserve.INFER_PATHS or not isinstance(request, dict):
-            return None  # the public route answers: unknown model, or one infer does not serve
+            # the public route answers (unknown model, or one infer does not serve), from JSON too
+            return path, request
         name, version = match.group(1), match.group(2)
         request["model"] = f"{name}@{version}" if version else name
         return kserve.INFER_PATHS[task], request
