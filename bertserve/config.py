@@ -54,6 +54,15 @@ class Settings(BaseSettings):
         description="Model used by /v1/rerank and /rerank when absent: a cross-encoder (task rerank) or an "
         "embedding model (cosine).",
     )
+    model_dir: Path | None = Field(
+        None,
+        description="A plain Hugging Face or sentence-transformers folder to serve (KServe mounts the "
+        "InferenceService's storageUri at /mnt/models, the default when STORAGE_URI is set): published into "
+        "the store at start-up unless a version came from the same files, and made its task's default model.",
+    )
+    model_name: str = Field(
+        "model", description="The store name of model_dir's model (KServe: the service's)."
+    )
     backend: Backend = Field(
         "auto",
         description="Inference backend of every served model not in model_backends ('auto': the fastest "
