@@ -182,13 +182,20 @@ class RankedText(BaseModel):
 Pair = Annotated[tuple[Text, Text], Field(description="A sentence pair: [CLS] a [SEP] b [SEP].")]
 
 
+def _pair_first(value):
+    """TEI reads a list of exactly two strings as one sentence pair before it reads it as a batch."""
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(item, str) for item in value):
+        return tuple(value)
+    return value
+
+
 class PredictRequest(_TeiRequest):
     """POST /predict. As TEI reads it: a string or a [a, b] pair is one input (answered with one ranking);
-    a list of them is a batch (a list of rankings)."""
+    a list of them is a batch (a list of rankings); two strings are a pair, not a batch of two."""
 
-    inputs: Text | Pair | Annotated[list[Text | Pair], Field(min_length=1)] = Field(
-        ..., examples=["I took the pill and my headache went away."]
-    )
+    inputs: Annotated[
+        Text | Pair | Annotated[list[Text | Pair], Field(min_length=1)], BeforeValidator(_pair_first)
+    ] = Field(..., examples=["I took the pill and my headache went away."])
     raw_scores: bool = Field(False, description="Logits instead of softmax (sigmoid) scores.")
 
     def job(self) -> ClassifyJob:
