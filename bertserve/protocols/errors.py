@@ -36,7 +36,10 @@ def reshape(protocol: str, status: int, body: dict) -> tuple[int, dict]:
         return status, body
     message, code = str(error.get("message", "")), str(error.get("code", ""))
     if protocol == "openai":
-        return _openai(status, message, code, error.get("details"))
+        status, body = _openai(status, message, code, error.get("details"))
+        if "request_id" in error:  # OpenAI's clients ignore it; our logs find the request by it
+            body["error"]["request_id"] = error["request_id"]
+        return status, body
     if protocol == "tei":
         return _tei(status, message, code)
     return (400 if status == 422 else status), {"error": message}

@@ -303,6 +303,10 @@ def import_hf_folder(
             "a bare encoder has no head to serve: serve it as --task embedding, or train one with "
             "`bertserve train` or `bertserve pretrain`"
         )
+    if task == "rerank" and config.num_labels != 1:
+        raise StoreError(
+            f"{source} has {config.num_labels} outputs: a rerank model (cross-encoder) has one score per pair"
+        )
     model_class = getattr(transformers, TASK_MODEL_CLASSES[task])
     model, info = model_class.from_pretrained(source, output_loading_info=True)
     # an embedding model uses the token states only: BERT's pooler (for next-sentence prediction) is unused

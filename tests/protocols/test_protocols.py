@@ -102,8 +102,10 @@ def test_tei_errors(protocol_server):
     assert post(base, "/embed", {"inputs": ["x"] * 2049}).status_code == 413
     huge = httpx.post(f"{base}/embed", content=b"{" + b" " * 1_100_000 + b"}", headers=AUTH, timeout=30)
     assert huge.status_code == 413 and huge.json()["error_type"] == "validation"
-    denied = post(base, "/predict", {"inputs": "x"}, headers={})
+    denied = post(base, "/predict", {"inputs": "x"}, headers={"X-Request-Id": "tei-denied-1"})
     assert denied.status_code == 401 and set(denied.json()) == {"error", "error_type"}
+    assert denied.headers["x-request-id"] == "tei-denied-1"  # a reshaped error keeps its headers
+    assert denied.headers["www-authenticate"] == "Bearer"
 
 
 def test_error_statuses_by_protocol():
