@@ -193,3 +193,46 @@ def test_metrics_labels_and_openapi(protocol_server):
     assert {"models", "object", "data"} <= set(
         schema["components"]["schemas"]["ModelsResponse"]["properties"]
     )
+
+
+def test_schemathesis_finds_no_server_error_on_the_protocol_routes(protocol_server, tmp_path):
+    """Property-based, bounded and derandomized, as tests/reliability/test_hostile.py does for our routes: the
+    protocol routes with an embedding model, a cross-encoder and a classifier behind them (the hostile test's
+    store has no embedding model). Only 5xx and content types are checked: the protocols' error bodies are
+    theirs, not the documented 422 schema."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    from xml.etree import ElementTree
+
+    command = [
+        str(Path(sys.executable).parent / "schemathesis"),
+        "run",
+        f"{protocol_server}/openapi.json",
+        "--header",
+        f"Authorization: Bearer {KEY}",
+        "--checks",
+        "not_a_server_error",
+        "--max-examples",
+        "25",
+        "--seed",
+        "1",
+        "--request-timeout",
+        "30",
+        "--workers",
+        "1",
+        "--no-color",
+        "--report",
+        "junit",
+        "--report-junit-path",
+        str(tmp_path / "junit.xml"),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=500, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    tested = {
+        case.get("name") for case in ElementTree.parse(tmp_path / "junit.xml").getroot().iter("testcase")
+    }
+    for operation in ("POST /", "POST /embed", "POST /rerank", "POST /v1/rerank", "POST /v1/embeddings"):
+        assert operation in tested, tested
+    assert "POST /v2/models/{model_name}/infer" in tested and "POST /tokenize" in tested
+    assert httpx.post(f"{protocol_server}/embed", json={"inputs": "x"}, headers=AUTH).status_code == 200
