@@ -9,6 +9,7 @@ dispatches (protocols/middleware.py), and that middleware."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -22,8 +23,10 @@ from bertserve.errors import ClientError
 from bertserve.protocols import kserve, tei
 from bertserve.protocols.middleware import ProtocolMiddleware
 from bertserve.protocols.served import ServedModels
+from bertserve.schemas import OpenAIModel
 
 INTERNAL_PREFIX = "/_protocol/"
+OPENAI_MODELS = "/v1/models"
 # the endpoint label of each protocol route in the metrics (server.py INSTRUMENTED takes these)
 ENDPOINTS = {
     tei.EMBED_PATH: "tei-embed",
@@ -54,6 +57,7 @@ def install(app: FastAPI, settings: Settings, drain_flag: Path | None) -> None:
             route.include_in_schema = False
     _tei_routes(app, settings, served)
     _kserve_routes(app, served, drain_flag)
+    _openai_routes(app, served)
     app.add_middleware(ProtocolMiddleware, settings=settings, served=served)
 
 
@@ -133,6 +137,18 @@ def _tei_routes(app: FastAPI, settings: Settings, served: ServedModels) -> None:
             tokenization_workers=settings.api_servers,
             version=__version__,
         )
+
+
+def _openai_routes(app: FastAPI, served: ServedModels) -> None:
+    @app.get(f"{OPENAI_MODELS}/{{model_id}}", tags=["openai"])
+    def retrieve_model(model_id: str) -> OpenAIModel:
+        """OpenAI's `client.models.retrieve(id)`: one entry of GET /v1/models' `data`."""
+        store = served.store
+        if model_id not in store.models():
+            raise ClientError(404, f"model {model_id!r} is not in the store", "unknown_model").to_http()
+        manifest = store.read_manifest(model_id, store.versions(model_id)[-1])
+        created = int(datetime.fromisoformat(manifest.created_at).timestamp())
+        return OpenAIModel(id=model_id, created=created)
 
 
 def _kserve_routes(app: FastAPI, served: ServedModels, drain_flag: Path | None) -> None:

@@ -3,8 +3,8 @@
 Everything inside the service raises and answers our own `{"error": {"code", "message"}}` (errors.py); the
 protocol middleware rewrites an error answered on another protocol's route into that protocol's shape,
 because its clients parse it:
-- OpenAI (/v1/embeddings, /v1/models): `{"error": {"message", "type", "param", "code"}}`, 400 for any bad
-  request (our 413s and 422s), as OpenAI answers;
+- OpenAI (/v1/embeddings, /v1/models, /v1/models/{id}): `{"error": {"message", "type", "param", "code"}}`,
+  400 for any bad request (our 413s and 422s), as OpenAI answers;
 - TEI (its root routes): `{"error", "error_type"}` with TEI's statuses: 413 for inputs over the limits, 422
   for the rest of what a client sent wrong, 424 for a model failure, 429 when the queue is full;
 - KServe's Open Inference Protocol (/v2...): `{"error": "..."}`, 400 for a bad request.
@@ -20,7 +20,7 @@ QUEUE_FULL = "queue is full"  # ServiceMiddleware's 503 message when the request
 
 
 def protocol_of(path: str) -> str | None:
-    if path in OPENAI_PATHS:
+    if path in OPENAI_PATHS or path.startswith("/v1/models/"):
         return "openai"
     if path in TEI_PATHS:
         return "tei"

@@ -69,6 +69,9 @@ def test_openai_errors_are_openais(openai_client, protocol_server):
     with pytest.raises(openai.NotFoundError) as missing:
         openai_client.embeddings.create(model="gpt-nothing", input="x")
     assert missing.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.NotFoundError) as unknown:
+        openai_client.models.retrieve("gpt-nothing")
+    assert unknown.value.body["code"] == "model_not_found"
     wrong_key = openai.OpenAI(api_key="nope", base_url=f"{protocol_server}/v1", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as denied:
         wrong_key.models.list()
@@ -79,6 +82,7 @@ def test_openai_models_list(openai_client):
     models = {model.id: model for model in openai_client.models.list()}
     assert set(models) == {"minilm", "ce", "sentiment"}
     assert models["minilm"].object == "model" and models["minilm"].created > 1_700_000_000
+    assert openai_client.models.retrieve("ce").created == models["ce"].created
 
 
 # ---- LangChain -----------------------------------------------------------------------------------
