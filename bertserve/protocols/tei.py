@@ -288,7 +288,7 @@ def root_target(body: object, tasks: set[str]) -> str | None:
     embeds = "embedding" in tasks
     if isinstance(inputs, dict) and embeds:
         return SIMILARITY_PATH
-    if "query" in body and "texts" in body and embeds | ("rerank" in tasks):
+    if "query" in body and "texts" in body and (embeds or "rerank" in tasks):
         return RERANK_PATH
     if "parameters" in body and "classification" in tasks:
         return HF_CLASSIFY_PATH

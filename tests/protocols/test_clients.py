@@ -191,6 +191,9 @@ def triton(protocol_server):
     return httpclient.InferenceServerClient(url=protocol_server.removeprefix("http://"))
 
 
+# tritonclient adds its Inference-Header-Content-Length to the headers dict it is given: a fresh one each call
+
+
 def _texts_input(texts: list[str]):
     import tritonclient.http as httpclient
 
@@ -201,10 +204,10 @@ def _texts_input(texts: list[str]):
 
 def test_triton_classify(triton, reference):
     assert triton.is_server_live() and triton.is_server_ready()  # open, as probes need
-    assert triton.is_model_ready("sentiment", headers=AUTH)
-    metadata = triton.get_model_metadata("sentiment", headers=AUTH)
+    assert triton.is_model_ready("sentiment", headers=dict(AUTH))
+    metadata = triton.get_model_metadata("sentiment", headers=dict(AUTH))
     labels = metadata["parameters"]["labels"]
-    result = triton.infer("sentiment", [_texts_input(TEXTS[:2])], headers=AUTH)
+    result = triton.infer("sentiment", [_texts_input(TEXTS[:2])], headers=dict(AUTH))
     scores = result.as_numpy("scores")
     assert scores.dtype == np.float32 and scores.shape == (2, len(labels))
     for row, text, label, best in zip(
@@ -218,11 +221,11 @@ def test_triton_classify(triton, reference):
 def test_triton_embeddings_and_errors(triton, reference):
     from tritonclient.utils import InferenceServerException
 
-    result = triton.infer("minilm", [_texts_input(TEXTS)], model_version="1", headers=AUTH)
+    result = triton.infer("minilm", [_texts_input(TEXTS)], model_version="1", headers=dict(AUTH))
     vectors = result.as_numpy("embedding")
     assert vectors.shape == (3, 32) and vectors.dtype == np.float32
     np.testing.assert_allclose(vectors, reference.embed(TEXTS).numpy(), atol=ATOL)
     with pytest.raises(InferenceServerException, match="not found"):
-        triton.infer("nothing-here", [_texts_input(TEXTS)], headers=AUTH)
+        triton.infer("nothing-here", [_texts_input(TEXTS)], headers=dict(AUTH))
     with pytest.raises(InferenceServerException, match="API key"):
         triton.infer("minilm", [_texts_input(TEXTS)])

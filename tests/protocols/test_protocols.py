@@ -100,6 +100,11 @@ def test_tei_errors(protocol_server):
         assert response.status_code == status, (body, response.text)
         assert response.json()["error_type"] == kind and response.json()["error"], response.text
     assert post(base, "/embed", {"inputs": ["x"] * 2049}).status_code == 413
+    # 2,048 inputs cut to 48 tokens each: past BERTSERVE_MAX_REQUEST_TOKENS (65,536); OpenAI's 400 there
+    fifty_tokens = " ".join(["the pill helped my headache"] * 10)  # and a body under 1 MiB
+    too_many_tokens = post(base, "/v1/embeddings", {"input": [fifty_tokens] * 2048})
+    assert too_many_tokens.status_code == 400 and "98304 tokens" in too_many_tokens.json()["error"]["message"]
+    assert post(base, "/embed", {"inputs": [fifty_tokens] * 2048}).status_code == 413
     huge = httpx.post(f"{base}/embed", content=b"{" + b" " * 1_100_000 + b"}", headers=AUTH, timeout=30)
     assert huge.status_code == 413 and huge.json()["error_type"] == "validation"
     denied = post(base, "/predict", {"inputs": "x"}, headers={"X-Request-Id": "tei-denied-1"})
