@@ -39,6 +39,7 @@ class EmbeddingsAPI(TaskAPI):
             tei.SIMILARITY_PATH: (tei.SimilarityRequest, list[float]),
             tei.RERANK_PATH: (tei.TeiRerankRequest, list[tei.RankedText]),
             rerank.COHERE_PATH: (rerank.RerankRequest, rerank.RerankResponse),
+            rerank.COHERE_V2_PATH: (rerank.RerankV2Request, rerank.RerankResponse),
             kserve.INFER_PATHS["embedding"]: (kserve.EmbedInferRequest, kserve.InferResponse),
         }
 

@@ -39,6 +39,7 @@ ENDPOINTS = {
     tei.HF_CLASSIFY_PATH: "hf-classify",
     tei.ROOT_PATH: "tei-root",
     "/v1/rerank": "rerank",
+    "/v2/rerank": "rerank-v2",
     kserve.INFER_PATHS["classification"]: "v2-infer-classify",
     kserve.INFER_PATHS["embedding"]: "v2-infer-embed",
 }

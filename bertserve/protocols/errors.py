@@ -13,6 +13,7 @@ because its clients parse it:
 from __future__ import annotations
 
 from bertserve.protocols import kserve, tei
+from bertserve.protocols.rerank import COHERE_V2_PATH
 
 OPENAI_PATHS = frozenset({"/v1/embeddings", "/v1/models"})
 TEI_PATHS = frozenset(tei.PATHS)
@@ -24,6 +25,8 @@ def protocol_of(path: str) -> str | None:
         return "openai"
     if path in TEI_PATHS:
         return "tei"
+    if path == COHERE_V2_PATH:  # Cohere's, beside KServe's /v2 routes: our own error shape, as /v1/rerank
+        return None
     if path == kserve.PREFIX or path.startswith(kserve.PREFIX + "/") or path in kserve.INFER_PATHS.values():
         return "kserve"
     return None

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bertserve.schemas import EmbedJob, Text, _Request
 
-COHERE_PATH = "/v1/rerank"
+COHERE_PATH, COHERE_V2_PATH = "/v1/rerank", "/v2/rerank"
 SCORING = {"rerank": "cross-encoder", "embedding": "cosine"}
 
 
@@ -46,6 +46,27 @@ class RerankRequest(_Request):
             truncate=self.truncate,
             top_n=self.top_n,
             return_documents=self.return_documents,
+        )
+
+
+class RerankV2Request(_Request):
+    """Cohere's v2 rerank (cohere.ClientV2): `model` required, documents are texts, no return_documents.
+    `priority` is accepted and not used (requests are answered in arrival order)."""
+
+    model: str
+    query: Text
+    documents: Annotated[list[Text], Field(min_length=1)]
+    top_n: int | None = Field(None, ge=1, description="Only the n best; null: every document.")
+    priority: int | None = Field(None, description="Accepted for Cohere compatibility; not used.")
+
+    def job(self) -> EmbedJob:
+        return EmbedJob(
+            model=self.model,
+            kind="rerank",
+            query=self.query,
+            texts=self.documents,
+            shape="cohere",
+            top_n=self.top_n,
         )
 
 

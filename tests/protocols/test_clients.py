@@ -181,6 +181,18 @@ def test_cohere_rerank(cohere_client, reference, model):
     assert response.dict()["scoring"] == ("cross-encoder" if model == "ce" else "cosine")
 
 
+@pytest.mark.parametrize("model", ["ce", "minilm"])
+def test_cohere_v2_rerank(protocol_server, reference, model):
+    import cohere
+
+    client = cohere.ClientV2(api_key=KEY, base_url=protocol_server)
+    response = client.rerank(model=model, query=QUERY, documents=DOCUMENTS, top_n=2)
+    expected = (reference.cross_scores if model == "ce" else reference.cosine_scores)(QUERY, DOCUMENTS)
+    assert [result.index for result in response.results] == sorted(range(3), key=lambda i: -expected[i])[:2]
+    for result in response.results:
+        assert result.relevance_score == pytest.approx(expected[result.index], abs=1e-5)
+
+
 # ---- KServe / Triton -----------------------------------------------------------------------------
 
 
