@@ -17,12 +17,12 @@ from fastapi.routing import APIRoute
 from starlette.responses import JSONResponse
 
 from bertserve import __version__
-from bertserve.api.encoders import HttpEncoders
 from bertserve.config import Settings
 from bertserve.errors import ClientError
 from bertserve.protocols import kserve, tei
 from bertserve.protocols.middleware import ProtocolMiddleware
 from bertserve.protocols.served import ServedModels
+from bertserve.runtime.encoding import TextEncoder
 from bertserve.schemas import OpenAIModel
 
 INTERNAL_PREFIX = "/_protocol/"
@@ -43,7 +43,6 @@ ENDPOINTS = {
     kserve.INFER_PATHS["classification"]: "v2-infer-classify",
     kserve.INFER_PATHS["embedding"]: "v2-infer-embed",
 }
-EVERY_TASK = ("embedding", "rerank", "classification", "fill-mask")
 
 
 def install(app: FastAPI, settings: Settings, drain_flag: Path | None) -> None:
@@ -63,17 +62,19 @@ def install(app: FastAPI, settings: Settings, drain_flag: Path | None) -> None:
 
 
 def _tei_routes(app: FastAPI, settings: Settings, served: ServedModels) -> None:
-    encoders = HttpEncoders(settings, EVERY_TASK)
+    encoders: dict[tuple[str, str], TextEncoder] = {}  # /tokenize and /decode run here, in a thread
 
-    def encoder(ref: str | None):
+    def encoder(ref: str | None) -> TextEncoder:
         ref = ref or served.root_ref()
         if ref is None:
             raise ClientError(404, "no model is served here", "unknown_model")
-        served.resolve(ref)  # 404 / 422 for what is not served
-        found = encoders.find(ref)
-        if found is None:
-            raise ClientError(424, f"the tokenizer of {ref} cannot be read", "backend")
-        return found
+        key = served.resolve(ref)  # 404 / 422 for what is not served
+        if key not in encoders:
+            try:
+                encoders[key] = TextEncoder(served.store.read_manifest(*key), served.store.version_dir(*key))
+            except Exception as exc:  # a damaged version: the workers refuse it too
+                raise ClientError(424, f"the tokenizer of {ref} cannot be read: {exc}", "backend") from None
+        return encoders[key]
 
     @app.post(tei.ROOT_PATH, tags=["tei"], response_model=None)
     def root(
