@@ -13,6 +13,7 @@ metrics, access log), so that every route it leads to gets all of that.
 from __future__ import annotations
 
 import contextlib
+import gzip
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -130,11 +131,13 @@ def _reshaping(protocol: str, send: Send) -> Send:
             if message.get("more_body", False):
                 return
             start, body = held.pop("start"), b"".join(chunks)
-            status = start["status"]
-            with contextlib.suppress(ValueError):
+            status, dropped = start["status"], [b"content-length"]
+            with contextlib.suppress(ValueError, OSError, EOFError):
+                if dict(start.get("headers", ())).get(b"content-encoding") == b"gzip":  # compressed inside
+                    body, dropped = gzip.decompress(body), [*dropped, b"content-encoding"]
                 status, reshaped = reshape(protocol, status, orjson.loads(body))
                 body = orjson.dumps(reshaped)
-            headers = [(k, v) for k, v in start.get("headers", ()) if k != b"content-length"]
+            headers = [(k, v) for k, v in start.get("headers", ()) if k not in dropped]
             headers.append((b"content-length", str(len(body)).encode()))
             await send({**start, "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": body, "more_body": False})
