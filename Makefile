@@ -9,25 +9,28 @@ STORE ?= model_store
 # $(call require,TOOL,HOW TO GET IT): a target that needs an outside tool stops and says so, never skips.
 require = @command -v $(1) > /dev/null || { echo "make $@: $(1) is missing: $(2)" >&2; exit 1; }
 
-.PHONY: serve venv test lint format bench image-test deploy-check clean help
+.PHONY: serve install venv test lint format bench image-test deploy-check clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
 # Serving: torch first (the build for this machine: scripts/install-torch.sh says which and why), then the
-# package with the `train` extra, because `bertserve bootstrap` trains the default models.
+# package with the `train` extra, because `bertserve bootstrap` trains the default models, and the `onnx`
+# extra, so that the `auto` backend can pick onnx on a CPU without native bf16 whichever target ran first.
 $(BIN)/.serve-installed: pyproject.toml scripts/install-torch.sh
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and f"make: $(PYTHON) is Python {sys.version.split()[0]}; bertserve needs 3.11 or newer (make PYTHON=python3.11 ...)")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	scripts/install-torch.sh $(BIN)/pip
-	$(BIN)/pip install -q -e '.[train]'
+	$(BIN)/pip install -q -e '.[train,onnx]'
 	touch $@
 
-# Checks: the `dev` extra on top (pytest, ruff, httpx, schemathesis, onnxruntime for the onnx backends).
+# Checks: the `dev` extra on top (pytest, ruff, httpx, schemathesis, sentence-transformers).
 $(BIN)/.dev-installed: $(BIN)/.serve-installed
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
+
+install: $(BIN)/.serve-installed  ## create .venv with what `make serve` installs, without building any model
 
 venv: $(BIN)/.dev-installed  ## create .venv with the service, training and test dependencies
 

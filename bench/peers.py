@@ -45,6 +45,7 @@ from bench.run import (
     load_texts,
     open_model,
     run_wrk,
+    save_results,
 )
 
 PEER_BATCH_SIZE, PEER_BATCH_TIMEOUT = 32, 0.005
@@ -172,6 +173,20 @@ def started(name: str, command: list[str], cwd: Path, log: Path) -> Iterator[str
         process.wait()
 
 
+def drive(wrk: str, base: str, bodies: Path, concurrency: list[int], seconds: float) -> dict:
+    """/v1/classify under wrk at each concurrency (after a 1 s warm-up): req/s, p50 and errors per point."""
+    point = {}
+    for clients in concurrency:
+        run_wrk(wrk, base, "/v1/classify", bodies, clients, 1)
+        load = run_wrk(wrk, base, "/v1/classify", bodies, clients, seconds)
+        point[f"c{clients}"] = {
+            "req_per_s": round(load["requests"] / load["seconds"], 1),
+            "p50_ms": round(load["p50_ms"], 3),
+            "errors": load["errors"],
+        }
+    return point
+
+
 def commands(args: argparse.Namespace) -> dict[str, tuple[list[str], Path]]:
     """Every server to compare: name -> (command without --port, working directory)."""
     here = Path(__file__).resolve().parent.parent
@@ -218,15 +233,7 @@ def measure(args: argparse.Namespace) -> dict:
             single = ceiling(model, texts, 1, args.ceiling_seconds, limits)["batch_ms_p50"]
             row: dict = {"single_forward_ms": single, "servers": {}}
             for name, base in bases.items():
-                point = {}
-                for concurrency in args.concurrency:
-                    run_wrk(wrk, base, bodies, concurrency, 1)  # warm-up
-                    load = run_wrk(wrk, base, bodies, concurrency, args.duration)
-                    point[f"c{concurrency}"] = {
-                        "req_per_s": round(load["requests"] / load["seconds"], 1),
-                        "p50_ms": round(load["p50_ms"], 2),
-                        "errors": load["errors"],
-                    }
+                point = drive(wrk, base, bodies, args.concurrency, args.duration)
                 row["servers"][name] = point
                 print(f"[peers] round {number + 1} {name}: {json.dumps(point)}", flush=True)
             results["rounds"].append(row)
@@ -305,12 +312,7 @@ def main(argv: list[str] | None = None) -> None:
     args.serve_args = args.serve_args.split()
     results = measure(args)
     table = report(results, args.concurrency)
-    out = args.out / (time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-peers")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "results.md").write_text(table)
-    print(table)
-    print(f"[peers] results in {out}")
+    save_results(args.out, "peers", results, table)
 
 
 if __name__ == "__main__":

@@ -426,6 +426,17 @@ def best_backend(results: dict) -> str:
 # ---- served: process, load generator ---------------------------------------------------------------------
 
 
+def save_results(out_root: Path, kind: str, results: dict, table: str) -> Path:
+    """<out_root>/<UTC timestamp>-<kind>/results.json and results.md; prints the table and where it went."""
+    out = out_root / (time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{kind}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(table)
+    print(table)
+    print(f"[{kind}] results in {out}")
+    return out
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -467,7 +478,7 @@ def describe_process(pid: int, root: int) -> dict | None:
         return None
     rss_kb = int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) if "VmRSS" in status else 0
     if pid == root:
-        role = "main (supervisor, answer broker)"
+        role = "main (supervisor)"
     elif "spawn_main" in cmdline:
         role = "inference worker"
     elif "resource_tracker" in cmdline:
@@ -743,7 +754,7 @@ def cores(point: dict) -> str:
     roles = (
         "http server (uvicorn)",
         "queue manager (mp.Manager)",
-        "main (supervisor, answer broker)",
+        "main (supervisor)",
         "inference worker",
     )
     return " / ".join(f"{cpu.get(role, 0.0) / point['seconds']:.2f}" for role in roles)

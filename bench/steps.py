@@ -35,9 +35,9 @@ def measure(store: Path, ref: str) -> list[tuple[str, float]]:
     from starlette.responses import Response
 
     from bertserve import logs, metrics
-    from bertserve.api import request_queue
     from bertserve.api.encoders import Submitted, Tokens
     from bertserve.config import Settings
+    from bertserve.engine import request_queue
     from bertserve.runtime.backends import resolve_backend_name
     from bertserve.runtime.loaded import Prepared
     from bertserve.schemas import ClassifyRequest

@@ -8,7 +8,8 @@ from bertserve.store.cli import store_app
 from bertserve.training.cli import register_training_commands
 
 app = typer.Typer(
-    help="bertserve: BERT classification and fill-mask REST service with a versioned model store.",
+    help="bertserve: BERT classification, fill-mask, embeddings and explanations as a REST service, from a "
+    "versioned model store.",
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -105,14 +106,39 @@ def serve(
     from bertserve.store.errors import StoreError
     from bertserve.store.mounted import serve_mounted
 
-    try:  # KServe's storage initializer put the model there: publish it before serving
+    try:  # KServe's storage initializer put the model there: publish it, then check the defaults
         settings = serve_mounted(settings)
     except (StoreError, OSError, ValueError) as exc:
         _refuse(f"--model-dir: {exc}")
+    _refuse_unserved_default(settings)
     with serving_metrics_dir():  # before bertserve.metrics is imported anywhere
         from bertserve.server import run_server
 
         run_server(settings)
+
+
+def _refuse_unserved_default(settings) -> None:
+    """A default model the server will not serve (say, your own model imported, `sentiment` still the
+    default) would answer every request that names no model 404: say so at start, in one line."""
+    from bertserve.runtime.selection import model_tasks, served_versions, unserved_default
+    from bertserve.store.errors import StoreError
+    from bertserve.store.layout import ModelStore
+
+    store = ModelStore(settings.store)
+    try:
+        served = served_versions(store, settings.models)
+        tasks = model_tasks(store, served)
+    except (StoreError, OSError, ValueError) as exc:
+        _refuse(str(exc))
+    defaults = {task: settings.default_model(task) for task in set(tasks.values())}
+    problem = unserved_default(store, served, tasks, defaults)
+    if problem is not None:
+        task, why = problem
+        choices = ", ".join(name for name, found in sorted(tasks.items()) if found == task)
+        _refuse(
+            f"the default {task} model is {defaults[task]!r}, but {why}; set "
+            f"{settings.default_setting(task)} to one of: {choices}"
+        )
 
 
 def _refuse(message: str) -> None:

@@ -115,9 +115,9 @@ class Settings(BaseSettings):
         None, description="File of API keys, one per line ('#' comments), added to api_keys."
     )
     auth_open_paths: str = Field(
-        "/health,/metrics,/ui,/v2/health/live,/v2/health/ready",
-        description="Comma-separated paths that need no key even when keys are set ('' protects all); the "
-        "/ui page holds no data and asks for the key itself.",
+        "/health,/live,/metrics,/ui,/v2/health/live,/v2/health/ready",
+        description="Comma-separated paths that need no key even when keys are set ('' protects all): the "
+        "probes (KServe's too), Prometheus, and the /ui page, which holds no data and asks for the key.",
     )
     drain_seconds: float = Field(
         25.0,
@@ -154,6 +154,16 @@ class Settings(BaseSettings):
             "embedding": self.default_embedding_model,
             "rerank": self.default_rerank_model,
         }[task]
+
+    def default_setting(self, task: str) -> str:
+        """The flag and variable that set `task`'s default model, for messages."""
+        name = {
+            "classification": "classify",
+            "fill-mask": "fill_mask",
+            "embedding": "embedding",
+            "rerank": "rerank",
+        }[task]
+        return f"--default-{name.replace('_', '-')}-model / BERTSERVE_DEFAULT_{name.upper()}_MODEL"
 
     def backend_for(self, model_name: str) -> str:
         """The backend the named model is served with."""

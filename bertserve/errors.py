@@ -1,7 +1,8 @@
 """The one error shape, `{"error": {"code", "message"}}`, and the mapping from client mistakes to 4xx.
 
 Errors raised in an inference worker travel back to the HTTP process pickled inside a FastAPI
-HTTPException whose `detail` already holds the error body; the handlers here render every error the same.
+HTTPException (litserve_seam.WorkerHTTPException) whose `detail` already holds the error body; the handlers
+here render every error the same.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from litserve.utils import PickleableHTTPException
+
+from bertserve.engine.litserve_seam import WorkerHTTPException
 
 STATUS_CODES = {
     400: "bad_request",
@@ -27,14 +29,6 @@ STATUS_CODES = {
 }
 
 
-class WorkerHTTPException(PickleableHTTPException):
-    """An error answered from outside the HTTP process. LitServe's PickleableHTTPException pickles without its
-    headers, so a 503's Retry-After would be lost on the way; this one keeps them."""
-
-    def __reduce__(self):
-        return (HTTPException, (self.status_code, self.detail, self.headers))
-
-
 class ClientError(Exception):
     """A problem with what the client sent: always a 4xx, never a 500, never fatal to a worker."""
 
@@ -46,7 +40,7 @@ class ClientError(Exception):
 
     def to_http(self) -> HTTPException:
         """Picklable form that LitServe carries from the worker back to the HTTP process."""
-        return PickleableHTTPException(self.status, error_body(self.code, self.message))
+        return WorkerHTTPException(self.status, error_body(self.code, self.message))
 
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -94,6 +88,49 @@ async def _on_http_exception(_: Request, exc: HTTPException) -> JSONResponse:
     if exc.status_code >= 500 and exc.status_code not in (503, 504):
         message = "internal error; the request was not processed"
     return error_response(exc.status_code, message, code, headers=getattr(exc, "headers", None))
+
+
+# Our own routes answer errors in ErrorResponse's shape (routes of other protocols keep their protocol's).
+OWN_ROUTES = ("/v1/classify", "/v1/fill-mask", "/v1/explain", "/v1/embeddings", "/v1/embed")
+DOCUMENTED_STATUSES = {
+    "400": "Malformed JSON.",
+    "401": "API keys are configured and the request has none or a wrong one.",
+    "404": "Unknown model, version or alias.",
+    "413": "Body, input count or input length over the configured limits.",
+    "422": "Schema or content violation (details lists each schema violation).",
+    "500": "The model failed on this batch: a server fault, logged; never caused by what a client sent.",
+    "503": "Queue full, draining, or the worker computing it died; retry after Retry-After.",
+    "504": "The request outlived the request timeout.",
+}
+
+
+def document_error_shape(app: FastAPI) -> None:
+    """/openapi.json shows the error body our routes answer (request_id and 422's details included) instead
+    of FastAPI's `{"detail": ...}`, which the service never sends."""
+    from pydantic.json_schema import models_json_schema
+
+    from bertserve.schemas import ErrorResponse
+
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = generate()
+        _, definitions = models_json_schema(
+            [(ErrorResponse, "serialization")], ref_template="#/components/schemas/{model}"
+        )
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(definitions["$defs"])
+        body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+        for path in OWN_ROUTES:
+            operation = schema["paths"].get(path, {}).get("post")
+            if operation is not None:
+                for status, description in DOCUMENTED_STATUSES.items():
+                    operation["responses"][status] = {"description": description, "content": body}
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -78,7 +78,7 @@ QUEUE_DURATION = Histogram(
 )
 MODEL_DURATION = Histogram(
     f"{PREFIX}_model_duration_seconds",
-    "Time of one batch in the model: tokenize + forward + decode.",
+    "Time of one batch in the model: pad + forward + decode (requests arrive tokenized).",
     MODEL_LABELS,
     buckets=LATENCY_BUCKETS,
 )
@@ -119,6 +119,11 @@ PREDICTION_SCORE = Histogram(
 EXPIRED = Counter(
     f"{PREFIX}_expired_requests",
     "Requests a worker dropped uncomputed (answered 504): they waited in the queue past request_timeout.",
+    ["endpoint"],
+)
+CANCELLED = Counter(
+    f"{PREFIX}_cancelled_requests",
+    "Requests withdrawn uncomputed because their client went away: it disconnected, or was answered 504.",
     ["endpoint"],
 )
 WORKER_RESTARTS = Counter(

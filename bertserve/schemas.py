@@ -175,8 +175,14 @@ def _published(model: ModelInfo) -> int:
 
 
 class ErrorDetail(BaseModel):
-    code: str
-    message: str
+    code: str = Field(description="Stable machine-readable reason, e.g. unknown_model (docs/api.md#errors).")
+    message: str = Field(description="What went wrong, for people; its wording may change.")
+    request_id: str | None = Field(
+        None, description="The response's X-Request-ID, also in the access log line of the request."
+    )
+    details: list[dict[str, Any]] | None = Field(
+        None, description="422 invalid_request only: each schema violation's loc, msg and type."
+    )
 
 
 class ErrorResponse(BaseModel):

@@ -8,9 +8,9 @@ inference workers batch, run the model and send answers back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
-import multiprocessing as mp
 import os
 import signal
 import threading
@@ -23,24 +23,27 @@ from pathlib import Path
 import litserve as ls
 from fastapi import Depends, FastAPI
 from fastapi.routing import APIRoute
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bertserve import logs, metrics, protocols
-from bertserve.api import request_queue
 from bertserve.api.base import TaskAPI
-from bertserve.api.buffer import ExpiringResponseBuffer
 from bertserve.api.classify import ClassifyAPI
 from bertserve.api.embeddings import EmbeddingsAPI
 from bertserve.api.encoders import HttpEncoders
 from bertserve.api.explain import ExplainAPI
 from bertserve.api.fill_mask import FillMaskAPI
-from bertserve.api.submitter import SubmittingHandler
-from bertserve.api.supervisor import WorkerSupervisor
-from bertserve.api.transport import ResponseTransport
 from bertserve.auth import Authenticator
 from bertserve.config import Settings
-from bertserve.errors import ClientError, error_response, install_error_handlers
+from bertserve.engine import request_queue
+from bertserve.engine.admission import TICKET, InFlight, Ticket, ticket
+from bertserve.engine.buffer import ExpiringResponseBuffer
+from bertserve.engine.litserve_seam import ServerInternals, check_litserve
+from bertserve.engine.submitter import SubmittingHandler
+from bertserve.engine.supervisor import WorkerSupervisor
+from bertserve.engine.transport import ResponseTransport
+from bertserve.errors import ClientError, document_error_shape, error_response, install_error_handlers
 from bertserve.runtime.device import resolve_device
 from bertserve.runtime.selection import model_tasks, served_versions
 from bertserve.schemas import ModelInfo, ModelsResponse, ModelVersionInfo
@@ -60,33 +63,17 @@ INSTRUMENTED = {
 }
 
 
-class InFlight:
-    """Requests being handled per endpoint, counted across every HTTP process in shared memory (forked with
-    them). SIGTERM's drain waits for it to reach 0; admission asks the request queue its size (a round trip
-    to the Manager process, ~0.3 ms of the event loop) only when this count passes the queue's bound."""
-
-    def __init__(self, endpoints: tuple[str, ...] = tuple(INSTRUMENTED.values())) -> None:
-        self._slot = {endpoint: index for index, endpoint in enumerate(endpoints)}
-        self._counts = mp.get_context("fork").Array("i", len(endpoints))
-
-    def enter(self, endpoint: str) -> int:
-        """Count one more request in `endpoint`; returns the endpoint's count, this request included."""
-        with self._counts.get_lock():
-            self._counts[self._slot[endpoint]] += 1
-            return self._counts[self._slot[endpoint]]
-
-    def leave(self, endpoint: str) -> None:
-        with self._counts.get_lock():
-            self._counts[self._slot[endpoint]] -= 1
-
-    def total(self) -> int:
-        with self._counts.get_lock():
-            return sum(self._counts)
+# Answers at least this large are gzip-compressed for clients that accept it (explain's attention maps run
+# to megabytes); level 5 compresses JSON nearly as well as 9 for a fraction of the CPU.
+GZIP_MIN_BYTES = 1000
+GZIP_LEVEL = 5
+CLIENT_CLOSED_REQUEST = 499  # what the access log and metrics record for a client that left (nginx's code)
+CLIENT_GONE = "bertserve.client_gone"  # scope key: set when the client disconnected before its answer
 
 
 class ServiceMiddleware:
-    """Pure ASGI (cheap): request id + access log, auth, body limit, queue admission, timeout, and the
-    HTTP-side metrics."""
+    """Pure ASGI (cheap): request id + access log, auth, body limit, queue admission, timeout, client
+    disconnects, and the HTTP-side metrics."""
 
     def __init__(
         self,
@@ -94,6 +81,7 @@ class ServiceMiddleware:
         settings: Settings,
         auth: Authenticator,
         queues: dict,
+        queue_paths: dict[str, str],
         in_flight: InFlight,
         drain_flag: Path,
     ) -> None:
@@ -101,6 +89,7 @@ class ServiceMiddleware:
         self.settings = settings
         self.auth = auth
         self.queues = queues
+        self.queue_paths = queue_paths  # route path -> its request queue's path (shared by sibling routes)
         self.in_flight = in_flight
         self.drain_flag = drain_flag
 
@@ -108,7 +97,8 @@ class ServiceMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
+        started = time.monotonic()
+        TICKET.set(Ticket(started))  # handed to the worker: its expiry and our 504 share one clock
         path = scope.get("path", "")
         endpoint = INSTRUMENTED.get(path)
         headers = dict(scope.get("headers", ()))
@@ -132,7 +122,9 @@ class ServiceMiddleware:
             else:
                 await self._admit(endpoint, scope, receive, send_and_observe, headers)
         finally:
-            elapsed = time.perf_counter() - started
+            elapsed = time.monotonic() - started
+            if scope.get(CLIENT_GONE):
+                seen["status"] = CLIENT_CLOSED_REQUEST
             if endpoint is not None:
                 labels = (endpoint, seen["model"], seen["version"], str(seen["status"]))
                 metrics.REQUESTS.labels(*labels).inc()
@@ -145,7 +137,8 @@ class ServiceMiddleware:
         self, endpoint: str, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes]
     ) -> None:
         metrics.IN_FLIGHT.labels(endpoint).inc()
-        count = self.in_flight.enter(endpoint)
+        queue_path = self.queue_paths.get(scope["path"], scope["path"])
+        count = self.in_flight.enter(queue_path)
         try:
             rejection = self._reject(scope, headers, count)
             if rejection is not None:
@@ -153,11 +146,11 @@ class ServiceMiddleware:
             else:
                 await self._call_with_limits(scope, receive, send)
         finally:
-            self.in_flight.leave(endpoint)
+            self.in_flight.leave(queue_path)
             metrics.IN_FLIGHT.labels(endpoint).dec()
 
     def _reject(self, scope: Scope, headers: dict[bytes, bytes], in_flight: int) -> Response | None:
-        """`in_flight`: this endpoint's requests in all HTTP processes, this one included."""
+        """`in_flight`: the requests for this route's queue in all HTTP processes, this one included."""
         if scope["method"] != "POST":
             return None
         length = headers.get(b"content-length")
@@ -176,9 +169,12 @@ class ServiceMiddleware:
         return None
 
     async def _call_with_limits(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the route under the body limit and the request timeout, counted from arrival; a client that
+        disconnects while its request waits cancels it (the route withdraws it from the queue)."""
         received = 0
         limit = self.settings.max_body_bytes
         started = too_large = False
+        body_read = asyncio.Event()
 
         async def counting_receive() -> Message:
             nonlocal received, too_large
@@ -187,6 +183,8 @@ class ServiceMiddleware:
             if received > limit:
                 too_large = True
                 raise _BodyTooLarge
+            if message["type"] != "http.request" or not message.get("more_body"):
+                body_read.set()
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -196,18 +194,34 @@ class ServiceMiddleware:
             started = started or message["type"] == "http.response.start"
             await send(message)
 
+        async def client_gone() -> None:
+            await body_read.wait()  # before that, the route reads the body itself
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        route = asyncio.ensure_future(self.app(scope, counting_receive, tracking_send))
+        watch = asyncio.ensure_future(client_gone())
+        remaining = self.settings.request_timeout - (time.monotonic() - TICKET.get().arrived)
         try:
-            await asyncio.wait_for(
-                self.app(scope, counting_receive, tracking_send), self.settings.request_timeout
-            )
-        except _BodyTooLarge:
-            pass
-        except TimeoutError:
-            if not started:
-                message = f"no answer within {self.settings.request_timeout:g} s"
-                await error_response(504, message)(scope, receive, send)
-        if too_large and not started:  # a chunked body (no Content-Length) that grew past the limit
-            await error_response(413, f"body over the limit of {limit} bytes")(scope, receive, send)
+            await asyncio.wait({route, watch}, timeout=max(remaining, 0), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+            if not route.done():
+                route.cancel()
+        with contextlib.suppress(asyncio.CancelledError, _BodyTooLarge):
+            await route
+            return
+        queue_path = self.queue_paths.get(scope["path"])
+        if route.cancelled() and queue_path is not None and not TICKET.get().queued:
+            metrics.CANCELLED.labels(queue_path.rsplit("/", 1)[-1]).inc()  # its client left before the queue
+        if too_large:
+            if not started:  # a chunked body (no Content-Length) that grew past the limit
+                await error_response(413, f"body over the limit of {limit} bytes")(scope, receive, send)
+        elif watch.done() and not watch.cancelled():
+            scope[CLIENT_GONE] = True  # nobody to answer: logged and counted as 499
+        elif not started:
+            message = f"no answer within {self.settings.request_timeout:g} s"
+            await error_response(504, message)(scope, receive, send)
 
 
 class _BodyTooLarge(Exception):
@@ -299,7 +313,7 @@ def _task_endpoint(
     tokenizing = ThreadPoolExecutor(1, thread_name_prefix=f"tokenize-{api.endpoint}")  # started on first use
 
     async def endpoint(request) -> Response:
-        arrived = time.monotonic()
+        admitted = ticket()
         try:
             if api.is_large(request):
                 loop = asyncio.get_running_loop()
@@ -308,7 +322,8 @@ def _task_endpoint(
                 submission = api.submission(request, encoders)
         except ClientError as exc:
             raise exc.to_http() from None
-        return await handler.handle_request((arrived, submission), bytes)
+        admitted.queued = True  # from here on the engine withdraws it, should its client leave
+        return await handler.answer(admitted.arrived, submission)
 
     endpoint.__annotations__ = {"request": request_type, "return": response_type}  # for /docs
     return endpoint
@@ -322,6 +337,14 @@ def _document_plain_text_routes(app: FastAPI) -> None:
 
 
 def _add_routes(app: FastAPI, store: ModelStore, settings: Settings) -> None:
+    @app.get("/live", response_class=Response, tags=["health"])
+    def live() -> Response:
+        """Liveness: 200 whenever this HTTP process answers, also while a worker is replaced or the server
+        drains (/health, the readiness check, is 503 then): restarting the pod would not help."""
+        return Response("ok", media_type="text/plain")
+
+    document_error_shape(app)
+
     @app.get("/v1/models", response_model=ModelsResponse, tags=["models"])
     def list_models() -> ModelsResponse:
         """Every model in the store: versions, aliases, which are served, labels, encoder, metrics."""
@@ -340,26 +363,8 @@ def _add_routes(app: FastAPI, store: ModelStore, settings: Settings) -> None:
         return Response(page, media_type="text/html; charset=utf-8")
 
 
-def _use_fast_queues(server: ls.LitServer) -> None:
-    """Answers over ZeroMQ (ResponseTransport: LitServe's own `fast_queue` path is broken in 0.2.19) and
-    request queues that hand a worker its batch in one round trip (request_queue.py). Both are put in place
-    when LitServe creates its Manager and transport, before it starts any worker."""
-    request_queue.register()
-    server.transport_config.transport_type = "zmq"
-    init_manager = server._init_manager
-
-    def init_manager_with_fast_queues(num_api_servers: int):
-        manager = init_manager(num_api_servers)
-        config = server.transport_config  # the broker's addresses: backend = its XSUB, frontend = its XPUB
-        server._transport = ResponseTransport(config.backend_address, config.frontend_address)
-        for api_path in server.litapi_request_queues:
-            server.litapi_request_queues[api_path] = manager.RequestQueue()
-        return manager
-
-    server._init_manager = init_manager_with_fast_queues
-
-
 def build_server(settings: Settings, drain_flag: Path, in_flight: InFlight) -> ls.LitServer:
+    check_litserve()  # the seam names what an installed LitServe no longer has, before anything starts
     settings = settings.resolved()  # a no-op when run_server already did it
     gpus = resolve_device(settings.device).gpus
     store = ModelStore(settings.store)
@@ -386,22 +391,29 @@ def build_server(settings: Settings, drain_flag: Path, in_flight: InFlight) -> l
         track_requests=False,
         fast_queue=True,
     )
-    _use_fast_queues(server)
+    internals = ServerInternals(server)
+    request_queue.register()
+    internals.install_queues(lambda manager: manager.RequestQueue(), ResponseTransport)
     queues: dict = {}
-    server.middlewares = []
-    server.app.user_middleware.clear()
-    server.app.add_middleware(
-        ServiceMiddleware,
-        settings=settings,
-        auth=Authenticator(settings),
-        queues=queues,
-        in_flight=in_flight,
-        drain_flag=drain_flag,
-    )
-    server._bertserve_queues = queues
     # each route's request queue, by path: an api with several routes has one queue (LitServe's, by api_path)
-    server._bertserve_queue_paths = {path: api.api_path for api in apis for path in api.routes()}
-    server.response_buffer = ExpiringResponseBuffer(settings.request_timeout + 10)
+    queue_paths = {path: api.api_path for api in apis for path in api.routes()}
+
+    def add_middlewares(app: FastAPI) -> None:
+        app.add_middleware(GZipMiddleware, minimum_size=GZIP_MIN_BYTES, compresslevel=GZIP_LEVEL)
+        app.add_middleware(  # added last: the outermost, so its metrics and timeouts cover the compression
+            ServiceMiddleware,
+            settings=settings,
+            auth=Authenticator(settings),
+            queues=queues,
+            queue_paths=queue_paths,
+            in_flight=in_flight,
+            drain_flag=drain_flag,
+        )
+
+    internals.replace_middlewares(add_middlewares)
+    server._bertserve_queues = queues
+    server._bertserve_queue_paths = queue_paths
+    internals.replace_response_buffer(ExpiringResponseBuffer(settings.request_timeout + 10))
     install_error_handlers(server.app)
     server._bertserve_encoders = _submit_from_http_processes(server, apis)
     _add_routes(server.app, store, settings)
@@ -422,8 +434,7 @@ def _drain_then_stop(server: ls.LitServer, drain_flag: Path, in_flight: InFlight
     while time.monotonic() < deadline and in_flight.total() > 0:
         time.sleep(0.1)
     logger.info("drained (%d requests still in flight); shutting down", in_flight.total())
-    if server._shutdown_event is not None:
-        server._shutdown_event.set()
+    ServerInternals(server).stop()
 
 
 def _launched_deaf_to_ctrl_c(launch):
@@ -449,6 +460,12 @@ def run_server(settings: Settings) -> None:
     """Serve until stopped. Raises DeviceUnavailable (before anything starts) when the device is not here."""
     settings = settings.resolved()
     logs.configure_logging(settings)
+    if settings.device == "cpu":
+        # The workers' OpenMP threads sleep when idle instead of spinning (libgomp's default is to spin for
+        # a while after each parallel region): spinning threads take the cores the HTTP processes and the
+        # queue need between two forwards (measured: docs/performance.md#how-to-tune). Inherited by the
+        # spawned workers; a value already set wins.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     logger.info(
         "device %s: %d inference worker(s) per endpoint%s x %d torch threads; HTTP processes: %s; "
         "batches of <= %d sequences / %d tokens",
@@ -463,44 +480,35 @@ def run_server(settings: Settings) -> None:
     metrics_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     drain_flag = metrics_dir / "draining"
     drain_flag.unlink(missing_ok=True)
-    in_flight = InFlight()
+    in_flight = InFlight(tuple(INSTRUMENTED))
     server = build_server(settings, drain_flag, in_flight)
+    # the drain flag doubles as the supervisor's verdict: /health answers 503 once it gives up
+    supervisor = WorkerSupervisor(server, verdict_file=drain_flag)
 
-    original_init_manager, original_run = server._init_manager, server._start_server
-    supervisor = WorkerSupervisor(server)
-
-    def init_manager_after_our_logging(*args, **kwargs):
-        # again: LitServe's run() has just given its logger a text handler, and the manager's broker logs
-        logs.configure_logging(settings)
-        return original_init_manager(*args, **kwargs)
-
-    def start_with_queues(*args, **kwargs):
+    def start_http_processes() -> bool:
         if drain_flag.exists():  # a stop came while the workers loaded: never open the port
             logger.info("stopped during start-up: not starting the HTTP servers")
-            server._shutdown_event.set()  # the drain may have run before LitServe created the event
-            return {}
+            return False
+        queues = ServerInternals(server).request_queue
         server._bertserve_queues.update(
-            {
-                path: server.litapi_request_queues[api_path]
-                for path, api_path in server._bertserve_queue_paths.items()
-            }
+            {path: queues(api_path) for path, api_path in server._bertserve_queue_paths.items()}
         )
         supervisor.start()
-        return original_run(*args, **kwargs)
+        return True
 
     def load_encoders_while_workers_start() -> None:
         # the HTTP processes are forked with them loaded (importing transformers takes seconds)
         for encoders in server._bertserve_encoders:
             encoders.load()
-        original_verify()
 
-    original_verify = server.verify_worker_status
-    server.verify_worker_status = load_encoders_while_workers_start
-    server._init_manager = init_manager_after_our_logging
-    server._start_server = start_with_queues
-    # the first workers, and the ones the supervisor restarts
-    server.launch_inference_worker = _launched_deaf_to_ctrl_c(server.launch_inference_worker)
-    server.launch_single_inference_worker = _launched_deaf_to_ctrl_c(server.launch_single_inference_worker)
+    ServerInternals(server).install_lifecycle(
+        # again: LitServe's run() has just given its logger a text handler, and the manager's broker logs
+        before_manager=lambda: logs.configure_logging(settings),
+        while_workers_load=load_encoders_while_workers_start,
+        before_http=start_http_processes,
+        # the first workers, and the ones the supervisor restarts
+        wrap_launch=_launched_deaf_to_ctrl_c,
+    )
 
     main_process = os.getpid()
 

@@ -38,6 +38,14 @@ if ! command -v chromium > /dev/null || ! command -v chromedriver > /dev/null; t
 fi
 echo "install-ci-tools: $(chromedriver --version | cut -d' ' -f1-2)"
 
+# -- wrk (tests/unit/test_bench.py drives bench.overhead with it) ------------------------------------------
+if ! command -v wrk > /dev/null; then
+  echo "install-ci-tools: apt-get install wrk (the benchmarks' load generator)"
+  sudo_if_needed apt-get update -q > /dev/null
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends wrk > /dev/null
+fi
+echo "install-ci-tools: $(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2)"
+
 # -- checkov + kubernetes-validate ------------------------------------------------------------------------
 want="checkov==$CHECKOV_VERSION kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
 stamp=$CI_TOOLS/.installed

@@ -7,8 +7,9 @@
             the package ships); Prometheus Operator and KEDA kinds against the subset schemas in k8s/schemas/.
             Needs kubernetes-validate (scripts/install-ci-tools.sh puts it in .cache/ci-tools).
 --policies  cross-object checks no schema or scanner sees: selectors match, named ports and referenced
-            ConfigMaps / PVCs exist, probes hit /health, the grace period covers preStop + drain, pods meet
-            the "restricted" Pod Security Standard their namespace enforces, ConfigMap keys are real
+            ConfigMaps / PVCs exist, startup and readiness probes hit /health and liveness /live, the grace
+            period covers preStop + drain, pods meet the "restricted" Pod Security Standard their namespace
+            enforces, ConfigMap keys are real
             BERTSERVE_* settings (read from bertserve/config.py), a pod given a GPU is told to use it, one
             autoscaler per Deployment, KEDA queries name metrics the service exports (read from
             bertserve/metrics.py). Needs only PyYAML.
@@ -38,7 +39,10 @@ GPU = "nvidia.com/gpu"
 # Sample names a metric family exposes besides its own: counters' _total, histograms' series.
 METRIC_SUFFIXES = ("", "_total", "_created", "_bucket", "_sum", "_count")
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "Pod"}
-MIN_STARTUP_BUDGET_S = 120  # loading + warming the models: ~10-20 s measured, much more for big models
+MIN_STARTUP_BUDGET_S = 120  # loading + warming the models: seconds for MiniLM, much more for big models
+# Readiness (and start-up) wait for every served model; liveness only for the HTTP process, so a worker being
+# replaced takes the pod out of the Service without restarting it.
+PROBE_PATHS = {"startupProbe": "/health", "readinessProbe": "/health", "livenessProbe": "/live"}
 SHUTDOWN_MARGIN_S = 5
 
 
@@ -258,13 +262,13 @@ def _policy_errors(source: str, objects: list[dict], claims: set, settings: set[
             yield f"{where}: selector does not match the pod template labels"
         ports = port_names(spec)
         for container in spec.get("containers", []):
-            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            for probe, path in PROBE_PATHS.items():
                 http = container.get(probe, {}).get("httpGet")
                 if not http:
                     yield f"{where}: container {container['name']} has no HTTP {probe}"
                     continue
-                if http.get("path") != "/health":
-                    yield f"{where}: {probe} checks {http.get('path')}, not /health"
+                if http.get("path") != path:
+                    yield f"{where}: {probe} checks {http.get('path')}, not {path}"
                 if isinstance(http.get("port"), str) and http["port"] not in ports:
                     yield f"{where}: {probe} port {http['port']} is not a named container port"
             startup = container.get("startupProbe", {})

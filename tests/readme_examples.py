@@ -2,17 +2,18 @@
 
 The examples sit between `<!-- BEGIN examples -->` and `<!-- END examples -->` as a console transcript: a
 `$ curl ... localhost:8000/PATH ... -d '<JSON body>'` line (backslash continuations allowed), then the JSON
-answer the server gave, over as many lines as it needs."""
+answer the server gave, over as many lines as it needs. The own-model quickstart (`<!-- BEGIN own-model -->`)
+is a `bertserve store import`, a `bertserve serve` and such a call."""
 
 from __future__ import annotations
 
 import json
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 README = Path(__file__).parents[1] / "README.md"
-BEGIN, END = "<!-- BEGIN examples -->", "<!-- END examples -->"
 CALL = re.compile(r"^\$ curl .*?localhost:\d+(?P<path>/[\w/-]+).*?-d '(?P<body>.*)'\s*$")
 
 
@@ -23,11 +24,13 @@ class Example:
     answer: dict
 
 
-def readme_examples(text: str) -> list[Example]:
-    """Every example call in the marked section, in order; ValueError when one cannot be read."""
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"no {BEGIN} ... {END} section")
-    section = text.split(BEGIN, 1)[1].split(END, 1)[0]
+def transcript(text: str, name: str = "examples") -> list[tuple[str, list[str]]]:
+    """(command, its output lines) for each `$ ` line between `<!-- BEGIN name -->` and `<!-- END name -->`;
+    ValueError when the section is missing or output comes before any command."""
+    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+    if begin not in text or end not in text:
+        raise ValueError(f"no {begin} ... {end} section")
+    section = text.split(begin, 1)[1].split(end, 1)[0]
     lines = [line for line in section.replace("\\\n", " ").splitlines() if not line.startswith("```")]
     calls: list[tuple[str, list[str]]] = []
     for line in lines:
@@ -37,7 +40,33 @@ def readme_examples(text: str) -> list[Example]:
             calls[-1][1].append(line.strip())
         elif line.strip():
             raise ValueError(f"output before any call: {line!r}")
-    return [_example(call, output) for call, output in calls]
+    return calls
+
+
+def readme_examples(text: str) -> list[Example]:
+    """Every example call in the marked section, in order; ValueError when one cannot be read."""
+    return [_example(call, output) for call, output in transcript(text)]
+
+
+@dataclass(frozen=True)
+class OwnModel:
+    """The README's own-model quickstart: `bertserve` arguments of its import and serve commands, then the
+    call that uses the model."""
+
+    import_args: list[str]
+    serve_args: list[str]
+    call: Example
+
+
+def own_model_steps(text: str) -> OwnModel:
+    calls = transcript(text, "own-model")
+    if [call.split()[1] for call, _ in calls] != ["bertserve", "bertserve", "curl"]:
+        raise ValueError(f"expected bertserve store import, bertserve serve, curl: {[c for c, _ in calls]}")
+    (imported, _), (serve, _), (call, output) = calls
+    import_args, serve_args = shlex.split(imported)[2:], shlex.split(serve)[2:]
+    if import_args[:2] != ["store", "import"] or serve_args[:1] != ["serve"]:
+        raise ValueError(f"not `bertserve store import` then `bertserve serve`: {imported!r}, {serve!r}")
+    return OwnModel(import_args, serve_args, _example(call, output))
 
 
 def _example(call: str, output: list[str]) -> Example:

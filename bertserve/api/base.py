@@ -15,8 +15,8 @@ from starlette.responses import Response
 
 from bertserve import metrics
 from bertserve.api.encoders import HttpEncoders, Submitted, Tokens
-from bertserve.api.loop import SequenceBatchingLoop
 from bertserve.config import Settings
+from bertserve.engine.loop import SequenceBatchingLoop
 from bertserve.errors import ClientError
 from bertserve.runtime.encoding import TextEncoder
 

@@ -6,6 +6,10 @@ loaded and uses the token ids only when its version's encoder key is the same (r
 swap, or when the new version's tokenizer differs, it tokenizes the request itself. Whatever this process
 cannot resolve (an unknown model, a store it cannot read) goes to the worker untokenized, to be answered as
 before.
+
+A version published while serving gets its encoder built in a thread (hashing its files and loading the
+tokenizer take tens of milliseconds to seconds): the event loop never waits for it, and the requests that come
+meanwhile are tokenized by the worker.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import orjson
@@ -70,6 +75,8 @@ class HttpEncoders:
         self.store = ModelStore(settings.store)
         self.plan: Plan | None = None
         self.encoders: dict[Key, TextEncoder | None] = {}
+        self._building: dict[Key, Future] = {}
+        self._builder: ThreadPoolExecutor | None = None  # made on first use, in the HTTP process
         self._seen: tuple = ()
         self._next_check = 0.0
 
@@ -78,7 +85,8 @@ class HttpEncoders:
         forked, so that none of them imports transformers or reads tokenizer files while requests wait."""
         with contextlib.suppress(Exception):  # a store the workers will refuse: they say why
             for key in self._current_plan().keys(self.task):
-                self._encoder(key)
+                if key not in self.encoders:
+                    self.encoders[key] = self._build(key)
 
     def find(self, ref: str, task: str | tuple[str, ...] | None = None) -> TextEncoder | None:
         """The encoder of the version `ref` names now (a model of `task`, default: any this API serves);
@@ -91,13 +99,26 @@ class HttpEncoders:
         return self._encoder(key)
 
     def _encoder(self, key: Key) -> TextEncoder | None:
-        if key not in self.encoders:
-            try:
-                self.encoders[key] = TextEncoder(self.store.read_manifest(*key), self.store.version_dir(*key))
-            except Exception as exc:  # e.g. a damaged version, which the workers refuse too
-                logger.warning("%s@%s: not tokenizing in the HTTP processes: %s", *key, exc)
-                self.encoders[key] = None
-        return self.encoders[key]
+        """The version's encoder, or None while it is being built off the event loop (or cannot be)."""
+        if key in self.encoders:
+            return self.encoders[key]
+        building = self._building.get(key)
+        if building is None:
+            if self._builder is None:
+                self._builder = ThreadPoolExecutor(1, thread_name_prefix="encoder-build")
+            self._building[key] = self._builder.submit(self._build, key)
+        elif building.done():
+            del self._building[key]
+            self.encoders[key] = building.result()
+            return self.encoders[key]
+        return None
+
+    def _build(self, key: Key) -> TextEncoder | None:
+        try:
+            return TextEncoder(self.store.read_manifest(*key), self.store.version_dir(*key))
+        except Exception as exc:  # e.g. a damaged version, which the workers refuse too
+            logger.warning("%s@%s: not tokenizing in the HTTP processes: %s", *key, exc)
+            return None
 
     def _current_plan(self) -> Plan:
         now = time.monotonic()

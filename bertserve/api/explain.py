@@ -61,6 +61,7 @@ class ExplainAPI(TaskAPI):
         )
 
     def run_model(self, model, requests: list) -> list:
+        from bertserve.runtime.cpu import release_freed_memory
         from bertserve.runtime.explain import explain
 
         answers, model.padded_tokens = [], 0
@@ -68,4 +69,7 @@ class ExplainAPI(TaskAPI):
             explanation, tokens = explain(job)
             answers.append([explanation])
             model.padded_tokens += tokens
+        # the backward passes' activations (hundreds of MB for a long text) are freed: give them back, or
+        # the worker stays at its largest explanation's peak (milliseconds against seconds of explaining)
+        release_freed_memory()
         return answers

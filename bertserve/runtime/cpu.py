@@ -21,3 +21,24 @@ def cpu_flags() -> frozenset[str]:
 
 def native_bf16() -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+@functools.cache
+def _libc():
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    return ctypes.CDLL(name) if name else None
+
+
+def release_freed_memory() -> None:
+    """Hand memory the process has freed back to the OS (glibc's malloc_trim). Loading a version (its
+    float32 weights, an ONNX export, the verification probes) peaks far above what it keeps; without this,
+    glibc holds on to the freed heap and the worker's resident memory stays at the peak."""
+    import gc
+
+    gc.collect()
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)

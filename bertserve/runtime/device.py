@@ -120,7 +120,7 @@ def usable_cpus(cgroup_root: Path = CGROUP_ROOT) -> int:
 class Sizing:
     workers: int  # inference processes per endpoint; on CUDA per GPU
     torch_threads: int  # per worker
-    api_servers: int  # HTTP processes; 0: one per inference worker of every endpoint (LitServe's count)
+    api_servers: int  # HTTP processes
     max_batch_size: int
     max_batch_tokens: int
 
@@ -129,7 +129,9 @@ def pick_sizing(cpus: int, gpus: int, workers: int = 0) -> Sizing:
     """The defaults for a machine with `cpus` usable CPUs and `gpus` GPUs in use; `workers` when set.
 
     CPU: one worker per 4 CPUs (at least 1, at most 8) sharing the CPUs as torch threads, and one HTTP
-    process per inference worker, as before (1 HTTP process instead of 2 on 2 cores measured no better).
+    process per CPU (at most 8): LitServe's default, one per inference worker of every endpoint, ran 4 HTTP
+    processes for the default store's four workers on 2 CPUs, each holding its own memory for no more
+    throughput than 2.
     Torch's intra-op threads scale poorly: on 16 cores, 4 processes x 4 threads did 1.66x the sequences/s of
     1 x 16. CUDA: one worker per GPU with a few threads, and HTTP processes by the CPUs (one per 4, at most
     8), as a GPU worker answers faster than one HTTP process can feed it."""
@@ -139,4 +141,4 @@ def pick_sizing(cpus: int, gpus: int, workers: int = 0) -> Sizing:
         threads = min(max(1, cpus // (gpus * workers)), CUDA_THREADS)
         return Sizing(workers, threads, http, *CUDA_BATCH)
     workers = workers or http
-    return Sizing(workers, max(1, cpus // workers), 0, *CPU_BATCH)
+    return Sizing(workers, max(1, cpus // workers), min(cpus, MAX_CPU_WORKERS), *CPU_BATCH)

@@ -5,12 +5,16 @@ against the live store. When `store alias` / `store rollback` / a publish change
 refs name, the worker keeps answering with what it has, loads and warms the new versions in a background
 thread, then switches in one step (new snapshot + new model set) and drops the versions no ref names any more.
 So a swap never answers 404 for a version still loading, and never stops the batches while a model loads.
+
+A version that cannot be loaded (damaged files), at start-up or in a swap, is refused once and remembered:
+store versions never change once published. An alias moved to a refused version keeps serving the version it
+named before; a ref pinned to one answers 404; every other change lands. So one damaged version never blocks
+the swaps of any model, its own later changes included.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
 import time
@@ -20,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from bertserve import metrics
 from bertserve.config import Settings
+from bertserve.runtime.cpu import release_freed_memory
 from bertserve.runtime.selection import Served, model_tasks, pick_version, served_versions
 from bertserve.store.layout import ALIASES_NAME, ModelStore
 
@@ -89,10 +94,23 @@ class Plan:
         accepted = (task,) if isinstance(task, str) else task
         return [(n, v) for n, versions in self.served.items() if self.tasks[n] in accepted for v in versions]
 
-    def without(self, refused: set[Key]) -> Plan:
-        """The plan minus versions that could not be loaded: requests naming them get pick_version's 404."""
+    def without(self, refused: set[Key], previous: Plan | None = None) -> Plan:
+        """The plan minus versions that could not be loaded: requests naming them get pick_version's 404.
+        An alias moved to a refused version keeps pointing where it did in the `previous` plan (that version
+        stays served), so `store alias` to a damaged version never takes the alias's traffic down."""
         served = {n: [v for v in versions if (n, v) not in refused] for n, versions in self.served.items()}
-        return Plan({n: v for n, v in served.items() if v}, self.tasks, self.snapshot)
+        alias_map = {n: dict(aliases) for n, aliases in self.snapshot.alias_map.items()}
+        for name, aliases in alias_map.items():
+            before = previous.snapshot.aliases(name) if previous is not None else {}
+            for alias, version in aliases.items():
+                old = before.get(alias)
+                if (name, version) in refused and old is not None and old in previous.served.get(name, []):
+                    aliases[alias] = old
+                    served.setdefault(name, [])
+                    if old not in served[name]:
+                        served[name].append(old)
+        snapshot = StoreSnapshot(self.snapshot.published, alias_map)
+        return Plan({n: v for n, v in served.items() if v}, self.tasks, snapshot)
 
 
 class ModelRegistry:
@@ -112,6 +130,7 @@ class ModelRegistry:
         self._executor: ThreadPoolExecutor | None = None
         self._next_check = 0.0
         self._seen: Fingerprint = ()  # the store state last acted on (applied, or refused and logged)
+        self.refused: set[Key] = set()  # versions that failed to load: never tried again
 
     # ---- start-up and per request ----------------------------------------------------------------
 
@@ -120,10 +139,10 @@ class ModelRegistry:
         log line, and the others serve. Raises when none of this task's versions can be loaded."""
         self._seen = store_fingerprint(self.store)
         plan = self._plan()
-        loaded = self._load(plan, refuse_failed=True)
+        loaded = self._load(plan)
         if plan.keys(self.task) and not loaded:
             raise RuntimeError(f"{self.endpoint}: none of {plan.keys(self.task)} could be loaded")
-        self._apply(plan.without(set(plan.keys(self.task)) - set(loaded)), loaded)
+        self._apply(plan.without(self.refused), loaded)
 
     def pick(self, ref: str, task: str | tuple[str, ...] | None = None) -> LoadedModel:
         """The loaded model a request's ref names, resolved against the snapshot of the last swap; `task`:
@@ -156,41 +175,42 @@ class ModelRegistry:
             logger.exception("%s: cannot serve the store change; keeping the loaded versions", self.endpoint)
             return
         if self._same_models(plan):
-            self._apply(plan, {})
+            self._apply(plan.without(self.refused, self.plan), {})
             return
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="model-load")
-        self._pending = plan, self._executor.submit(self._load, plan, False)
+        self._pending = plan, self._executor.submit(self._load, plan)
 
     def _same_models(self, plan: Plan) -> bool:
-        return set(plan.keys(self.task)) == set(self.models)
+        """Nothing to load: every version the plan names is loaded already, or refused for good."""
+        return set(plan.keys(self.task)) - self.refused == set(self.models)
 
     def _finish(self, plan: Plan, loading: Future) -> None:
         try:
             loaded = loading.result()
-        except Exception:
+        except Exception:  # not a version's fault (those are refused in _load): keep serving what we have
             logger.exception(
-                "%s: refusing the store change (a new version failed to load); still serving %s",
+                "%s: could not apply the store change; still serving %s",
                 self.endpoint,
                 ", ".join(f"{n}@{v}" for n, v in sorted(self.models)),
             )
             return
-        self._apply(plan, loaded)
+        self._apply(plan.without(self.refused, self.plan), loaded)
 
     # ---- helpers ---------------------------------------------------------------------------------
 
     def _plan(self) -> Plan:
         return Plan.read(self.store, self.settings.models)
 
-    def _load(self, plan: Plan, refuse_failed: bool) -> dict[Key, LoadedModel]:
-        """Verify, load and warm every version of the plan not loaded yet. A failure raises, unless
-        `refuse_failed` (start-up), where the version is logged and left out."""
+    def _load(self, plan: Plan) -> dict[Key, LoadedModel]:
+        """Verify, load and warm every version of the plan not loaded (nor refused) yet. One that fails is
+        logged and added to `refused`."""
         from bertserve.runtime.loaded import LoadedModel
         from bertserve.store.publish import verify_version
 
         loaded: dict[Key, LoadedModel] = {}
         for name, version in plan.keys(self.task):
-            if (name, version) in self.models:
+            if (name, version) in self.models or (name, version) in self.refused:
                 continue
             try:
                 verify_version(self.store, name, version)
@@ -202,9 +222,8 @@ class ModelRegistry:
                 )
                 model.warm_up()
             except Exception as exc:
-                if not refuse_failed:
-                    raise
                 logger.error("%s: refusing %s@%s, it cannot be loaded: %s", self.endpoint, name, version, exc)
+                self.refused.add((name, version))
                 continue
             loaded[(name, version)] = model
         return loaded
@@ -228,6 +247,5 @@ class ModelRegistry:
             logger.info("%s: serving %s@%s", self.endpoint, *key)
         for model in dropped:
             logger.info("%s: unloaded %s (no configured model ref names it now)", self.endpoint, model.ref)
-        if dropped:
-            del dropped
-            gc.collect()
+        del dropped
+        release_freed_memory()  # what loading or unloading freed, back to the OS

@@ -73,3 +73,18 @@ def pick_version(
         wanted = " or ".join(accepted)
         raise ClientError(422, f"model {name!r} is a {tasks[name]} model, not {wanted}", "wrong_task")
     return name, version
+
+
+def unserved_default(
+    store: ModelStore, served: Served, tasks: dict[str, str], defaults: dict[str, str]
+) -> tuple[str, str] | None:
+    """(task, why) for the first task this server answers whose default model (`defaults`: task -> ref, what
+    a request naming no model gets) it cannot serve, else None: every such request would be a 404."""
+    for task in sorted(set(tasks.values())):
+        # an embedding model ranks by cosine: the rerank default may be one (the default store's minilm)
+        accepted = ("embedding", "rerank") if task == "rerank" else task
+        try:
+            pick_version(store, served, tasks, defaults[task], accepted)
+        except ClientError as exc:
+            return task, exc.message
+    return None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bertserve.runtime.cpu import native_bf16
@@ -20,6 +20,7 @@ from bertserve.training.classify import ClassifierTrainer, ClassifyOptions
 from bertserve.training.corpus import stdlib_passages
 from bertserve.training.data import Examples, load_examples, stratified_split
 from bertserve.training.jobs import file_record
+from bertserve.training.loop import training_device
 from bertserve.training.mlm import MaskedLMTrainer, PretrainOptions
 from bertserve.training.publishing import Base, publish_classifier, publish_masked_lm
 
@@ -38,6 +39,8 @@ class Budget:
     rows: int | None = None  # cap on train and test rows (None: all)
     stdlib_chars: int = 1_200_000
     review_repeats: int = 2  # the domain text is small next to the docstrings: show it more often
+    # masked-LM steps at most on a CPU without native bf16, where a step costs ~2.5x (None: no cap)
+    slow_cpu_pretrain_steps: int | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -47,9 +50,10 @@ BUDGETS = {
         frozen=ClassifyOptions(encoder="frozen"),
         fine_tune=ClassifyOptions(encoder="fine-tune"),
         # A step of 32 x 128 tokens on 2 cores takes ~1.6 s with native bf16 (AVX-512 BF16 / AMX) and ~4 s
-        # without (AVX2 only), and the whole bootstrap must stay under 15 minutes. Measured here (README):
-        # 320 steps reached held-out top-5 0.494, 120 steps 0.389.
-        pretrain=PretrainOptions(max_steps=300 if native_bf16() else 120, eval_every=0),
+        # without (AVX2 only): 120 steps there keep the bootstrap's time alike (docs/models-and-training.md
+        # #bootstrap-time; 300 steps reached held-out top-5 0.485, 120 steps 0.390). A GPU runs all 300.
+        pretrain=PretrainOptions(max_steps=300, eval_every=0),
+        slow_cpu_pretrain_steps=120,
     ),
     "quick": Budget(
         "quick",
@@ -61,6 +65,19 @@ BUDGETS = {
         review_repeats=1,
     ),
 }
+
+
+def _on(plan: Budget, device: str) -> Budget:
+    """The plan's options for `device`; fewer masked-LM steps on a CPU without native bf16."""
+    pretrain = replace(plan.pretrain, device=device)
+    if device == "cpu" and plan.slow_cpu_pretrain_steps is not None and not native_bf16():
+        pretrain = replace(pretrain, max_steps=min(pretrain.max_steps, plan.slow_cpu_pretrain_steps))
+    return replace(
+        plan,
+        frozen=replace(plan.frozen, device=device),
+        fine_tune=replace(plan.fine_tune, device=device),
+        pretrain=pretrain,
+    )
 
 
 def _done(store: ModelStore, name: str, step: str) -> str | None:
@@ -84,9 +101,11 @@ def bootstrap(
     progress: bool = True,
     cache: Path | None = None,
     log: Callable[[str], None] = print,
+    device: str = "auto",
 ) -> dict:
-    """Run every missing step; returns what the store holds afterwards (versions, alias, metrics)."""
-    plan = BUDGETS[budget]
+    """Run every missing step on `device` (auto: the GPU when torch sees one, else the CPU); returns what the
+    store holds afterwards (versions, alias, metrics)."""
+    plan = _on(BUDGETS[budget], training_device(device))
     started = time.monotonic()
     store_root = Path(store_root)
     store_root.mkdir(parents=True, exist_ok=True)

@@ -30,10 +30,12 @@ from bertserve.training.loop import (
     bf16_supported,
     copy_tokenizer,
     length_batches,
+    on_device,
     optimizer_and_schedule,
     optimizer_step,
     pad,
     seed_everything,
+    training_device,
     use_threads,
 )
 from bertserve.training.report import classification_metrics, plot_confusion, plot_curve
@@ -74,9 +76,11 @@ class ClassifyOptions:
     seed: int = 42
     bf16: bool = True
     threads: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N: serve's rule, see loop.training_device
 
     def resolved(self) -> ClassifyOptions:
         frozen = self.encoder == "frozen"
+        device = training_device(self.device)
         lr = self.learning_rate or (2e-3 if frozen else 1e-4)
         return replace(
             self,
@@ -85,7 +89,8 @@ class ClassifyOptions:
             select_on=self.select_on or ("macro_f1" if frozen else "last"),
             learning_rate=lr,
             head_learning_rate=self.head_learning_rate or (lr if frozen else 10 * lr),
-            bf16=self.bf16 and bf16_supported(),
+            bf16=self.bf16 and bf16_supported(device),
+            device=device,
         )
 
 
@@ -252,7 +257,8 @@ class ClassifierTrainer:
         seed_everything(self.options.seed)
         self.tokenizer = AutoTokenizer.from_pretrained(base)
         self.pad_id = self.tokenizer.pad_token_id or 0
-        self.model = load_base(base, self.labels, multi_label)
+        self.device = self.options.device
+        self.model = load_base(base, self.labels, multi_label).to(self.device)
         if self.options.ordinal:
             parametrize.register_parametrization(
                 self.model.classifier, "weight", OrdinalRows(len(self.labels))
@@ -271,7 +277,9 @@ class ClassifierTrainer:
             nn.BCEWithLogitsLoss()
             if multi_label
             else nn.CrossEntropyLoss(
-                weight=weights, ignore_index=-100, label_smoothing=self.options.label_smoothing
+                weight=None if weights is None else weights.to(self.device),
+                ignore_index=-100,
+                label_smoothing=self.options.label_smoothing,
             )
         )
         self.class_weights = None if weights is None else [round(float(w), 4) for w in weights]
@@ -281,20 +289,22 @@ class ClassifierTrainer:
     def _logits(self, split: _Encoded, bf16: bool, features: torch.Tensor | None = None) -> torch.Tensor:
         self.model.eval()
         if features is not None:
-            return _Head(self.model)(features).float()
+            return _Head(self.model)(features).float().cpu()
         out = torch.empty(len(split.ids), len(self.labels))
         for rows in length_batches(split.lengths, 64, None):
-            with autocast(bf16):
-                out[rows] = self.model(**split.batch(rows, self.pad_id)).logits.float()
+            with autocast(bf16, self.device):
+                batch = on_device(split.batch(rows, self.pad_id), self.device)
+                out[rows] = self.model(**batch).logits.float().cpu()
         return out
 
     @torch.inference_mode()
     def _first_token(self, split: _Encoded) -> torch.Tensor:
         """Token 0's last hidden state, in fp32 so the frozen head trains on what serving computes."""
         self.model.eval()
-        out = torch.empty(len(split.ids), self.model.config.hidden_size)
+        out = torch.empty(len(split.ids), self.model.config.hidden_size, device=self.device)
         for rows in length_batches(split.lengths, 64, None):
-            out[rows] = self.model.bert(**split.batch(rows, self.pad_id)).last_hidden_state[:, 0].float()
+            batch = on_device(split.batch(rows, self.pad_id), self.device)
+            out[rows] = self.model.bert(**batch).last_hidden_state[:, 0].float()
         return out
 
     def _predict(self, logits: torch.Tensor) -> np.ndarray:
@@ -357,12 +367,13 @@ class ClassifierTrainer:
                 lengths = [1] * len(self.train.ids) if self.frozen else self.train.lengths
                 for index, rows in enumerate(length_batches(lengths, batch_size, rng), start=1):
                     self.model.train()
-                    targets = self.train.targets[rows]
-                    with autocast(options.bf16 and not self.frozen):
+                    targets = self.train.targets[rows].to(self.device)
+                    with autocast(options.bf16 and not self.frozen, self.device):
                         if self.frozen:
                             logits = _Head(self.model)(features["train"][rows])
                         else:
-                            logits = self.model(**self.train.batch(rows, self.pad_id)).logits
+                            batch = on_device(self.train.batch(rows, self.pad_id), self.device)
+                            logits = self.model(**batch).logits
                     loss = self.loss_fn(logits.float(), targets)
                     trainable = [p for p in self.model.parameters() if p.requires_grad]
                     loss_value = optimizer_step(loss, trainable, options.max_grad_norm, optimizer, schedule)
@@ -380,7 +391,9 @@ class ClassifierTrainer:
                     with average.applied() if average is not None else contextlib.nullcontext():
                         logits = self._logits(self.eval, options.bf16, features["eval"])
                         metrics = self._metrics(self.eval, logits)
-                        eval_loss = float(self.loss_fn(logits, self.eval.targets))
+                        eval_loss = float(
+                            self.loss_fn(logits.to(self.device), self.eval.targets.to(self.device))
+                        )
                         score = {"macro_f1": metrics["macro_f1"], "loss": -eval_loss, "last": step}[
                             options.select_on
                         ]
@@ -429,8 +442,10 @@ class ClassifierTrainer:
             "best_epoch": best[3],
             "duration_s": round(time.monotonic() - started, 1),
             "threads": torch.get_num_threads(),
+            "device": self.device,
             "torch": torch.__version__,
         }
+        self.model.to("cpu")  # published from the CPU, as the server loads it
         return TrainResult(
             model=self.model,
             labels=self.labels,

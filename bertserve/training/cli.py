@@ -9,6 +9,8 @@ from pathlib import Path
 
 import typer
 
+from bertserve.runtime.device import DeviceUnavailable
+
 
 def _store_default() -> Path:
     return Path(os.environ.get("BERTSERVE_STORE", "model_store"))
@@ -40,7 +42,10 @@ STORE = typer.Option(None, help="Model store root [BERTSERVE_STORE, default mode
 SEED = typer.Option(42, help="Seed for the split, initialisation, data order, masking and dropout.")
 THREADS = typer.Option(0, help="Torch threads (0: every core this process may use).")
 PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
-BF16 = typer.Option(True, "--bf16/--no-bf16", help="bf16 autocast where the CPU supports it.")
+BF16 = typer.Option(True, "--bf16/--no-bf16", help="bf16 autocast where the device computes it natively.")
+DEVICE = typer.Option(
+    "auto", help="auto | cpu | cuda | cuda:N: where to train (auto: the GPU when torch sees one, as serve)."
+)
 TRAIN_EMBEDDINGS = typer.Option(
     True,
     "--train-embeddings/--freeze-embeddings",
@@ -53,7 +58,7 @@ def _interrupted() -> None:
     raise typer.Exit(130)
 
 
-def _refused(error: ValueError) -> None:
+def _refused(error: Exception) -> None:
     """Bad input (unknown base, missing column, labels that do not fit): one line, not a traceback."""
     typer.echo(f"error: {error}", err=True)
     raise typer.Exit(2)
@@ -125,6 +130,7 @@ def train(
     seed: int = SEED,
     threads: int = THREADS,
     bf16: bool = BF16,
+    device: str = DEVICE,
     progress: bool = PROGRESS,
 ) -> None:
     """Train a classifier and publish it as the next version of NAME (eval metrics in the manifest)."""
@@ -153,6 +159,7 @@ def train(
         seed=seed,
         bf16=bf16,
         threads=threads,
+        device=device,
     )
     columns = Columns(text_column, label_column, pair_column, multi_label, label_delimiter)
     try:
@@ -170,7 +177,7 @@ def train(
         )
     except KeyboardInterrupt:
         _interrupted()
-    except ValueError as error:
+    except (ValueError, DeviceUnavailable) as error:
         _refused(error)
     _report(manifest)
 
@@ -196,6 +203,7 @@ def pretrain(
     seed: int = SEED,
     threads: int = THREADS,
     bf16: bool = BF16,
+    device: str = DEVICE,
     progress: bool = PROGRESS,
 ) -> None:
     """Masked-LM training of a BERT encoder; publishes a fill-mask version with held-out top-1/top-5."""
@@ -222,6 +230,7 @@ def pretrain(
         seed=seed,
         bf16=bf16,
         threads=threads,
+        device=device,
     )
     data = {
         "files": [file_record(path) for path in files],
@@ -234,7 +243,7 @@ def pretrain(
         )
     except KeyboardInterrupt:
         _interrupted()
-    except ValueError as error:
+    except (ValueError, DeviceUnavailable) as error:
         _refused(error)
     _report(manifest)
 
@@ -243,6 +252,7 @@ def bootstrap(
     store: Path = STORE,
     budget: BudgetName = typer.Option(BudgetName.full, help="full: the real defaults; quick: a smoke run."),
     cache: Path = typer.Option(None, help="Download cache [BERTSERVE_CACHE, default ~/.cache/bertserve]."),
+    device: str = DEVICE,
     progress: bool = PROGRESS,
 ) -> None:
     """Build the default store (sentiment v1 frozen, v2 fine-tuned, production alias, mlm v1); idempotent."""
@@ -252,10 +262,12 @@ def bootstrap(
 
     try:
         summary = run_bootstrap(
-            store or _store_default(), budget=budget.value, progress=progress, cache=cache
+            store or _store_default(), budget=budget.value, progress=progress, cache=cache, device=device
         )
     except KeyboardInterrupt:
         _interrupted()
+    except (ValueError, DeviceUnavailable) as error:
+        _refused(error)
     typer.echo(json.dumps(summary, indent=2))
 
 

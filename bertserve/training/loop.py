@@ -1,4 +1,5 @@
-"""Pieces every training command shares: seeding, CPU threads, length buckets, optimiser and schedule."""
+"""Pieces every training command shares: seeding, device and CPU threads, length buckets, optimiser and
+schedule."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 from transformers import get_linear_schedule_with_warmup
 
 from bertserve.runtime.cpu import native_bf16
+from bertserve.runtime.device import GpuProbe, resolve_device
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
@@ -46,13 +48,29 @@ def use_threads(threads: int = 0) -> int:
     return threads
 
 
-def bf16_supported() -> bool:
-    """bf16 autocast only where the CPU has native bf16 (see bertserve.runtime.cpu); elsewhere fp32."""
+def training_device(spec: str = "auto", probe: GpuProbe | None = None) -> str:
+    """--device of train, pretrain and bootstrap, by serve's rule (runtime/device.py): auto is the GPU when
+    torch sees one, else the CPU. A run trains on one device, the first GPU named. May raise
+    DeviceUnavailable."""
+    gpus = resolve_device(spec, probe).gpus
+    return f"cuda:{gpus[0]}" if gpus else "cpu"
+
+
+def bf16_supported(device: str = "cpu") -> bool:
+    """bf16 autocast where the device computes it natively: a CPU with AVX-512 BF16 / AMX (see
+    bertserve.runtime.cpu), a GPU that torch says supports it; elsewhere fp32."""
+    if device.startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
     return native_bf16()
 
 
-def autocast(enabled: bool) -> contextlib.AbstractContextManager:
-    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+def autocast(enabled: bool, device: str = "cpu") -> contextlib.AbstractContextManager:
+    kind = device.split(":")[0]
+    return torch.autocast(kind, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+
+
+def on_device(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
+    return {key: value.to(device) for key, value in batch.items()}
 
 
 def length_batches(

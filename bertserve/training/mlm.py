@@ -22,6 +22,7 @@ from bertserve.training.loop import (
     optimizer_and_schedule,
     optimizer_step,
     seed_everything,
+    training_device,
     use_threads,
 )
 
@@ -50,12 +51,15 @@ class PretrainOptions:
     seed: int = 42
     bf16: bool = True
     threads: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N: serve's rule, see loop.training_device
 
     def resolved(self) -> PretrainOptions:
+        device = training_device(self.device)
         return replace(
             self,
             head_learning_rate=self.head_learning_rate or 5 * self.learning_rate,
-            bf16=self.bf16 and bf16_supported(),
+            bf16=self.bf16 and bf16_supported(device),
+            device=device,
         )
 
 
@@ -145,6 +149,8 @@ class MaskedLMTrainer:
         seed_everything(self.options.seed)
         self.tokenizer = AutoTokenizer.from_pretrained(base)
         self.model, self.fresh_head = load_masked_lm(base)
+        self.device = self.options.device
+        self.model.to(self.device)
         order = list(range(len(passages)))
         random.Random(self.options.seed).shuffle(order)
         held = max(1, round(len(order) * self.options.heldout_fraction)) if len(order) > 1 else 0
@@ -166,8 +172,9 @@ class MaskedLMTrainer:
         inputs, labels = self.heldout
         hits1 = hits5 = total = 0
         for start in range(0, len(inputs), 64):
-            rows_in, rows_lab = inputs[start : start + 64], labels[start : start + 64]
-            with autocast(self.options.bf16 if bf16 is None else bf16):
+            rows_in = inputs[start : start + 64].to(self.device)
+            rows_lab = labels[start : start + 64].to(self.device)
+            with autocast(self.options.bf16 if bf16 is None else bf16, self.device):
                 logits = masked_logits(self.model, rows_in, rows_lab).float()
             target = rows_lab[rows_lab != -100]
             top5 = logits.topk(5, dim=-1).indices
@@ -206,8 +213,9 @@ class MaskedLMTrainer:
                     order = torch.randperm(rows, generator=generator)
                 batch = self.train_rows[order[slot * options.batch_size : (slot + 1) * options.batch_size]]
                 inputs, labels = mask_tokens(batch, self.tokenizer, options.mask_probability, generator)
+                inputs, labels = inputs.to(self.device), labels.to(self.device)
                 self.model.train(options.dropout)  # eval mode = no dropout; BERT has no batch norm
-                with autocast(options.bf16):
+                with autocast(options.bf16, self.device):
                     logits = masked_logits(self.model, inputs, labels)
                 loss = loss_fn(logits.float(), labels[labels != -100])
                 loss_value = optimizer_step(loss, trainable, options.max_grad_norm, optimizer, schedule)
@@ -242,9 +250,11 @@ class MaskedLMTrainer:
             "epochs": round(step / per_epoch, 2),
             "duration_s": round(time.monotonic() - started, 1),
             "threads": torch.get_num_threads(),
+            "device": self.device,
             "torch": torch.__version__,
         }
         self.model.eval()
+        self.model.to("cpu")  # published from the CPU, as the server loads it
         return PretrainResult(self.model, options, metrics, summary, history)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -155,6 +156,91 @@ def test_gpu_overlay_is_prod_on_gpu_nodes_scaled_on_requests_in_flight(rendered)
     assert scaled["fallback"]["replicas"] >= scaled["minReplicaCount"]
 
 
+# ---------------------------------------------------------------------------- what the rendered pods do
+
+
+def effective_settings(docs: list[dict], monkeypatch, gpus: int):
+    """The settings `bertserve serve` resolves in the rendered pod: its ConfigMap as the environment, its CPU
+    limit as the CPUs it may use, and `gpus` GPUs seen."""
+    from bertserve.config import Settings
+
+    container = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    for name, value in find(docs, "ConfigMap")["data"].items():
+        monkeypatch.setenv(name, value)
+    cpus = int(container["resources"]["limits"]["cpu"])
+    return Settings().resolved(cpus=cpus, probe=lambda: (gpus, "none"))
+
+
+@pytest.mark.parametrize(("target", "gpus", "batch"), [("prod", 0, "CPU_BATCH"), ("gpu", 1, "CUDA_BATCH")])
+def test_pods_batch_as_their_device_is_sized(rendered, monkeypatch, target, gpus, batch):
+    """The gpu overlay's pods batch 128 sequences / 65536 tokens (what the GPU figures were measured at), not
+    a CPU's 32 inherited from the base."""
+    from bertserve.runtime import device
+
+    settings = effective_settings(objects(rendered[target]), monkeypatch, gpus)
+    assert (settings.max_batch_size, settings.max_batch_tokens) == getattr(device, batch)
+    assert settings.device == ("cuda:0" if gpus else "cpu")
+
+
+def endpoint_selectors(promql: str) -> list[list[tuple[str, str]]]:
+    """The `endpoint` matchers of each vector selector `{...}` of a PromQL expression."""
+    return [
+        re.findall(r'\bendpoint\s*(=~|!~|!=|=)\s*"([^"]*)"', selector)
+        for selector in re.findall(r"\{([^{}]*)\}", promql)
+    ]
+
+
+def counts(promql: str, endpoint: str) -> bool:
+    """Whether some vector selector of the expression lets series of `endpoint` through."""
+    tests = {
+        "=": lambda value: endpoint == value,
+        "!=": lambda value: endpoint != value,
+        "=~": lambda value: re.fullmatch(value, endpoint) is not None,
+        "!~": lambda value: re.fullmatch(value, endpoint) is None,
+    }
+    selectors = endpoint_selectors(promql) or [[]]  # no selector at all: nothing filters the endpoint
+    return any(all(tests[op](value) for op, value in matchers) for matchers in selectors)
+
+
+def test_the_endpoint_check_reads_promql():
+    assert counts('sum(x{namespace="a",endpoint=~"classify|fill-mask"})', "classify")
+    assert not counts('sum(x{namespace="a",endpoint=~"classify|fill-mask"})', "embeddings")
+    assert counts('x{endpoint!~"explain|models"} > 1 or x{endpoint="explain"} > 8', "explain")
+    assert not counts('x{endpoint!~"explain|models"} > 1 or x{endpoint="explain"} > 8', "models")
+    assert counts("sum by (endpoint) (rate(x[5m]))", "embed")
+
+
+def inference_endpoints() -> list[str]:
+    """Every endpoint label the server puts on requests that reach an inference worker."""
+    from bertserve.server import INSTRUMENTED
+
+    endpoints = [endpoint for endpoint in INSTRUMENTED.values() if endpoint != "models"]
+    assert {"classify", "fill-mask", "embeddings", "embed", "explain"} <= set(endpoints)
+    return endpoints
+
+
+def test_every_inference_endpoint_scales_the_gpu_pods_and_can_alert(rendered):
+    """Embeddings and explain traffic counts for KEDA and for every alert, like classify and fill-mask."""
+    gpu = objects(rendered["gpu"])
+    queries = {"KEDA trigger": find(gpu, "ScaledObject")["spec"]["triggers"][0]["metadata"]["query"]}
+    for target in ("prod", "gpu"):
+        rule = find(objects(rendered[target]), "PrometheusRule")
+        for group in rule["spec"]["groups"]:
+            queries |= {f"{target} {r['alert']}": r["expr"] for r in group["rules"] if "alert" in r}
+    assert len(queries) > 4
+    for endpoint in inference_endpoints():
+        left_out = [name for name, query in queries.items() if not counts(query, endpoint)]
+        assert not left_out, f"endpoint {endpoint} is left out of {left_out}"
+
+
+@pytest.mark.parametrize("target", ["dev", "prod", "gpu"])
+def test_liveness_asks_the_http_process_and_readiness_every_model(rendered, target):
+    """/health is 503 while a worker is replaced: as liveness it would restart a pod that still serves."""
+    container = find(objects(rendered[target]), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    paths = {probe: container[probe]["httpGet"]["path"] for probe in validator.PROBE_PATHS}
+    assert paths == {"startupProbe": "/health", "readinessProbe": "/health", "livenessProbe": "/live"}
+
+
 # ------------------------------------------------------------------------------------------------ schemas
 
 
@@ -232,8 +318,12 @@ BROKEN = {
         "endpoint port metrics is not a port name",
     ),
     "probe on another path": (
-        lambda k: container_of(k)["livenessProbe"]["httpGet"].update(path="/healthz"),
-        "livenessProbe checks /healthz",
+        lambda k: container_of(k)["readinessProbe"]["httpGet"].update(path="/healthz"),
+        "readinessProbe checks /healthz",
+    ),
+    "liveness that restarts a pod while a worker is replaced": (
+        lambda k: container_of(k)["livenessProbe"]["httpGet"].update(path="/health"),
+        "livenessProbe checks /health, not /live",
     ),
     "root filesystem writable": (
         lambda k: container_of(k)["securityContext"].update(readOnlyRootFilesystem=False),

@@ -96,6 +96,24 @@ def test_models_endpoint_lists_versions_aliases_and_what_is_served(server):
     assert models["topics"]["versions"][0]["problem_type"] == "multi_label"
 
 
+def test_liveness_answers_apart_from_readiness(server):
+    response = httpx.get(f"{server}/live")
+    assert (response.status_code, response.text) == (200, "ok")
+
+
+def test_openapi_documents_the_error_shape_the_service_sends(server):
+    """ErrorDetail carries request_id and 422's details, and our routes' error statuses refer to it."""
+    spec = httpx.get(f"{server}/openapi.json").json()
+    detail = spec["components"]["schemas"]["ErrorDetail"]["properties"]
+    assert {"code", "message", "request_id", "details"} <= set(detail)
+    responses = spec["paths"]["/v1/classify"]["post"]["responses"]
+    for status in ("404", "422", "500", "503"):
+        schema = responses[status]["content"]["application/json"]["schema"]
+        assert schema == {"$ref": "#/components/schemas/ErrorResponse"}, status
+    body = httpx.post(f"{server}/v1/classify", json={"inputs": []}).json()
+    assert set(body["error"]) <= set(detail) and {"request_id", "details"} <= set(body["error"])
+
+
 def test_health_docs_and_openapi(server):
     assert httpx.get(f"{server}/health").status_code == 200
     spec = httpx.get(f"{server}/openapi.json").json()

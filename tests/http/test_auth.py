@@ -119,6 +119,11 @@ def test_open_paths_need_no_key(keyed_server):
     assert httpx.get(f"{keyed_server}/health", timeout=30).status_code == 200
 
 
+def test_liveness_needs_no_key_by_default():
+    """A liveness probe sends no key: /live is open unless the operator protects it on purpose."""
+    assert "/live" in Settings().auth_open_paths.split(",")
+
+
 def test_keys_and_texts_never_reach_the_log(keyed_server):
     httpx.post(f"{keyed_server}/v1/classify", json=CLASSIFY, headers={"Authorization": f"Bearer {WRONG_KEY}"})
     good = httpx.post(

@@ -5,15 +5,23 @@ Classification is checked label by label: the examples are reviews whose sentime
 label does not depend on the CPU or the backend. Fill-mask is checked for model, version and shape (inputs x
 masks x `top_k` candidates) only: the masked LM trains 300 steps on CPUs with native bf16 and 120 without, so
 its word ranking is not the same on every machine. Embeddings come from the published MiniLM weights, with no
-training: the numbers the README prints (each vector's first few) must come back."""
+training: the numbers the README prints (each vector's first few) must come back.
+
+The own-model quickstart runs as printed, on a small classifier folder in place of `./my-classifier`: its
+import, then its serve command (no bootstrap, no default store), then its call must answer with the model
+and version printed and one of the folder's labels."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import httpx
 import pytest
 
-from tests.readme_examples import README, fill_mask_shape, readme_examples, top_labels
+from tests.readme_examples import README, fill_mask_shape, own_model_steps, readme_examples, top_labels
 from tests.server_process import running_server
+from tests.tiny_models import build_classifier
 
 pytestmark = pytest.mark.integration
 
@@ -63,3 +71,27 @@ def test_embeddings_examples_give_the_printed_numbers(server, example):
         assert len(got["embedding"]) == 384
         shown = printed["embedding"]
         assert got["embedding"][: len(shown)] == pytest.approx(shown, abs=1e-4)
+
+
+def test_your_own_model_in_the_three_readme_commands(tmp_path):
+    steps = own_model_steps(README.read_text())
+    labels = ("negative", "neutral", "positive")
+    folder = build_classifier(tmp_path / "hf", labels=labels)
+    import_args = [str(folder) if arg.startswith("./") else arg for arg in steps.import_args]
+    imported = subprocess.run(
+        [sys.executable, "-m", "bertserve.cli", *import_args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert imported.returncode == 0, imported.stderr
+    serve_args = steps.serve_args[1:]
+    store = tmp_path / serve_args.pop(serve_args.index("--store") + 1)
+    serve_args.remove("--store")
+    with running_server(store, *serve_args) as base:
+        answer = answer_to(base, steps.call.path, steps.call.body)
+    printed = steps.call.answer
+    assert (answer["model"], answer["version"]) == (printed["model"], printed["version"])
+    assert len(answer["predictions"]) == len(printed["predictions"])
+    assert set(top_labels(answer)) <= set(labels) and set(top_labels(printed)) <= set(labels)

@@ -70,18 +70,22 @@ def test_worker_killed_mid_batch_is_replaced_and_its_requests_fail_fast(tmp_path
             # the worker holds their requests (it waits a second for more before computing)
             await wait_for_async(lambda: held_by_worker(base), 60, "six requests in flight after a batch")
             os.kill(worker, signal.SIGKILL)
-            # keep the load on until the new worker has answered (bounded by the clients' timeout)
+            # keep the load on until the new worker has answered (bounded by the clients' timeout); the
+            # liveness route answers throughout: a probe on it never restarts a pod for a worker replacement
             while not stop.is_set():
                 replaced = [p for p in worker_pids(base.process.pid) if p != worker]
                 ready = httpx.get(f"{base}/health", timeout=5).status_code == 200
+                live.append(httpx.get(f"{base}/live", timeout=5).status_code)
                 if replaced and ready:
                     stop.set()
                 await asyncio.sleep(0.2)
             return await clients
 
+        live: list[int] = []
         outcomes = asyncio.run(load_then_kill())
         counts = statuses(outcomes)
-        print(f"\nworker {worker} killed under load: {dict(counts)}")
+        print(f"\nworker {worker} killed under load: {dict(counts)}; /live meanwhile: {set(live)}")
+        assert live and set(live) == {200}, "liveness stays 200 while the worker is replaced"
         assert set(counts) <= {200, 503}, f"an error or an answer for every request, never a hang: {counts}"
         lost = [o for o in outcomes if o.status == 503]
         assert lost, "the request the worker was computing is answered 503"
@@ -311,3 +315,34 @@ def test_a_failing_batch_answers_its_requests_500_and_the_worker_serves_the_next
         assert metric_sum(after, "bertserve_worker_restarts_total") == 0
     messages = [entry["message"] for entry in log_entries(base.log)]
     assert [m for m in messages if m.startswith("batch of")] == [f"batch of {len(failed)} requests failed"]
+
+
+def test_a_worker_killed_in_every_setup_backs_off_then_the_server_gives_up_and_exits_non_zero(
+    tmp_path, classifier_dirs
+):
+    """Something kills each replacement worker while it loads (as an OOM killer would): restarts come after
+    growing delays, and after a bounded number of failed setups the server says why and exits 1."""
+    store = classify_store(tmp_path / "model_store", classifier_dirs)
+    with running_server(store.root, "--workers", "1", "--log-level", "info") as base:
+        killed: set[int] = set()
+        deadline = time.monotonic() + 120
+        while base.process.poll() is None:
+            assert time.monotonic() < deadline, f"still restarting after killing {len(killed)} workers"
+            for pid in worker_pids(base.process.pid):
+                if pid not in killed:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                    killed.add(pid)
+            time.sleep(0.05)
+        code = base.process.wait(timeout=60)
+        wait_for(lambda: not live_group_members(base.process.pid), 30, "every process of the server to exit")
+    assert code == 1
+    entries = log_entries(base.log)
+    delays = [e["message"] for e in entries if "setup(s) in a row: restarting it in" in e["message"]]
+    assert [message.rsplit(" in ", 1)[1] for message in delays] == ["0.5 s", "1 s", "2 s"], delays
+    errors = [e["message"] for e in entries if e["level"] == "error"]
+    assert any(
+        m.startswith("giving up: the classify inference worker died during its setup 4 times") for m in errors
+    )
+    assert errors[-1] == "an inference worker failed its setup; exiting for the orchestrator to restart us"
+    assert len(killed) == 5, "the worker that served, then four replacements"

@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from bertserve.api.buffer import ExpiringResponseBuffer
+from bertserve.engine.buffer import ExpiringResponseBuffer
 from tests.reliability.conftest import (
     HEAVY,
     LIGHT,
@@ -97,17 +97,23 @@ def test_requests_past_their_timeout_get_504_and_are_dropped_not_computed(tmp_pa
         assert counts[504] > 0 and counts[200] > 0, counts
         assert all(o.body["error"]["code"] == "timeout" for o in outcomes if o.status == 504)
 
-        # A request that timed out is never computed: the HTTP process drops it while tokenizing it (it is
-        # never queued), or the worker drops it as expired when it takes it. None is computed twice.
+        # A request that timed out is never computed. Its 504 and the worker's expiry count from the same
+        # moment (the middleware's arrival time): the HTTP process withdraws it from the queue at its 504
+        # (cancelled), or the worker drops it before the forward pass (expired). A forward pass never starts
+        # past its requests' deadline; one that started before it may still end after the 504.
         # The queue is first in, first out: once a request sent now is answered, the worker has taken (and
         # dropped or computed) every request queued before it. That one is not part of the burst.
         assert httpx.post(url, json=LIGHT, timeout=30).status_code == 200
-        samples = scrape(base)
+        samples = wait_idle(base)
         computed = metric_sum(samples, "bertserve_batch_requests_sum", endpoint="classify") - 1
         dropped = metric_sum(samples, "bertserve_expired_requests_total", endpoint="classify")
-        print(f"\n{dict(counts)}; worker computed {computed:.0f}, dropped {dropped:.0f} expired requests")
-        assert counts[200] <= computed < sent, "expired requests are dropped before the forward pass"
-        assert computed + dropped <= sent
+        cancelled = metric_sum(samples, "bertserve_cancelled_requests_total", endpoint="classify")
+        print(f"\n{dict(counts)}; computed {computed:.0f}, expired {dropped:.0f}, withdrawn {cancelled:.0f}")
+        assert computed + dropped + cancelled == sent, "each request is computed or dropped, exactly once"
+        # every forward pass started within the timeout of its requests' arrival (0.5 s is a bucket bound)
+        waited = metric_sum(samples, "bertserve_queue_duration_seconds_bucket", endpoint="classify", le="0.5")
+        assert waited == metric_sum(samples, "bertserve_queue_duration_seconds_count", endpoint="classify")
+        assert waited == computed + 1, "the queue time of every computed request is observed"
 
 
 def test_response_buffer_forgets_requests_the_middleware_already_answered_504(monkeypatch):
@@ -125,3 +131,40 @@ def test_response_buffer_forgets_requests_the_middleware_already_answered_504(mo
     buffer.pop("still-young")
     assert list(buffer) == ["waiting"] and list(buffer.born) == ["waiting"]
     assert buffer.pop("waiting") == "pending" and not buffer.born
+
+
+def test_a_request_whose_client_disconnected_is_withdrawn_before_it_is_computed(tmp_path, classifier_dirs):
+    """Eight clients keep the worker busy with sentiment@1; five requests for sentiment@2 are sent by a client
+    that gives up after 50 ms. Those are withdrawn from the queue, counted, and never computed."""
+    store = classify_store(tmp_path / "model_store", classifier_dirs)
+    args = ("--workers", "1", "--max-batch-size", "32", "--request-timeout", "60")
+    args += ("--models", "sentiment:production,sentiment@2")
+    sent = 5
+    with running_server(store.root, *args) as base:
+        url = f"{base}/v1/classify"
+
+        async def give_up_while_queued() -> None:
+            stop, outcomes = asyncio.Event(), []
+            load = asyncio.create_task(closed_loop(url, HEAVY, clients=8, stop=stop, outcomes=outcomes))
+            try:
+                while len(outcomes) < 16:  # the queue holds the other clients' requests from here on
+                    await asyncio.sleep(0.05)
+                impatient = httpx.Timeout(10, read=0.05)
+                async with httpx.AsyncClient(
+                    timeout=impatient, limits=httpx.Limits(max_keepalive_connections=0)
+                ) as client:
+                    for _ in range(sent):
+                        with pytest.raises(httpx.ReadTimeout):
+                            await client.post(url, json={**LIGHT, "model": "sentiment@2"})
+            finally:
+                stop.set()
+                assert set(statuses(await load)) == {200}
+
+        asyncio.run(give_up_while_queued())
+        samples = wait_idle(base)
+    computed = metric_sum(samples, "bertserve_sequences_total", model="sentiment", version="2")
+    cancelled = metric_sum(samples, "bertserve_cancelled_requests_total", endpoint="classify")
+    gone = metric_sum(samples, "bertserve_requests_total", endpoint="classify", code="499")
+    print(f"\n{sent} clients gone: {cancelled:.0f} withdrawn, {computed:.0f} computed anyway")
+    assert gone == sent, "each is logged and counted as 499, client closed request"
+    assert cancelled >= 1 and computed + cancelled == sent, (computed, cancelled)

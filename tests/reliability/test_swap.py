@@ -248,9 +248,7 @@ def test_a_pinned_version_keeps_serving_and_a_broken_new_version_is_refused(tmp_
         set_alias(store, "sentiment", "production", broken.version)
 
         def refused() -> list[str]:
-            return [
-                e["message"] for e in log_entries(base.log) if "refusing the store change" in e["message"]
-            ]
+            return [e["message"] for e in log_entries(base.log) if "refusing sentiment@" in e["message"]]
 
         deadline = time.monotonic() + 60
         while not refused():
@@ -259,5 +257,80 @@ def test_a_pinned_version_keeps_serving_and_a_broken_new_version_is_refused(tmp_
         served_by(None, "3")
         served_by("sentiment:production", "3")
         served_by("sentiment@1", "1")
-        assert "sentiment@1" in refused()[0] and "sentiment@3" in refused()[0], refused()
+        assert refused()[0].startswith(f"classify: refusing sentiment@{broken.version}"), refused()
+        # the damaged version blocks no later change of the same model
+        set_alias(store, "sentiment", "production", "1")
+        served_by(None, "1")
     assert "does not match its sha256" in base.log.read_text()
+
+
+def damage(store: ModelStore, version: str) -> None:
+    weights = store.version_dir("sentiment", version) / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+
+
+def test_a_version_refused_at_start_up_never_blocks_a_later_swap(tmp_path, classifier_dirs):
+    """`--models sentiment@2,sentiment:production` with version 2 damaged before start: it is refused and
+    stays named by a ref. Publishing 3 and moving production to it still lands, and so does a rollback."""
+    store = classify_store(tmp_path / "model_store", classifier_dirs)
+    damage(store, "2")
+    env = {"BERTSERVE_RELOAD_INTERVAL": "0.2"}
+    with running_server(
+        store.root, "--workers", "1", "--models", "sentiment@2,sentiment:production", env=env
+    ) as base:
+
+        def served_by(version: str) -> None:
+            deadline = time.monotonic() + 60
+            while classify_as(base, None).json().get("version") != version:
+                assert time.monotonic() < deadline, (
+                    f"production not answered by version {version} within 60 s"
+                )
+                time.sleep(0.05)
+
+        served_by("1")
+        assert classify_as(base, "sentiment@2").json()["error"]["code"] == "version_not_loaded"
+        import_hf_folder(store, classifier_dirs[2], "sentiment")  # 3
+        set_alias(store, "sentiment", "production", "3")
+        served_by("3")
+        store_cli(store, "rollback", "sentiment")
+        served_by("1")
+    refusals = [e["message"] for e in log_entries(base.log) if "refusing sentiment@2" in e["message"]]
+    assert len(refusals) == 1, f"the damaged version is verified once, not on every change: {refusals}"
+
+
+def test_a_swap_lands_while_multi_input_requests_keep_the_worker_saturated(tmp_path, classifier_dirs):
+    """Sixteen clients of 8-input requests against a 16-sequence batch: every batch carries requests to the
+    next. The alias move must land while that load goes on (it is kept on for at most 30 s), not after."""
+    store = classify_store(tmp_path / "model_store", classifier_dirs)
+    env = {"BERTSERVE_RELOAD_INTERVAL": "0.2"}
+    eight = {"inputs": ["the drug worked and my headache went away"] * 8}
+    args = ("--workers", "1", "--max-batch-size", "16", "--request-timeout", "60")
+    with running_server(store.root, *args, env=env) as base:
+
+        async def move_alias_under_load() -> tuple[list[Outcome], float | None]:
+            stop, outcomes = asyncio.Event(), []
+            load = asyncio.create_task(
+                closed_loop(f"{base}/v1/classify", eight, clients=16, stop=stop, outcomes=outcomes)
+            )
+            try:
+                while len(outcomes) < 50:  # saturated: the queue never empties from here on
+                    assert not load.done()
+                    await asyncio.sleep(0.05)
+                moved = time.monotonic()
+                await asyncio.to_thread(set_alias, store, "sentiment", "production", "2")
+                while time.monotonic() < moved + 30:
+                    landed = [o.received for o in outcomes if o.status == 200 and o.body["version"] == "2"]
+                    if landed:
+                        return outcomes, min(landed) - moved
+                    await asyncio.sleep(0.05)
+                return outcomes, None
+            finally:
+                stop.set()
+                await load
+
+        outcomes, took = asyncio.run(move_alias_under_load())
+    assert statuses(outcomes) == {200: len(outcomes)}
+    assert took is not None, "the swap did not land while the worker was saturated"
+    print(f"\nswap landed {took:.2f} s after the alias moved, under saturation ({len(outcomes)} requests)")

@@ -79,7 +79,7 @@ def test_bench_quick_run_writes_results(tmp_path, monkeypatch):
     served = results["served"][0]
     assert served["startup_s"] > 0 and served["backends_loaded"] == [results["best_backend"]]
     assert {p["role"] for p in served["processes"]} >= {
-        "main (supervisor, answer broker)",
+        "main (supervisor)",
         "inference worker",
     }
     assert all(p["rss_mb"] > 0 for p in served["processes"])
@@ -117,3 +117,46 @@ def test_random_store_has_the_default_models_shapes(tmp_path):
     config = json.loads((store.version_dir("sentiment", "1") / "config.json").read_text())
     assert (config["num_hidden_layers"], config["hidden_size"], config["num_attention_heads"]) == (6, 384, 12)
     assert store.aliases("sentiment")["production"] == store.aliases("minilm")["production"] == "1"
+
+
+def test_overhead_bench_puts_bertserve_and_the_http_only_reference_in_one_table(tmp_path):
+    """bench.overhead serves a near-zero-cost model and the reference side by side, one short round."""
+    from bench import overhead
+    from tests.deploy.tools import binary
+    from tests.tiny_models import write_tokenizer
+
+    binary("wrk")
+    write_tokenizer(tmp_path / "tokenizer")
+    args = [
+        "--rounds",
+        "1",
+        "--duration",
+        "1",
+        "--concurrency",
+        "1,4",
+        "--tokenizer",
+        str(tmp_path / "tokenizer"),
+    ]
+    overhead.main([*args, "--out", str(tmp_path / "results")])
+    (folder,) = (tmp_path / "results").iterdir()
+    results = json.loads((folder / "results.json").read_text())
+    (row,) = results["rounds"]
+    assert set(row) == {"reference", "bertserve"}
+    for server in row.values():
+        assert all(point["req_per_s"] > 0 and point["errors"] == 0 for point in server.values()), row
+    table = (folder / "results.md").read_text()
+    assert "| reference |" in table and "| bertserve |" in table and "- c=4: throughput" in table
+
+
+def test_memory_bench_reports_every_process_of_a_served_store(tmp_path):
+    from bench import memory
+
+    store = build_tiny_store(tmp_path / "model_store", tmp_path / "hf")
+    memory.main(["--store", str(store.root), "--backend", "fp32", "--out", str(tmp_path / "results")])
+    (folder,) = (tmp_path / "results").iterdir()
+    results = json.loads((folder / "results.json").read_text())
+    assert results["answered"] == {"/v1/classify": 200, "/v1/fill-mask": 200, "/v1/explain": 200}
+    roles = {process["role"] for process in results["processes"]}
+    assert {"main (supervisor)", "inference worker", "http server (uvicorn)"} <= roles
+    assert all(process["pss_mb"] > 0 for process in results["processes"])
+    assert "**all**" in (folder / "results.md").read_text()

@@ -20,7 +20,7 @@ def two_gpus() -> tuple[int, str]:
 
 def test_sizing_fills_only_what_is_left_to_it():
     on_16 = Settings().resolved(cpus=16, probe=no_gpu)
-    assert (on_16.device, on_16.workers, on_16.torch_threads, on_16.api_servers) == ("cpu", 4, 4, 0)
+    assert (on_16.device, on_16.workers, on_16.torch_threads, on_16.api_servers) == ("cpu", 4, 4, 8)
     assert (on_16.max_batch_size, on_16.max_batch_tokens) == CPU_BATCH
     explicit = Settings(workers=2, torch_threads=3, api_servers=5, max_batch_size=8).resolved(16, no_gpu)
     assert (explicit.workers, explicit.torch_threads, explicit.api_servers) == (2, 3, 5)
@@ -59,3 +59,30 @@ def test_model_backends_override_the_default_backend(monkeypatch):
 def test_bad_model_backends_are_refused(value):
     with pytest.raises(ValidationError, match="model_backends"):
         Settings(model_backends=value)
+
+
+@pytest.fixture(scope="module")
+def own_model_store(tmp_path_factory):
+    """A store holding one classifier named `mine` and nothing called like the default models."""
+    from bertserve.store.layout import ModelStore
+    from bertserve.store.publish import import_hf_folder
+    from tests.tiny_models import build_classifier
+
+    folder = tmp_path_factory.mktemp("own")
+    store = ModelStore(folder / "store")
+    import_hf_folder(store, build_classifier(folder / "hf"), "mine")
+    return store.root
+
+
+def test_serve_refuses_at_start_a_default_model_it_does_not_serve(own_model_store):
+    """Requests naming no model would all get 404: serve says so in one line and exits 2 before starting."""
+    from typer.testing import CliRunner
+
+    from bertserve.cli import app
+
+    result = CliRunner().invoke(app, ["serve", "--store", str(own_model_store)])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "the default classification model is 'sentiment'" in lines[0]
+    assert "--default-classify-model" in lines[0] and lines[0].endswith("one of: mine")

@@ -79,14 +79,14 @@ def test_bad_device_values(spec):
 @pytest.mark.parametrize(
     ("cpus", "gpus_used", "workers", "expected"),
     [
-        # CPU: one worker per 4 CPUs (1..8), the CPUs shared as threads, HTTP processes: one per worker (0)
-        (1, 0, 0, Sizing(1, 1, 0, 32, 16384)),
-        (2, 0, 0, Sizing(1, 2, 0, 32, 16384)),
-        (4, 0, 0, Sizing(1, 4, 0, 32, 16384)),
-        (8, 0, 0, Sizing(2, 4, 0, 32, 16384)),
-        (16, 0, 0, Sizing(4, 4, 0, 32, 16384)),
-        (64, 0, 0, Sizing(8, 8, 0, 32, 16384)),
-        (2, 0, 4, Sizing(4, 1, 0, 32, 16384)),  # explicit workers: never below one thread
+        # CPU: one worker per 4 CPUs (1..8), the CPUs shared as threads, HTTP processes: one per CPU (1..8)
+        (1, 0, 0, Sizing(1, 1, 1, 32, 16384)),
+        (2, 0, 0, Sizing(1, 2, 2, 32, 16384)),
+        (4, 0, 0, Sizing(1, 4, 4, 32, 16384)),
+        (8, 0, 0, Sizing(2, 4, 8, 32, 16384)),
+        (16, 0, 0, Sizing(4, 4, 8, 32, 16384)),
+        (64, 0, 0, Sizing(8, 8, 8, 32, 16384)),
+        (2, 0, 4, Sizing(4, 1, 2, 32, 16384)),  # explicit workers: never below one thread
         # CUDA: one worker per GPU, a few threads, HTTP processes by the CPUs, wide batches
         (16, 1, 0, Sizing(1, 4, 4, 128, 65536)),
         (2, 1, 0, Sizing(1, 2, 1, 128, 65536)),
@@ -142,19 +142,25 @@ def test_usable_cpus_are_the_affinity_capped_by_the_quota(tmp_path):
 def test_a_cuda_server_starts_its_workers_one_per_gpu(store_root, tiny_classifier_dir, tmp_path, monkeypatch):
     """The assembly LitServe gets (no worker starts here, so no GPU is needed): each endpoint's workers are
     spread over the GPUs, one per GPU, each told its cuda:N; the HTTP processes come from the sizing."""
-    from bertserve.server import InFlight, build_server
+    from bertserve.server import INSTRUMENTED, InFlight, build_server
     from bertserve.store.layout import ModelStore
     from bertserve.store.publish import import_hf_folder
 
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     monkeypatch.setattr(device, "cuda_gpus", gpus(2))
     import_hf_folder(ModelStore(store_root), tiny_classifier_dir, "sentiment")
-    server = build_server(Settings(store=store_root, device="cuda"), tmp_path / "draining", InFlight())
+    server = build_server(
+        Settings(store=store_root, device="cuda"), tmp_path / "draining", InFlight(tuple(INSTRUMENTED))
+    )
     assert server._inference_workers_config_for_api("/v1/classify") == [["cuda:0"], ["cuda:1"]]
     assert server._inference_workers_config_for_api("/v1/explain") == [["cuda:0"], ["cuda:1"]]
     (api,) = [api for api in server.litapi_connector if api.endpoint == "classify"]
     assert (api.settings.device, api.settings.workers, api.max_batch_size) == ("cuda:0,1", 1, 128)
-    cpu = build_server(Settings(store=store_root, device="cpu", workers=3), tmp_path / "draining", InFlight())
+    cpu = build_server(
+        Settings(store=store_root, device="cpu", workers=3),
+        tmp_path / "draining",
+        InFlight(tuple(INSTRUMENTED)),
+    )
     assert cpu._inference_workers_config_for_api("/v1/classify") == ["cpu"] * 3
 
 

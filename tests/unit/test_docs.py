@@ -1,9 +1,13 @@
 """The README and docs/ match the code: links resolve, every variable and flag they name exists, every
-setting, CLI option and metric is documented, and the README's examples parse (so the docs cannot drift)."""
+setting (with its default), CLI option, metric and error code is documented, the sizing table is what the
+code picks, each measured quantity is stated on one page only, no page speaks of "this VM" or "here", and the
+README's examples parse (so the docs cannot drift)."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -13,12 +17,16 @@ from prometheus_client import Counter, Gauge, Histogram
 from bertserve import metrics
 from bertserve.cli import app
 from bertserve.config import Settings
-from tests.readme_examples import README, fill_mask_shape, readme_examples, top_labels
+from bertserve.errors import STATUS_CODES
+from bertserve.runtime.device import pick_sizing
+from tests.readme_examples import README, fill_mask_shape, own_model_steps, readme_examples, top_labels
 
 REPO = Path(__file__).parents[2]
 PAGES = [README, *sorted((REPO / "docs").glob("*.md"))]
 DOCS = "\n".join(page.read_text() for page in PAGES)
 API = (REPO / "docs" / "api.md").read_text()
+CONFIGURATION = (REPO / "docs" / "configuration.md").read_text()
+PERFORMANCE = REPO / "docs" / "performance.md"
 OPERATIONS = (REPO / "docs" / "operations.md").read_text()
 
 # BERTSERVE_* variables read outside Settings (bootstrap cache, ONNX cache, the test suite's tools and store).
@@ -142,14 +150,31 @@ def test_every_cli_option_is_documented():
     assert not missing, f"CLI options no page names: {missing}"
 
 
-def test_the_configuration_table_has_every_setting_with_its_serve_flag():
-    rows = dict(re.findall(r"^\| `(BERTSERVE_\w+)` \| (`--[\w-]+`|\(env only\)) \|", API, re.MULTILINE))
+def shown_default(default: object) -> str:
+    """How the configuration table writes a setting's default."""
+    if default is None or (hasattr(default, "get_secret_value") and not default.get_secret_value()):
+        return "unset"
+    return str(default) if default != "" else "(none)"
+
+
+def test_the_configuration_table_has_every_setting_with_its_serve_flag_and_default():
+    rows = {
+        variable: (flag, default)
+        for variable, flag, default in re.findall(
+            r"^\| `(BERTSERVE_\w+)` \| (`--[\w-]+`|\(env only\)) \| ([^|]+) \|", CONFIGURATION, re.MULTILINE
+        )
+    }
     serve = options(CLI.commands["serve"])
-    for name in Settings.model_fields:
+    for name, field in Settings.model_fields.items():
         variable, flag = f"BERTSERVE_{name.upper()}", "--" + name.replace("_", "-")
-        assert variable in rows, f"docs/api.md configuration table lacks {variable}"
+        assert variable in rows, f"docs/configuration.md lacks {variable}"
         expected = f"`{flag}`" if flag in serve else "(env only)"
-        assert rows[variable] == expected, f"{variable}: the table says {rows[variable]}, not {expected}"
+        assert rows[variable][0] == expected, (
+            f"{variable}: the table says {rows[variable][0]}, not {expected}"
+        )
+        written = re.match(r"`([^`]*)`|(\S+)", rows[variable][1].strip())
+        default = written[1] if written[1] is not None else written[2]
+        assert default == shown_default(field.default), f"{variable}: documented default {default}"
 
 
 def test_every_metric_is_in_the_metrics_table():
@@ -192,3 +217,213 @@ def test_settings_come_from_the_environment(monkeypatch):
     assert Settings(max_batch_size=3).max_batch_size == 3, (
         "explicit values (CLI flags) win over the environment"
     )
+
+
+# ------------------------------------------------------------------------------------- sizing, error codes
+
+
+def sizing_rows() -> list[list[str]]:
+    """The rows of performance.md's table of what the sizing gives with the default store."""
+    text = prose(PERFORMANCE.read_text())
+    header = "| CPUs | GPUs | workers per endpoint | inference workers in all |"
+    assert header in text, "docs/performance.md lost its sizing examples table"
+    table = text.split(header, 1)[1].split("\n\n", 1)[0]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines()[2:]]
+
+
+def test_the_sizing_table_is_what_the_code_picks():
+    """Every row: the defaults pick_sizing gives, with the default store's three task endpoints (classify,
+    fill-mask, embeddings) plus the explain workers."""
+    rows = sizing_rows()
+    assert len(rows) >= 4
+    explain = Settings().explain_workers
+    for cpus, gpus, per_endpoint, total, threads, http, batch in rows:
+        sizing = pick_sizing(int(cpus), int(gpus))
+        workers = (3 * sizing.workers + explain) * max(1, int(gpus))
+        expected = [
+            str(sizing.workers),
+            str(workers),
+            str(sizing.torch_threads),
+            str(sizing.api_servers or workers),
+            f"{sizing.max_batch_size} / {sizing.max_batch_tokens}",
+        ]
+        assert [per_endpoint, total, threads, http, batch] == expected, f"{cpus} CPUs, {gpus} GPUs"
+
+
+def error_codes() -> set[str]:
+    """Every error `code` the service can send: the literals of its ClientError / error_body / error_response
+    calls, and the status-code defaults."""
+    found = set(STATUS_CODES.values())
+    for path in (REPO / "bertserve").rglob("*.py"):
+        source = path.read_text()
+        found |= set(
+            re.findall(r'ClientError\(\s*\d{3},[^()]*?(?:\([^()]*\)[^()]*?)*,\s*"([a-z_]+)",?\s*\)', source)
+        )
+        found |= set(re.findall(r'error_body\(\s*"([a-z_]+)"', source))
+        found |= set(
+            re.findall(r'error_response\(\s*\d{3},[^()]*?(?:\([^()]*\)[^()]*?)*,\s*"([a-z_]+)"', source)
+        )
+    return found
+
+
+def test_every_error_code_is_in_the_api_table():
+    codes = error_codes()
+    assert {"unknown_model", "no_mask_token", "worker_lost", "internal_error", "invalid_request"} <= codes
+    missing = sorted(
+        code for code in codes if not re.search(rf"^\| \d{{3}} \| `{code}` \|", API, re.MULTILINE)
+    )
+    assert not missing, f"docs/api.md's error table lacks {missing}"
+
+
+# ------------------------------------------------------------------------------- one source per number
+
+# The README, every page, and the comments of the files people read next to them.
+SOURCES = [*PAGES, REPO / "Dockerfile", REPO / "Makefile", *sorted((REPO / "k8s").rglob("*.yaml"))]
+NUMBER = r"~?\d+(?:\.\d+)?(?:\s*-\s*\d+(?:\.\d+)?)?"
+WITHIN = r"[^.;|]{0,100}?"  # the same sentence or table cell
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """A measured quantity, where it is stated (`home`: page#anchor), and how a statement of it reads."""
+
+    name: str
+    home: str
+    statement: re.Pattern
+    not_it: re.Pattern = re.compile(r"$^")  # matches that are about something else
+
+
+QUANTITIES = [
+    Quantity(
+        "bootstrap time",
+        "docs/models-and-training.md#bootstrap-time",
+        re.compile(
+            rf"bootstrap{WITHIN}{NUMBER}\s*(?:min|minutes?|h|hours?)\b|{NUMBER}\s*(?:min|minutes)\b{WITHIN}bootstrap",
+            re.IGNORECASE,
+        ),
+    ),
+    Quantity(
+        "start-up time",
+        "docs/performance.md#start-up",
+        re.compile(
+            rf"(?:start-up|startup|starts? (?:in|within)|to /health 200|load\w* (?:and|\+) warm\w*){WITHIN}"
+            rf"{NUMBER}\s*(?:s|seconds)\b|{NUMBER}\s*(?:s|seconds)\b{WITHIN}(?:start-up|startup)",
+            re.IGNORECASE,
+        ),
+    ),
+    Quantity(
+        "memory",
+        "docs/performance.md#memory",
+        re.compile(
+            rf"(?:RSS|memory|resident){WITHIN}{NUMBER}\s*(?:GB|MB|GiB|MiB)\b|{NUMBER}\s*(?:GB|MB|GiB|MiB)\b"
+            rf"{WITHIN}(?:RSS|of memory|resident)",
+            re.IGNORECASE,
+        ),
+        re.compile(r"growth|bound|disk|storage", re.IGNORECASE),
+    ),
+    Quantity(
+        "process counts",
+        "docs/performance.md#how-to-size",
+        re.compile(
+            r"\b(?:\d+|two|three|four|five|six|seven|eight|nine|ten|twelve|thirteen|sixteen|twenty-five)\s+"
+            r"(?:HTTP (?:server )?processes|inference (?:workers|processes)|workers per endpoint)\b",
+            re.IGNORECASE,
+        ),
+    ),
+    Quantity(
+        "test durations",
+        "docs/development.md#how-long-the-tests-take",
+        re.compile(
+            rf"(?:\btests?\b|pytest|image-test|install-ci-tools){WITHIN}{NUMBER}\s*(?:s|seconds|min|minutes)\b"
+            rf"|(?:passed|failed) in {NUMBER}\s*s",
+            re.IGNORECASE,
+        ),
+    ),
+]
+
+
+def blocks(text: str, markdown: bool) -> Iterator[tuple[str, str]]:
+    """(anchor of the section, text) for each paragraph, table row and code line; sentences may wrap."""
+    anchor, paragraph, fenced = "", [], False
+    for line in [*text.splitlines(), ""]:
+        if markdown and line.startswith("```"):
+            fenced = not fenced
+            continue
+        heading = re.match(r"#{1,6} (.+)$", line) if markdown and not fenced else None
+        single = fenced or line.lstrip().startswith("|") or line.lstrip().startswith("$ ")
+        if heading or single or not line.strip():
+            if paragraph:
+                yield anchor, " ".join(paragraph)
+            paragraph = []
+        if heading:
+            anchor = slug(heading[1])
+        elif single:
+            yield anchor, line
+        elif line.strip():
+            paragraph.append(line.strip().lstrip("#").strip())
+    return
+
+
+def misplaced_numbers(sources: dict[str, str]) -> list[str]:
+    """Statements of a measured quantity outside its home section: `sources` maps a path relative to the
+    repository to its text."""
+    found = []
+    for path, text in sources.items():
+        for anchor, block in blocks(text, path.endswith(".md")):
+            for quantity in QUANTITIES:
+                if f"{path}#{anchor}" == quantity.home:
+                    continue
+                for match in quantity.statement.finditer(block):
+                    if not quantity.not_it.search(match[0]):
+                        found.append(f"{path}#{anchor}: {quantity.name} {match[0]!r} (link {quantity.home})")
+    return found
+
+
+def test_each_measured_quantity_is_stated_on_one_page_only():
+    """Bootstrap and start-up times, memory, process counts and test durations live in one table each;
+    every other page links there, so two pages cannot give two values."""
+    sources = {str(path.relative_to(REPO)): path.read_text() for path in SOURCES}
+    assert not misplaced_numbers(sources), "\n".join(misplaced_numbers(sources))
+    for quantity in QUANTITIES:
+        page, anchor = quantity.home.split("#")
+        assert anchor in anchors(REPO / page), f"{quantity.home} does not exist"
+
+
+def test_the_number_check_finds_a_quantity_stated_twice():
+    home = "## Bootstrap time\n\n| CPU | time |\n| --- | --- |\n| 2 cores | bootstrap in 13 min |\n"
+    pages = {
+        "docs/models-and-training.md": home,
+        "README.md": "It builds the models (the bootstrap takes about 15 minutes on 2 cores).\n",
+        "Dockerfile": "# BOOTSTRAP=1: run the bootstrap at build time (~15 min)\n",
+        "docs/deploy.md": "A pod runs\nfour HTTP processes and starts in 4.7-7.3 s.\n\n"
+        "```\n48 passed in 89.88s\n```\nIts RSS growth stayed under 64 MB; a worker holds 0.5 GB of RSS.\n",
+    }
+    found = misplaced_numbers(pages)
+    assert [line.split(": ")[1].split(" '")[0] for line in found] == [
+        "bootstrap time",
+        "bootstrap time",
+        "start-up time",
+        "process counts",
+        "test durations",
+        "memory",
+    ], found
+    assert not misplaced_numbers({"docs/models-and-training.md": home})
+
+
+def test_no_page_speaks_of_this_vm_or_here():
+    """A measurement names its hardware; "here" means nothing to a reader on another machine."""
+    vague = re.compile(r"\bthis (?:VM|machine)\b|\bdevelopment (?:machine|VM)\b|\bhere\b", re.IGNORECASE)
+    found = [
+        f"{page.name}: {match[0]!r} in {line.strip()[:80]!r}"
+        for page in PAGES
+        for line in prose(page.read_text()).splitlines()
+        for match in vague.finditer(line)
+    ]
+    assert not found, "\n".join(found)
+
+
+def test_the_own_model_quickstart_parses():
+    steps = own_model_steps(README.read_text())
+    assert steps.import_args[:2] == ["store", "import"] and steps.serve_args[0] == "serve"
+    assert any(arg.startswith("--default-") for arg in steps.serve_args), "serve names the default model"
+    assert steps.call.path == "/v1/classify" and "bootstrap" not in " ".join(steps.import_args)

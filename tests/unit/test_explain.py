@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from importlib import resources
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
@@ -62,20 +63,48 @@ def test_completeness_within_5_percent_at_64_steps(model, text):
     assert answer["convergence_delta"] == pytest.approx(sum(answer["attributions"]) - difference, abs=1e-5)
 
 
-def independent_integrated_gradients(folder, ids, types, target: int, steps: int = 1000) -> torch.Tensor:
-    """Textbook IG with the trapezoid rule, one path point at a time, on transformers' own model."""
+def trapezoid(steps: int) -> list[tuple[float, float]]:
+    return [(k / steps, (0.5 if k in (0, steps) else 1.0) / steps) for k in range(steps + 1)]
+
+
+def gauss_legendre_points(steps: int) -> list[tuple[float, float]]:
+    nodes, weights = np.polynomial.legendre.leggauss(steps)
+    return [((node + 1) / 2, weight / 2) for node, weight in zip(nodes, weights, strict=True)]
+
+
+def independent_integrated_gradients(folder, ids, types, target: int, points=None) -> torch.Tensor:
+    """Textbook IG, one path point at a time, on transformers' own model: by default the trapezoid rule on
+    1000 intervals; `points` gives another rule as (position on the path, weight) pairs."""
     module = AutoModelForSequenceClassification.from_pretrained(folder, attn_implementation="eager").eval()
     embed = module.get_input_embeddings()
     special = {2, 3}  # [CLS], [SEP] in tests/tiny_models.py's vocabulary; [PAD] is 0
     baseline = torch.tensor([[t if t in special else 0 for t in ids]])
     x, x0 = embed(torch.tensor([ids])).detach(), embed(baseline).detach()
     gradient_sum = torch.zeros_like(x)
-    for k in range(steps + 1):
-        point = (x0 + (k / steps) * (x - x0)).requires_grad_(True)
+    for alpha, weight in points or trapezoid(1000):
+        point = (x0 + alpha * (x - x0)).requires_grad_(True)
         logit = module(inputs_embeds=point, token_type_ids=torch.tensor([types])).logits[0, target]
         (grad,) = torch.autograd.grad(logit, point)
-        gradient_sum += grad * (0.5 if k in (0, steps) else 1.0)
-    return ((x - x0) * gradient_sum / steps).sum(-1)[0]
+        gradient_sum += grad * weight
+    return ((x - x0) * gradient_sum).sum(-1)[0]
+
+
+@pytest.mark.parametrize("steps", [3, 8])
+def test_every_quadrature_point_counts_once(model, store, steps):
+    """At a few steps the answer is exactly that many points of Gauss-Legendre, computed here point by point:
+    a rule that drops a point, or uses steps-1 points, is off by far more than float32 rounding."""
+    text = ("i took the pill", "it helped, no sleeping")
+    answer, _ = explain(job(model, text, target="positive", steps=steps))
+    encoding = model.tokenizer(*text)
+    expected = independent_integrated_gradients(
+        store.version_dir("sentiment", "1"),
+        encoding["input_ids"],
+        encoding["token_type_ids"],
+        2,
+        gauss_legendre_points(steps),
+    )
+    ours = torch.tensor(answer["attributions"])
+    assert torch.allclose(ours, expected, atol=1e-4 * expected.abs().max().item(), rtol=0), (ours, expected)
 
 
 def test_attributions_match_an_independent_computation(model, store):
@@ -135,14 +164,19 @@ def test_the_page_makes_no_outside_requests():
 
 
 def test_explain_has_workers_of_its_own_or_none(store_root, tiny_classifier_dir, tmp_path, monkeypatch):
-    from bertserve.server import InFlight, build_server
+    from bertserve.server import INSTRUMENTED, InFlight, build_server
 
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     import_hf_folder(ModelStore(store_root), tiny_classifier_dir, "sentiment")
     settings = Settings(store=store_root, device="cpu", workers=3, explain_workers=2)
-    server = build_server(settings, tmp_path / "draining", InFlight())
+    slots = InFlight(tuple(INSTRUMENTED))
+    server = build_server(settings, tmp_path / "draining", slots)
     assert server._inference_workers_config_for_api("/v1/classify") == ["cpu"] * 3
     assert server._inference_workers_config_for_api("/v1/explain") == ["cpu"] * 2
-    off = build_server(settings.model_copy(update={"explain_workers": 0}), tmp_path / "draining", InFlight())
+    off = build_server(
+        settings.model_copy(update={"explain_workers": 0}),
+        tmp_path / "draining",
+        InFlight(tuple(INSTRUMENTED)),
+    )
     assert [api.endpoint for api in off.litapi_connector] == ["classify"]
     assert "/v1/explain" not in {getattr(route, "path", None) for route in off.app.routes}

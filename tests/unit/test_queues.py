@@ -1,5 +1,5 @@
 """The queues between processes: requests reach a worker in bulk and are recorded as held by it until it
-answers them; answers travel back over ZeroMQ (not litserve 0.2.19's silent Manager fallback)."""
+answers them; answers travel back over ZeroMQ, none lost however far behind an HTTP process falls."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import pickle
 import time
 from types import SimpleNamespace
 
-from bertserve.api import request_queue
-from bertserve.api.loop import SequenceBatchingLoop
-from bertserve.api.transport import ResponseTransport
 from bertserve.config import Settings
-from bertserve.server import InFlight, build_server
+from bertserve.engine import request_queue
+from bertserve.engine.loop import SequenceBatchingLoop
+from bertserve.engine.transport import ResponseTransport
+from bertserve.server import INSTRUMENTED, InFlight, build_server
 from bertserve.store.layout import ModelStore
 from bertserve.store.publish import import_hf_folder
 
@@ -24,7 +24,7 @@ def test_server_queues_requests_in_bulk_and_answers_over_zmq(
 ):
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     import_hf_folder(ModelStore(store_root), tiny_classifier_dir, "sentiment")
-    server = build_server(Settings(store=store_root), tmp_path / "draining", InFlight())
+    server = build_server(Settings(store=store_root), tmp_path / "draining", InFlight(tuple(INSTRUMENTED)))
     (route,) = [r for r in server.app.routes if getattr(r, "path", "") == "/v1/classify"]
     (auth,) = [dependency.call for dependency in route.dependant.dependencies]
     assert inspect.iscoroutinefunction(auth), "a sync dependency costs every request a thread-pool hop"
@@ -35,26 +35,16 @@ def test_server_queues_requests_in_bulk_and_answers_over_zmq(
         assert requests.take(1234, 4) == [(0, "uid", 0.0, {})]
         transport = server._transport
         assert isinstance(transport, ResponseTransport)
-        assert server.transport_config.transport_type == "zmq"
         # a worker gets the transport pickled; its answers for HTTP process 1 must reach that process only
         worker_side = pickle.loads(pickle.dumps(transport))
         assert isinstance(worker_side, ResponseTransport)
+        worker_side.send(("uid-0", ("for http process 0",)), consumer_id=0)  # sent before anyone listens
+        worker_side.send_many([("uid-1", ("for http process 1",)), ("uid-2", ("too",))], consumer_id=1)
 
-        def publish() -> None:
-            worker_side.send(("uid-0", ("for http process 0",)), consumer_id=0)
-            worker_side.send(("uid-1", ("for http process 1",)), consumer_id=1)
+        async def receive(consumer: int, count: int) -> list:
+            return [await transport.areceive(consumer_id=consumer, timeout=10) for _ in range(count)]
 
-        async def roundtrip() -> tuple:
-            answer = asyncio.create_task(transport.areceive(consumer_id=1, timeout=10))
-            await asyncio.to_thread(worker_side.connect_publisher)
-            # a subscription reaches the broker a moment after it is made (what is sent before is lost):
-            # publish again until the answer arrives (areceive's timeout bounds the wait)
-            while not answer.done():
-                await asyncio.to_thread(publish)
-                await asyncio.wait({answer}, timeout=0.05)
-            return answer.result()
-
-        assert asyncio.run(roundtrip()) == ("uid-1", ("for http process 1",))
+        assert asyncio.run(receive(1, 2)) == [("uid-1", ("for http process 1",)), ("uid-2", ("too",))]
         worker_side.close()
         pickle.loads(pickle.dumps(transport)).close()  # never connected (the main process at shutdown)
     finally:
@@ -74,7 +64,7 @@ def test_workers_take_in_bulk_and_what_a_dead_worker_held_is_returned_never_lost
         for n in range(5):
             queue.put(request(n))
         assert queue.take(7, 3) == [request(0), request(1), request(2)]  # the batch's room, in order
-        assert queue.release(7, ["uid-2"]) == 2  # answered 0 and 1, carries 2; two still queued
+        assert queue.release(7, ["uid-2"]) == (2, [])  # answered 0 and 1, carries 2; two still queued
         assert queue.take(8, 8) == [request(3), request(4)]  # only what is there: no waiting for more
         assert queue.retire(7) == [(0, "uid-2")]  # worker 7 died holding request 2
         assert queue.retire(8) == [(1, "uid-3"), (0, "uid-4")]
@@ -82,7 +72,25 @@ def test_workers_take_in_bulk_and_what_a_dead_worker_held_is_returned_never_lost
         queue.put(request(5))
         assert queue.take(7, 8) == [] and queue.qsize() == 1
         assert queue.take(9, 8) == [request(5)]
-        assert queue.release(9, []) == 0 and queue.retire(9) == []
+        assert queue.release(9, []) == (0, []) and queue.retire(9) == []
+    finally:
+        manager.shutdown()
+
+
+def test_a_cancelled_request_is_taken_out_of_the_queue_or_reported_to_the_worker_holding_it():
+    request_queue.register()
+    manager = mp.Manager()
+    try:
+        queue = manager.RequestQueue()
+        for n in range(4):
+            queue.put(request(n))
+        assert queue.take(7, 2) == [request(0), request(1)]  # worker 7 holds 0 and 1
+        assert queue.cancel(["uid-1", "uid-3", "uid-answered-long-ago"]) == 1, "3 was still queued"
+        assert queue.qsize() == 1 and queue.take(8, 8) == [request(2)]
+        # worker 7 computed 0 and carries 1: the queue tells it 1 was cancelled; it holds nothing after
+        assert queue.release(7, ["uid-1"]) == (0, ["uid-1"])
+        assert queue.retire(7) == [], "a cancelled request is no longer held"
+        assert queue.release(8, []) == (0, [])
     finally:
         manager.shutdown()
 
@@ -112,7 +120,7 @@ def batching_api(batch_timeout: float) -> SimpleNamespace:
 
 
 def collect(api, queue: CountingQueue) -> tuple[list[str], list[str]]:
-    batch, carried, stop = SequenceBatchingLoop()._collect(api, queue, 1234, None, [])
+    batch, carried, stop = SequenceBatchingLoop()._collect(api, queue, 1234, [])
     assert not stop
     return [item.uid for item in batch], [item.uid for item in carried]
 
@@ -131,3 +139,43 @@ def test_a_batch_timeout_waits_for_more_after_the_queue_is_emptied():
     queue = CountingQueue(1)
     assert collect(batching_api(0.2), queue) == (["uid-0"], [])
     assert len(queue.timeouts) == 2 and 0 < queue.timeouts[1] <= 0.2
+
+
+def _stalled_http_process(answers: int, ready, done) -> None:
+    """An HTTP process that reads nothing until every answer has been sent, then counts what arrives."""
+    transport = ResponseTransport("test-stalled-" + str(answers))
+
+    async def read_all() -> list[str]:
+        first = asyncio.create_task(transport.areceive(consumer_id=0, timeout=30))  # binds, then waits
+        await asyncio.sleep(0.1)
+        ready.set()
+        while not done.is_set():  # stalled: an event loop busy elsewhere, reading nothing
+            time.sleep(0.01)
+        uids = [(await first)[0]]
+        while len(uids) < answers:
+            uids.append((await transport.areceive(consumer_id=0, timeout=5))[0])
+        return uids
+
+    uids = asyncio.run(read_all())
+    assert uids == [f"uid-{n}" for n in range(answers)], "every answer, once, in order"
+
+
+def test_no_answer_is_lost_when_an_http_process_stalls_past_any_high_water_mark():
+    """ZeroMQ's default high-water mark is 1,000 messages: a PUB socket drops past it. 5,000 answers sent
+    one message each to a process that reads none of them until the last is sent all arrive."""
+    answers = 5000
+    context = mp.get_context("spawn")
+    ready, done = context.Event(), context.Event()
+    reader = context.Process(target=_stalled_http_process, args=(answers, ready, done))
+    reader.start()
+    try:
+        assert ready.wait(60)
+        worker_side = ResponseTransport(f"test-stalled-{answers}")
+        for n in range(answers):
+            worker_side.send((f"uid-{n}", ("answer",)), consumer_id=0)
+        done.set()
+        reader.join(60)
+        assert reader.exitcode == 0, "the stalled process received every answer (see its assertion above)"
+        worker_side.close()
+    finally:
+        reader.kill()

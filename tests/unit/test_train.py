@@ -209,6 +209,8 @@ def test_the_kept_checkpoint_is_the_one_select_on_names(tiny_classifier_dir, rev
         (["--ordinal", "negative,neutral,positive", "--multi-label"], "needs single-label data"),
         (["--ordinal", "negative,negative"], "distinct labels"),
         (["--label-column", "stars"], "no column 'stars'"),
+        (["--device", "tpu"], "'tpu' is not auto, cpu, cuda"),
+        (["--device", "cuda:7"], "device cuda:7: "),  # no such GPU here, whatever the machine
     ],
 )
 def test_cli_refuses_bad_input_in_one_line(store_root, tiny_classifier_dir, reviews_csv, extra, message):
@@ -427,11 +429,32 @@ def test_cli_train(store_root, tiny_classifier_dir, reviews_csv):
         "2",
         "--max-length",
         "32",
+        "--device",
+        "cpu",
         "--no-progress",
     ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "published cli@" in result.output and "macro_f1=" in result.output
+    manifest = ModelStore(store_root).read_manifest("cli", ModelStore(store_root).versions("cli")[-1])
+    assert manifest.training["device"] == "cpu"
+
+
+def test_training_picks_its_device_by_serves_rule(monkeypatch):
+    """auto trains on the GPU when torch sees one (make serve on a GPU machine), else on the CPU."""
+    from bertserve.training import bootstrap
+    from bertserve.training.loop import training_device
+
+    assert training_device("auto", lambda: (2, "")) == "cuda:0"
+    assert training_device("auto", lambda: (0, "no driver")) == "cpu"
+    assert training_device("cuda:1", lambda: (2, "")) == "cuda:1"
+    assert training_device("cpu", lambda: (2, "")) == "cpu"
+    monkeypatch.setattr(bootstrap, "native_bf16", lambda: False)
+    full = bootstrap.BUDGETS["full"]
+    assert bootstrap._on(full, "cpu").pretrain.max_steps == 120  # a slow CPU keeps the bootstrap's time
+    on_gpu = bootstrap._on(full, "cuda:0")
+    assert on_gpu.pretrain.max_steps == 300
+    assert {on_gpu.frozen.device, on_gpu.fine_tune.device, on_gpu.pretrain.device} == {"cuda:0"}
 
 
 def test_cli_fine_tune_with_frozen_word_embeddings_and_label_smoothing(

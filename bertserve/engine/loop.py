@@ -5,8 +5,14 @@ Differences that matter for a BERT service:
 - each request is validated and tokenized on its own, so a bad one gets its 4xx and its batch-mates go on;
 - no waiting when nothing waits: block for the first request, then take what is already queued (and wait at
   most batch_timeout for more); under load, requests pile up while the model runs and form big batches;
-- a request that waited past request_timeout is answered 504 and never computed (its client already got 504);
-- before each batch the worker lets its model registry look for store changes (hot swap, registry.py);
+- a request past its deadline is answered 504 and never computed: its client already got 504. The deadline
+  counts from when the HTTP process's middleware received the request, the clock its 504 uses (both
+  `time.monotonic()`, one clock for every process of the machine), and it is checked again just before the
+  forward pass;
+- a request whose client went away (the HTTP process cancelled it) is dropped when carried to a next batch;
+- before every batch, carried requests or not, the worker lets its model registry look for store changes
+  (hot swap, registry.py), so a swap lands under saturation too;
+- the answers of a batch go back in one message per HTTP process (transport.py).
 - the queue records which requests this worker holds as it hands them out, and forgets them once they are
   answered (request_queue.py), so that if the worker dies the supervisor can answer them at once.
 """
@@ -20,12 +26,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from litserve.loops.base import _SENTINEL_VALUE, DefaultLoop
-from litserve.utils import LitAPIStatus, LoopResponseType
-from litserve.utils import PickleableHTTPException as WorkerHTTPException
-
 from bertserve import metrics
-from bertserve.api.transport import ResponseTransport
+from bertserve.engine.litserve_seam import STOP, WorkerHTTPException, WorkerLoop, answer
 from bertserve.errors import ClientError, error_body
 
 logger = logging.getLogger(__name__)
@@ -41,59 +43,73 @@ class Queued:
     prepared: Any
 
 
-class SequenceBatchingLoop(DefaultLoop):
+class SequenceBatchingLoop(WorkerLoop):
+    def __init__(self) -> None:
+        super().__init__()
+        self.outbox: dict[int, list[tuple]] = {}  # answers not sent yet, by HTTP process
+
     def __call__(
         self, lit_api, device, worker_id, request_queue, transport, workers_setup_status, callback_runner
     ):
-        if isinstance(transport, ResponseTransport):
-            transport.connect_publisher()
         holder = os.getpid()  # the queue records what this worker holds under its pid
         carried: list[Queued] = []
         while True:
-            batch, carried, stop = self._collect(lit_api, request_queue, holder, transport, carried)
+            batch, carried, stop = self._collect(lit_api, request_queue, holder, carried)
             if batch:
                 self._answer(lit_api, transport, batch)
-                # after the answers, off the latency path: what this worker still holds, and the queue depth
-                waiting = request_queue.release(holder, [item.uid for item in carried])
-                metrics.QUEUE_DEPTH.labels(lit_api.endpoint).set(waiting)
+            self._send(transport)
+            # after the answers, off the latency path: what this worker still holds, the queue depth, and
+            # which carried requests were cancelled meanwhile
+            waiting, cancelled = request_queue.release(holder, [item.uid for item in carried])
+            metrics.QUEUE_DEPTH.labels(lit_api.endpoint).set(waiting)
+            if cancelled:
+                dropped = set(cancelled)
+                carried = [item for item in carried if item.uid not in dropped]
+                metrics.CANCELLED.labels(lit_api.endpoint).inc(len(dropped))
             if stop:
                 return
 
-    def _reply(self, transport, item: Queued | tuple, payload: Any, ok: bool) -> None:
+    def _reply(self, item: Queued | tuple, payload: Any, ok: bool) -> None:
         response_queue_id, uid = (item.response_queue_id, item.uid) if isinstance(item, Queued) else item
-        status = LitAPIStatus.OK if ok else LitAPIStatus.ERROR
-        self.put_response(transport, response_queue_id, uid, payload, status, LoopResponseType.REGULAR)
+        self.outbox.setdefault(response_queue_id, []).append(answer(uid, payload, ok, self.worker_id))
 
-    def _expired(self, lit_api, transport, response_queue_id: int, uid: str, submitted_at: float) -> bool:
+    def _send(self, transport) -> None:
+        """One message per HTTP process with every answer gathered for it."""
+        outbox, self.outbox = self.outbox, {}
+        for response_queue_id, answers in outbox.items():
+            transport.send_many(answers, response_queue_id)
+
+    def _expired(self, lit_api, response_queue_id: int, uid: str, submitted_at: float) -> bool:
         """Past its timeout its client already got 504: answer it so (nobody waits) and never compute it."""
         timeout = lit_api.request_timeout
         if timeout in (-1, False) or time.monotonic() - submitted_at <= timeout:
             return False
         error = WorkerHTTPException(504, error_body("timeout", "request timed out waiting for a worker"))
-        self._reply(transport, (response_queue_id, uid), error, ok=False)
+        self._reply((response_queue_id, uid), error, ok=False)
         metrics.EXPIRED.labels(lit_api.endpoint).inc()
         return True
 
-    def _admit(self, lit_api, transport, entry) -> Queued | None:
+    def _admit(self, lit_api, entry) -> Queued | None:
         """Decode one request; answer it at once if it is bad or waited past its timeout."""
         response_queue_id, uid, submitted_at, payload = entry
-        if self._expired(lit_api, transport, response_queue_id, uid, submitted_at):
+        if self._expired(lit_api, response_queue_id, uid, submitted_at):
             return None
         try:
             return Queued(response_queue_id, uid, submitted_at, lit_api.decode_request(payload))
         except ClientError as exc:
-            self._reply(transport, (response_queue_id, uid), exc.to_http(), ok=False)
+            self._reply((response_queue_id, uid), exc.to_http(), ok=False)
         except Exception:
             logger.exception("could not prepare request %s", uid)
             error = WorkerHTTPException(
                 500, error_body("internal_error", "the request could not be prepared")
             )
-            self._reply(transport, (response_queue_id, uid), error, ok=False)
+            self._reply((response_queue_id, uid), error, ok=False)
         return None
 
-    def _collect(self, lit_api, request_queue, holder: int, transport, carried: list[Queued]):
+    def _collect(self, lit_api, request_queue, holder: int, carried: list[Queued]):
         """(batch, requests carried to the next batch, stop). Requests are taken in bulk (`take`); one that
         would overflow the batch's sequence budget, and those taken after it, wait for the next batch."""
+        lit_api.refresh()  # every batch: a swap must land even when requests are carried from batch to batch
         waiting = deque(carried)
         batch: list[Queued] = []
         budget, sequences, stop = lit_api.max_batch_size, 0, False
@@ -102,7 +118,7 @@ class SequenceBatchingLoop(DefaultLoop):
         while not stop:
             while waiting and (not batch or sequences + waiting[0].prepared.sequences <= budget):
                 item = waiting.popleft()
-                if not self._expired(lit_api, transport, item.response_queue_id, item.uid, item.submitted_at):
+                if not self._expired(lit_api, item.response_queue_id, item.uid, item.submitted_at):
                     batch.append(item)
                     sequences += item.prepared.sequences
             if waiting or sequences >= budget:
@@ -113,16 +129,18 @@ class SequenceBatchingLoop(DefaultLoop):
             limit = budget - sequences
             if batch:
                 entries = request_queue.take(holder, limit, remaining)
+            elif self.outbox:
+                break  # answers (errors, expiries) to send before blocking for the next requests
             else:
                 entries = self._first_requests(lit_api, request_queue, holder, limit)
                 deadline = time.monotonic() + lit_api.batch_timeout
             drained = len(entries) < limit
             if not entries:
                 break
-            if _SENTINEL_VALUE in entries:  # shutting down: nothing after it is answered
-                entries, stop = entries[: entries.index(_SENTINEL_VALUE)], True
+            if STOP in entries:  # shutting down: nothing after it is answered
+                entries, stop = entries[: entries.index(STOP)], True
             for entry in entries:
-                if (item := self._admit(lit_api, transport, entry)) is not None:
+                if (item := self._admit(lit_api, entry)) is not None:
                     waiting.append(item)
         return batch, list(waiting), stop
 
@@ -136,13 +154,18 @@ class SequenceBatchingLoop(DefaultLoop):
                 return entries
 
     def _answer(self, lit_api, transport, batch: list[Queued]) -> None:
+        # last look before the forward pass: what expired while the batch was gathered is not computed
+        batch = [i for i in batch if not self._expired(lit_api, i.response_queue_id, i.uid, i.submitted_at)]
+        self._send(transport)  # errors and expiries found while gathering do not wait for the forward pass
+        if not batch:
+            return
         lit_api.observe_queue([(item.prepared, item.submitted_at) for item in batch])
         try:
             outputs = lit_api.predict([item.prepared for item in batch])
             for item, output in zip(batch, outputs, strict=True):
-                self._reply(transport, item, lit_api.encode_response(output), ok=True)
+                self._reply(item, lit_api.encode_response(output), ok=True)
         except Exception:
             logger.exception("batch of %d requests failed", len(batch))
             error = WorkerHTTPException(500, error_body("internal_error", "the model failed on this batch"))
             for item in batch:
-                self._reply(transport, item, error, ok=False)
+                self._reply(item, error, ok=False)
