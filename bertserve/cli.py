@@ -39,6 +39,12 @@ def serve(
     default_classify_model: str = typer.Option(None, help="[BERTSERVE_DEFAULT_CLASSIFY_MODEL]"),
     default_fill_mask_model: str = typer.Option(None, help="[BERTSERVE_DEFAULT_FILL_MASK_MODEL]"),
     default_embedding_model: str = typer.Option(None, help="[BERTSERVE_DEFAULT_EMBEDDING_MODEL]"),
+    default_rerank_model: str = typer.Option(None, help="[BERTSERVE_DEFAULT_RERANK_MODEL]"),
+    model_dir: str = typer.Option(
+        None,
+        help="Plain Hugging Face folder to publish and serve (KServe: /mnt/models) [BERTSERVE_MODEL_DIR].",
+    ),
+    model_name: str = typer.Option(None, help="Store name of --model-dir's model [BERTSERVE_MODEL_NAME]."),
     backend: str = typer.Option(
         None, help="fp32 | fp16 | bf16 | int8 | onnx | onnx-int8 | auto [BERTSERVE_BACKEND]."
     ),
@@ -53,6 +59,12 @@ def serve(
         None, help="Seconds to wait for more requests [BERTSERVE_BATCH_TIMEOUT]."
     ),
     max_inputs: int = typer.Option(None, help="Most inputs per request [BERTSERVE_MAX_INPUTS]."),
+    max_embedding_inputs: int = typer.Option(
+        None, help="Most inputs per embeddings/rerank request [BERTSERVE_MAX_EMBEDDING_INPUTS]."
+    ),
+    max_request_tokens: int = typer.Option(
+        None, help="Most tokens per embeddings/rerank request [BERTSERVE_MAX_REQUEST_TOKENS]."
+    ),
     max_input_chars: int = typer.Option(None, help="Most characters per input [BERTSERVE_MAX_INPUT_CHARS]."),
     max_body_bytes: int = typer.Option(None, help="Largest body in bytes [BERTSERVE_MAX_BODY_BYTES]."),
     max_queue: int = typer.Option(None, help="Most queued requests per endpoint [BERTSERVE_MAX_QUEUE]."),
@@ -91,6 +103,13 @@ def serve(
         configured_keys(settings)
     except (OSError, ValueError) as exc:
         _refuse(str(exc))
+    from bertserve.store.errors import StoreError
+    from bertserve.store.mounted import serve_mounted
+
+    try:  # KServe's storage initializer put the model there: publish it, then check the defaults
+        settings = serve_mounted(settings)
+    except (StoreError, OSError, ValueError) as exc:
+        _refuse(f"--model-dir: {exc}")
     _refuse_unserved_default(settings)
     with serving_metrics_dir():  # before bertserve.metrics is imported anywhere
         from bertserve.server import run_server

@@ -49,6 +49,20 @@ class Settings(BaseSettings):
     default_embedding_model: str = Field(
         "minilm", description="Model used by /v1/embeddings and /v1/embed when absent."
     )
+    default_rerank_model: str = Field(
+        "minilm",
+        description="Model used by /v1/rerank and /rerank when absent: a cross-encoder (task rerank) or an "
+        "embedding model (cosine).",
+    )
+    model_dir: Path | None = Field(
+        None,
+        description="A plain Hugging Face or sentence-transformers folder to serve (KServe mounts the "
+        "InferenceService's storageUri at /mnt/models, the default when STORAGE_URI is set): published into "
+        "the store at start-up unless a version came from the same files, and made its task's default model.",
+    )
+    model_name: str = Field(
+        "model", description="The store name of model_dir's model (KServe: the service's)."
+    )
     backend: Backend = Field(
         "auto",
         description="Inference backend of every served model not in model_backends ('auto': the fastest "
@@ -74,6 +88,17 @@ class Settings(BaseSettings):
         description="Seconds a batch may wait for more requests (0: take what is queued).",
     )
     max_inputs: int = Field(64, ge=1, description="Most inputs in one request (413 above).")
+    max_embedding_inputs: int = Field(
+        2048,
+        ge=1,
+        description="Most inputs (texts, token arrays, documents) in one embeddings, similarity or rerank "
+        "request, as OpenAI allows; the server splits them into batches (413 above).",
+    )
+    max_request_tokens: int = Field(
+        65536,
+        ge=64,
+        description="Most tokens in one embeddings, similarity or rerank request, tokenized (413 above).",
+    )
     max_input_chars: int = Field(20000, ge=1, description="Most characters in one input text (413 above).")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body in bytes (413 above).")
     max_queue: int = Field(1024, ge=1, description="Most requests waiting per endpoint before 503.")
@@ -90,9 +115,9 @@ class Settings(BaseSettings):
         None, description="File of API keys, one per line ('#' comments), added to api_keys."
     )
     auth_open_paths: str = Field(
-        "/health,/live,/metrics,/ui",
+        "/health,/live,/metrics,/ui,/v2/health/live,/v2/health/ready",
         description="Comma-separated paths that need no key even when keys are set ('' protects all): the "
-        "probes, Prometheus, and the /ui page, which holds no data and asks for the key itself.",
+        "probes (KServe's too), Prometheus, and the /ui page, which holds no data and asks for the key.",
     )
     drain_seconds: float = Field(
         25.0,
@@ -127,11 +152,17 @@ class Settings(BaseSettings):
             "classification": self.default_classify_model,
             "fill-mask": self.default_fill_mask_model,
             "embedding": self.default_embedding_model,
+            "rerank": self.default_rerank_model,
         }[task]
 
     def default_setting(self, task: str) -> str:
         """The flag and variable that set `task`'s default model, for messages."""
-        name = {"classification": "classify", "fill-mask": "fill_mask", "embedding": "embedding"}[task]
+        name = {
+            "classification": "classify",
+            "fill-mask": "fill_mask",
+            "embedding": "embedding",
+            "rerank": "rerank",
+        }[task]
         return f"--default-{name.replace('_', '-')}-model / BERTSERVE_DEFAULT_{name.upper()}_MODEL"
 
     def backend_for(self, model_name: str) -> str:

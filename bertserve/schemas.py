@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_field
 
 
 def _unicode(text: str) -> str:
@@ -22,6 +23,10 @@ def _not_blank(text: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_not_blank)]
+TokenIds = Annotated[
+    list[Annotated[int, Field(ge=0)]],
+    Field(min_length=1, description="Token ids of the model's own vocabulary (special tokens are added)."),
+]
 TextPair = Annotated[tuple[Text, Text], Field(description="A sentence pair: [CLS] a [SEP] b [SEP].")]
 ClassifyInput = Text | TextPair
 
@@ -49,6 +54,23 @@ class ClassifyRequest(_Request):
 
     def as_list(self) -> list[str | tuple[str, str]]:
         return [self.inputs] if isinstance(self.inputs, str) else list(self.inputs)
+
+    def job(self) -> ClassifyJob:
+        return ClassifyJob(**self.model_dump())
+
+
+class ClassifyJob(ClassifyRequest):
+    """What every classification route (ours, TEI's /predict, Hugging Face's POST /, KServe's infer) queues
+    for the inference workers; `shape` says how the answer is written (not a public schema)."""
+
+    shape: Literal["bertserve", "tei", "tei-batch", "hf", "kserve"] = "bertserve"
+    function: Literal["softmax", "sigmoid", "none"] | None = None  # None: the model's own
+    truncation_direction: Literal["left", "right"] = "right"
+    request_id: str | None = None  # KServe's `id`, echoed
+    outputs: list[str] | None = None  # KServe's requested outputs (None: all)
+
+    def job(self) -> ClassifyJob:
+        return self
 
 
 class FillMaskRequest(_Request):
@@ -119,15 +141,37 @@ class ModelVersionInfo(BaseModel):
 
 class ModelInfo(BaseModel):
     name: str
-    task: Literal["classification", "fill-mask", "embedding"]
+    task: Literal["classification", "fill-mask", "embedding", "rerank"]
     versions: list[ModelVersionInfo]
     aliases: dict[str, str]
     default_version: str | None = Field(description="The version a request naming only the model gets.")
     default_for: list[str] = Field(description="Endpoints using this model when the request names none.")
 
 
+class OpenAIModel(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(description="Unix time its default version was published.")
+    owned_by: str = "bertserve"
+
+
 class ModelsResponse(BaseModel):
     models: list[ModelInfo]
+    object: Literal["list"] = Field("list", description="OpenAI's list shape, beside `models`.")
+
+    @computed_field(description="OpenAI's model list (`client.models.list()`): one entry per model name.")
+    @property
+    def data(self) -> list[OpenAIModel]:
+        return [OpenAIModel(id=model.name, created=_published(model)) for model in self.models]
+
+
+def _published(model: ModelInfo) -> int:
+    default = next((v for v in model.versions if v.version == model.default_version), None)
+    stamp = (default or model.versions[-1]).created_at if model.versions else None
+    try:
+        return int(datetime.fromisoformat(stamp).timestamp()) if stamp else 0
+    except ValueError:
+        return 0
 
 
 class ErrorDetail(BaseModel):
@@ -196,25 +240,57 @@ class ExplainResponse(BaseModel):
 
 
 class EmbedJob(BaseModel):
-    """What either embeddings route queues for the inference workers (not a public schema)."""
+    """What every embeddings, similarity and rerank route queues for the inference workers (not a public
+    schema): `kind` says what to compute, `shape` how the answer is written."""
 
     model: str | None
-    texts: list[str]
-    shape: Literal["openai", "tei"]
-    normalize: bool
-    truncate: bool
+    kind: Literal["embed", "embed_all", "similarity", "rerank"] = "embed"
+    texts: list[str] = []  # to embed; similarity and rerank: the sentences / documents
+    ids: list[list[int]] | None = None  # token-id inputs instead of texts
+    query: str | None = None  # similarity: the source sentence; rerank: the query
+    shape: Literal["openai", "tei", "hf", "kserve", "cohere"]
+    normalize: bool = True
+    truncate: bool = True
+    truncation_direction: Literal["left", "right"] = "right"
+    prompt_name: str | None = None
     dimensions: int | None = None
     encoding_format: Literal["float", "base64"] = "float"
+    top_n: int | None = None
+    return_documents: bool = False
+    raw_scores: bool = False
+    request_id: str | None = None  # KServe's `id`, echoed
+    outputs: list[str] | None = None  # KServe's requested outputs (None: all)
 
     def as_list(self) -> list[str]:
-        return self.texts
+        """The texts the limits apply to (token ids are counted as tokens)."""
+        return ([self.query] if self.query is not None else []) + self.texts
+
+    def job(self) -> EmbedJob:
+        return self
+
+
+def _embedding_input(value: str | list[str] | list[int] | list[list[int]]) -> tuple[list[str], list | None]:
+    """(texts, token ids): OpenAI's and TEI's inputs are texts or token-id arrays, one or many."""
+    if isinstance(value, str):
+        return [value], None
+    if all(isinstance(item, int) for item in value):
+        return [], [list(value)]
+    if all(isinstance(item, list) for item in value):
+        return [], [list(item) for item in value]
+    return list(value), None
 
 
 class EmbeddingsRequest(_Request):
-    input: Text | Annotated[list[Text], Field(min_length=1)] = Field(
+    input: (
+        Text
+        | Annotated[list[Text], Field(min_length=1)]
+        | TokenIds
+        | Annotated[list[TokenIds], Field(min_length=1)]
+    ) = Field(
         ...,
-        description="One text or a list of texts (token-id arrays are not accepted). Texts longer than the "
-        "model's limit are cut to it.",
+        description="One text, a list of texts, one token-id array or a list of them (ids of the model's "
+        "own vocabulary, as a client-side tokenizer makes them). Inputs longer than the model's limit are "
+        "cut to it.",
         examples=["The pill stopped my migraine."],
     )
     encoding_format: Literal["float", "base64"] = Field(
@@ -228,16 +304,13 @@ class EmbeddingsRequest(_Request):
     )
     user: str | None = Field(None, description="Accepted for OpenAI compatibility; not used.")
 
-    def as_list(self) -> list[str]:
-        return [self.input] if isinstance(self.input, str) else list(self.input)
-
     def job(self) -> EmbedJob:
+        texts, ids = _embedding_input(self.input)
         return EmbedJob(
             model=self.model,
-            texts=self.as_list(),
+            texts=texts,
+            ids=ids,
             shape="openai",
-            normalize=True,
-            truncate=True,
             dimensions=self.dimensions,
             encoding_format=self.encoding_format,
         )
@@ -250,16 +323,10 @@ class EmbedRequest(_Request):
     normalize: bool = Field(True, description="L2-normalize each vector; false: the pooled vector as is.")
     truncate: bool = Field(True, description="Cut inputs longer than the model's limit; false: 422 instead.")
 
-    def as_list(self) -> list[str]:
-        return [self.inputs] if isinstance(self.inputs, str) else list(self.inputs)
-
     def job(self) -> EmbedJob:
+        texts, _ = _embedding_input(self.inputs)
         return EmbedJob(
-            model=self.model,
-            texts=self.as_list(),
-            shape="tei",
-            normalize=self.normalize,
-            truncate=self.truncate,
+            model=self.model, texts=texts, shape="tei", normalize=self.normalize, truncate=self.truncate
         )
 
 

@@ -27,7 +27,7 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bertserve import logs, metrics
+from bertserve import logs, metrics, protocols
 from bertserve.api.base import TaskAPI
 from bertserve.api.classify import ClassifyAPI
 from bertserve.api.embeddings import EmbeddingsAPI
@@ -59,6 +59,7 @@ INSTRUMENTED = {
     "/v1/explain": "explain",
     "/v1/embeddings": "embeddings",
     "/v1/embed": "embed",
+    **protocols.ENDPOINTS,  # OpenAI's, TEI's, Cohere's and KServe's routes, each under its own label
 }
 
 
@@ -238,6 +239,7 @@ def describe_models(store: ModelStore, settings: Settings) -> ModelsResponse:
         "fill-mask": "fill-mask",
         "embeddings": "embedding",
         "embed": "embedding",
+        "rerank": "rerank",
     }
     defaults = {endpoint: settings.default_model(task) for endpoint, task in endpoint_tasks.items()}
     models = []
@@ -292,7 +294,7 @@ def _submit_from_http_processes(server: ls.LitServer, apis: list[TaskAPI]) -> li
     ]
     every_encoders = []
     for api in apis:
-        encoders = HttpEncoders(api.settings, api.task)
+        encoders = HttpEncoders(api.settings, api.serves)
         every_encoders.append(encoders)
         handler = SubmittingHandler(api, server)
         for path, schemas in api.routes().items():  # one queue and one set of workers per api
@@ -375,7 +377,9 @@ def build_server(settings: Settings, drain_flag: Path, in_flight: InFlight) -> l
         )
     tasks = set(model_tasks(store, served).values())
     apis: list[TaskAPI] = [
-        api(settings) for api in (ClassifyAPI, FillMaskAPI, EmbeddingsAPI, ExplainAPI) if api.task in tasks
+        api(settings)
+        for api in (ClassifyAPI, FillMaskAPI, EmbeddingsAPI, ExplainAPI)
+        if tasks & {api.task, *api.serves}
     ]
     apis = [api for api in apis if api.worker_count() > 0]  # BERTSERVE_EXPLAIN_WORKERS=0: no /v1/explain
     for api in apis:
@@ -415,6 +419,7 @@ def build_server(settings: Settings, drain_flag: Path, in_flight: InFlight) -> l
     install_error_handlers(server.app)
     server._bertserve_encoders = _submit_from_http_processes(server, apis)
     _add_routes(server.app, store, settings)
+    protocols.install(server.app, settings, drain_flag)  # after every other route and middleware
     _document_plain_text_routes(server.app)
     server.app.title = "bertserve"
     server.app.description = (

@@ -217,11 +217,28 @@ def build_masked_lm(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def build_cross_encoder(folder: Path, seed: int = 0) -> Path:
+    """Save a tiny cross-encoder as sentence-transformers' CrossEncoder saves rerankers: a
+    BertForSequenceClassification with one output (no task given: the store detects it)."""
+    tokenizer = write_tokenizer(folder)
+    torch.manual_seed(seed)
+    config = tiny_config(len(tokenizer), num_labels=1)
+    BertForSequenceClassification(config).eval().save_pretrained(folder)
+    return folder
+
+
 def build_sentence_encoder(
-    folder: Path, pooling: str = "mean", normalize: bool = True, max_seq_length: int = 48, seed: int = 0
+    folder: Path,
+    pooling: str = "mean",
+    normalize: bool = True,
+    max_seq_length: int = 48,
+    seed: int = 0,
+    prompts: dict[str, str] | None = None,
+    default_prompt_name: str | None = None,
 ) -> Path:
     """Save a tiny BertModel laid out as a sentence-transformers folder: modules.json, 1_Pooling/config.json
-    (the older boolean keys, as all-MiniLM-L6-v2 has them) and sentence_bert_config.json."""
+    (the older boolean keys, as all-MiniLM-L6-v2 has them) and sentence_bert_config.json; with `prompts`,
+    also config_sentence_transformers.json naming them (and the default prompt)."""
     tokenizer = write_tokenizer(folder)
     torch.manual_seed(seed)
     config = tiny_config(len(tokenizer))
@@ -242,4 +259,11 @@ def build_sentence_encoder(
     (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling_config, indent=2))
     settings = {"max_seq_length": max_seq_length, "do_lower_case": False}
     (folder / "sentence_bert_config.json").write_text(json.dumps(settings))
+    if prompts is not None:
+        config_st = {
+            "prompts": prompts,
+            "default_prompt_name": default_prompt_name,
+            "similarity_fn_name": "cosine",
+        }
+        (folder / "config_sentence_transformers.json").write_text(json.dumps(config_st, indent=2))
     return folder

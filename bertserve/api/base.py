@@ -6,6 +6,8 @@ import signal
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import litserve as ls
 import orjson
@@ -27,6 +29,8 @@ class TaskAPI(ls.LitAPI):
     `submission` runs in the HTTP processes (validation, tokenizing), the rest in the inference workers."""
 
     task: str = ""
+    # the tasks whose models this API's workers load (default: its task); a request may accept fewer
+    serves: tuple[str, ...] = ()
     endpoint: str = ""
     request_type: type = object  # the body's schema in /docs
     response_type: type = object
@@ -41,6 +45,7 @@ class TaskAPI(ls.LitAPI):
         )
         self.settings = settings
         self.default_ref = settings.default_model(self.task)
+        self.serves = self.serves or (self.task,)
 
     def worker_count(self) -> int:
         """Inference worker processes of this endpoint (per GPU on cuda)."""
@@ -77,7 +82,7 @@ class TaskAPI(ls.LitAPI):
         torch.set_num_threads(self.settings.torch_threads)  # resolved for this machine by build_server
         if device.startswith("cuda"):
             torch.cuda.set_device(device)  # LitServe's pick for this worker: cuda:N
-        self.registry = ModelRegistry(self.settings, self.task, self.endpoint, device)
+        self.registry = ModelRegistry(self.settings, self.serves, self.endpoint, device)
         self.registry.load_initial()
 
     def refresh(self) -> None:
@@ -87,27 +92,41 @@ class TaskAPI(ls.LitAPI):
     # ---- per request, in the HTTP processes ----------------------------------------------------------
 
     def submission(self, request, encoders: HttpEncoders) -> tuple[bytes, bytes]:
-        """What to queue for the workers: the request, tokenized here when this process can resolve its model
-        (raises ClientError for what the client must fix)."""
-        self.check_limits(request.as_list())
-        encoder = encoders.find(request.model or self.default_ref)
-        tokens = self.tokenize(encoder, request) if encoder is not None else None
-        return Submitted(request, tokens).encode()
+        """What to queue for the workers: the request as this API's job (a route's own request schema turns
+        itself into one: `job()`), tokenized here when this process can resolve its model (raises
+        ClientError for what the client must fix)."""
+        job = as_job(request)
+        self.check_limits(job.as_list(), self.input_limit(job))
+        encoder = encoders.find(job.model or self.default_for(job), self.accepts(job))
+        tokens = self.tokenize(encoder, job) if encoder is not None else None
+        return Submitted(job, tokens).encode()
+
+    def default_for(self, job) -> str:
+        """The model ref a request naming none gets."""
+        return self.default_ref
+
+    def accepts(self, job) -> tuple[str, ...]:
+        """The tasks whose models can answer this request."""
+        return (self.task,)
+
+    def input_limit(self, job) -> int:
+        return self.settings.max_inputs
 
     def tokenize(self, encoder: TextEncoder, request) -> Tokens:
         raise NotImplementedError
 
     def is_large(self, request) -> bool:
         """Whether tokenizing it takes a millisecond or more (then not in the event loop, see server.py)."""
-        chars = sum(len(item) if isinstance(item, str) else sum(map(len, item)) for item in request.as_list())
-        return chars > LARGE_REQUEST_CHARS
+        items = as_job(request).as_list()
+        return sum(len(item) if isinstance(item, str) else sum(map(len, item)) for item in items) > (
+            LARGE_REQUEST_CHARS
+        )
 
-    def check_limits(self, inputs: Sequence[str | tuple[str, str]]) -> None:
-        if len(inputs) > self.settings.max_inputs:
+    def check_limits(self, inputs: Sequence[str | tuple[str, str]], limit: int | None = None) -> None:
+        limit = limit or self.settings.max_inputs
+        if len(inputs) > limit:
             raise ClientError(
-                413,
-                f"{len(inputs)} inputs in one request; the limit is {self.settings.max_inputs}",
-                "too_many_inputs",
+                413, f"{len(inputs)} inputs in one request; the limit is {limit}", "too_many_inputs"
             )
         for index, item in enumerate(inputs):
             chars = len(item) if isinstance(item, str) else sum(map(len, item))
@@ -120,15 +139,15 @@ class TaskAPI(ls.LitAPI):
 
     # ---- per request, in the inference workers ----------------------------------------------------
 
-    def model_for(self, ref: str | None):
-        return self.registry.pick(ref or self.default_ref)
+    def model_for(self, job):
+        return self.registry.pick(job.model or self.default_for(job), self.accepts(job))
 
     def decode_request(self, request):
         """A submission -> Prepared for the batch. The ids made in the HTTP process are used when they came
         from this version's encoder; otherwise (no encoder there, or a swap to another tokenizer under way)
         the request is tokenized here."""
         submitted = Submitted.decode(request, self.request_type)
-        model = self.model_for(submitted.request.model)
+        model = self.model_for(submitted.request)
         tokens = submitted.tokens
         if tokens is None or tokens.key != model.encoder.key:
             tokens = self.tokenize(model.encoder, submitted.request)
@@ -184,4 +203,18 @@ class TaskAPI(ls.LitAPI):
         )
 
     def response_body(self, model, predictions) -> bytes:
+        if isinstance(predictions, Shaped):
+            return orjson.dumps(predictions.body, option=orjson.OPT_SERIALIZE_NUMPY)
         return orjson.dumps({"model": model.name, "version": model.version, self.answer_field: predictions})
+
+
+@dataclass
+class Shaped:
+    """An answer already written in its route's protocol shape (TEI, Hugging Face, KServe, ...)."""
+
+    body: Any
+
+
+def as_job(request):
+    """A route's request as the API's queued job (requests of our own schemas are their own job)."""
+    return request.job() if hasattr(request, "job") else request

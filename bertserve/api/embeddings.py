@@ -1,7 +1,9 @@
-"""POST /v1/embeddings (OpenAI's shape) and POST /v1/embed (Text Embeddings Inference's shape).
+"""Every route that embeds or ranks texts: POST /v1/embeddings (OpenAI's shape), /v1/embed, TEI's /embed,
+/embed_all, /similarity and /rerank, Cohere's /v1/rerank and KServe's infer for embedding models.
 
-One TaskAPI answers both routes: each route's request becomes an EmbedJob in the HTTP process, so both
-share one request queue, the same inference workers and their batches."""
+One TaskAPI answers them all: each route's request becomes an EmbedJob in the HTTP process, so they share one
+request queue, the same inference workers and their batches. Its workers load the embedding models and the
+cross-encoders (task rerank): a rerank request is answered by either (protocols/rerank.py)."""
 
 from __future__ import annotations
 
@@ -11,17 +13,19 @@ import orjson
 import torch
 
 from bertserve.api.base import TaskAPI
-from bertserve.api.encoders import HttpEncoders, Tokens
+from bertserve.api.encoders import Tokens
 from bertserve.errors import ClientError
+from bertserve.protocols import kserve, rerank, tei
 from bertserve.runtime.embed import normalize, shorten
 from bertserve.runtime.encoding import TextEncoder
 from bertserve.schemas import EmbeddingsRequest, EmbeddingsResponse, EmbedJob, EmbedRequest
 
-OPENAI_PATH, TEI_PATH = "/v1/embeddings", "/v1/embed"
+OPENAI_PATH, OWN_TEI_PATH = "/v1/embeddings", "/v1/embed"
 
 
 class EmbeddingsAPI(TaskAPI):
     task = "embedding"
+    serves = ("embedding", "rerank")
     endpoint = "embeddings"
     request_type = EmbedJob
     response_type = EmbeddingsResponse
@@ -29,16 +33,52 @@ class EmbeddingsAPI(TaskAPI):
     def routes(self) -> dict[str, tuple[type, type]]:
         return {
             OPENAI_PATH: (EmbeddingsRequest, EmbeddingsResponse),
-            TEI_PATH: (EmbedRequest, list[list[float]]),
+            OWN_TEI_PATH: (EmbedRequest, list[list[float]]),
+            tei.EMBED_PATH: (tei.TeiEmbedRequest, list[list[float]]),
+            tei.EMBED_ALL_PATH: (tei.TeiEmbedAllRequest, list[list[list[float]]]),
+            tei.SIMILARITY_PATH: (tei.SimilarityRequest, list[float]),
+            tei.RERANK_PATH: (tei.TeiRerankRequest, list[tei.RankedText]),
+            rerank.COHERE_PATH: (rerank.RerankRequest, rerank.RerankResponse),
+            rerank.COHERE_V2_PATH: (rerank.RerankV2Request, rerank.RerankResponse),
+            kserve.INFER_PATHS["embedding"]: (kserve.EmbedInferRequest, kserve.InferResponse),
         }
 
     # ---- in the HTTP processes -------------------------------------------------------------------
 
-    def submission(self, request: EmbeddingsRequest | EmbedRequest, encoders: HttpEncoders):
-        return super().submission(request.job(), encoders)
+    def default_for(self, job: EmbedJob) -> str:
+        return self.settings.default_model("rerank" if job.kind == "rerank" else "embedding")
 
-    def tokenize(self, encoder: TextEncoder, request: EmbedJob) -> Tokens:
-        return Tokens(encoder.key, encoder.encode(request.texts, request.truncate))
+    def accepts(self, job: EmbedJob) -> tuple[str, ...]:
+        """A cross-encoder only ranks; an embedding model embeds, compares and ranks."""
+        return ("embedding", "rerank") if job.kind == "rerank" else ("embedding",)
+
+    def input_limit(self, job: EmbedJob) -> int:
+        return self.settings.max_embedding_inputs + (job.query is not None)
+
+    def tokenize(self, encoder: TextEncoder, job: EmbedJob) -> Tokens:
+        if job.ids is not None:
+            if len(job.ids) > self.settings.max_embedding_inputs:
+                message = (
+                    f"{len(job.ids)} inputs in one request; the limit is {self.settings.max_embedding_inputs}"
+                )
+                raise ClientError(413, message, "too_many_inputs")
+            inputs = encoder.encode_ids(job.ids, job.truncate, job.truncation_direction)
+        elif job.kind == "rerank" and encoder.task == "rerank":  # a cross-encoder reads (query, document)
+            pairs = [(job.query, text) for text in job.texts]
+            inputs = encoder.encode(pairs, job.truncate, job.truncation_direction)
+        else:
+            prompt = encoder.prompt(job.prompt_name)
+            inputs = encoder.encode(
+                [prompt + text for text in job.as_list()], job.truncate, job.truncation_direction
+            )
+        tokens = sum(len(item.ids) for item in inputs)
+        if tokens > self.settings.max_request_tokens:
+            raise ClientError(
+                413,
+                f"{tokens} tokens in one request; the limit is {self.settings.max_request_tokens}",
+                "too_many_tokens",
+            )
+        return Tokens(encoder.key, inputs)
 
     # ---- in the inference workers ----------------------------------------------------------------
 
@@ -55,21 +95,49 @@ class EmbeddingsAPI(TaskAPI):
         return Prepared(model, tokens.inputs, options=request)
 
     def run_model(self, model, requests: list) -> list:
-        pooled = model.embed(requests, self.settings.max_batch_size, self.settings.max_batch_tokens)
-        return [_answer(model, request, vectors) for request, vectors in zip(requests, pooled, strict=True)]
+        sizes = self.settings.max_batch_size, self.settings.max_batch_tokens
+        if model.task == "rerank":
+            scored = model.logits(requests, *sizes)
+            return [
+                _ranking(model, r, model.activate(s[:, 0], "none" if r.options.raw_scores else None))
+                for r, s in zip(requests, scored, strict=True)
+            ]
+        answers: list = [None] * len(requests)
+        every_token = [i for i, r in enumerate(requests) if r.options.kind == "embed_all"]
+        pooled = [i for i, r in enumerate(requests) if r.options.kind != "embed_all"]
+        if every_token:
+            vectors = model.token_vectors([requests[i] for i in every_token], *sizes)
+            for i, per_input in zip(every_token, vectors, strict=True):
+                answers[i] = [row.numpy() for row in per_input]
+        if pooled:
+            vectors = model.embed([requests[i] for i in pooled], *sizes)
+            for i, per_request in zip(pooled, vectors, strict=True):
+                answers[i] = _answer(model, requests[i], per_request)
+        return answers
 
     def response_body(self, model, answer) -> bytes:
         return orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def _answer(model, request, vectors: torch.Tensor):
-    """One request's body: TEI's list of vectors, or OpenAI's list object (vectors as numbers or base64)."""
+    """One request's body from its pooled vectors, in its route's shape."""
     job: EmbedJob = request.options
-    if job.shape == "tei":
-        return (normalize(vectors) if job.normalize else vectors).numpy()
+    if job.kind == "similarity":
+        unit = normalize(vectors)
+        return (unit[1:] @ unit[0]).tolist()
+    if job.kind == "rerank":
+        unit = normalize(vectors)
+        return _ranking(model, request, unit[1:] @ unit[0])
+    if job.shape in ("tei", "hf"):
+        vectors = (
+            shorten(normalize(vectors), job.dimensions) if job.normalize else vectors[:, : job.dimensions]
+        )
+        return vectors.numpy()
     if model.normalize or job.dimensions is not None:
         vectors = shorten(normalize(vectors), job.dimensions)
     rows = vectors.numpy().astype("<f4")
+    if job.shape == "kserve":
+        return kserve.embedding_outputs(model, job, rows)
     data = [
         {
             "object": "embedding",
@@ -85,3 +153,15 @@ def _answer(model, request, vectors: torch.Tensor):
         "version": model.version,
         "usage": {"prompt_tokens": request.tokens, "total_tokens": request.tokens},
     }
+
+
+def _ranking(model, request, scores: torch.Tensor):
+    """A rerank request's answer: TEI's list of {index, score, text?} best first, or Cohere's body."""
+    job: EmbedJob = request.options
+    values = scores.tolist()
+    if job.shape == "cohere":
+        return rerank.answer(model, job, values, request.tokens)
+    return [
+        {"index": i, "score": values[i], **({"text": job.texts[i]} if job.return_documents else {})}
+        for i in rerank.ranked(values, None)
+    ]

@@ -69,7 +69,7 @@ class Submitted:
 class HttpEncoders:
     """One task's encoders in one HTTP process, loaded on first use and dropped when no ref names them."""
 
-    def __init__(self, settings: Settings, task: str) -> None:
+    def __init__(self, settings: Settings, task: str | tuple[str, ...]) -> None:
         self.settings = settings
         self.task = task
         self.store = ModelStore(settings.store)
@@ -88,11 +88,12 @@ class HttpEncoders:
                 if key not in self.encoders:
                     self.encoders[key] = self._build(key)
 
-    def find(self, ref: str) -> TextEncoder | None:
-        """The encoder of the version `ref` names now; None when this process cannot tell."""
+    def find(self, ref: str, task: str | tuple[str, ...] | None = None) -> TextEncoder | None:
+        """The encoder of the version `ref` names now (a model of `task`, default: any this API serves);
+        None when this process cannot tell."""
         try:
             plan = self._current_plan()
-            key = pick_version(plan.snapshot, plan.served, plan.tasks, ref, self.task)
+            key = pick_version(plan.snapshot, plan.served, plan.tasks, ref, task or self.task)
         except Exception:  # e.g. 404 unknown model: the worker answers it, as it always did
             return None
         return self._encoder(key)

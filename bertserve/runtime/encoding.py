@@ -19,6 +19,8 @@ from bertserve.errors import ClientError
 from bertserve.store.manifest import Manifest, sha256_file
 
 ClassifyInput = str | tuple[str, str]
+# sentence-transformers' settings file: `prompts` and `default_prompt_name` (store/embedding.py copies it)
+PROMPTS_FILE = "config_sentence_transformers.json"
 # Files that hold weights, never read by a tokenizer; every other file of a version is in its encoder's key
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".pt", ".pth", ".h5", ".msgpack", ".ckpt")
 
@@ -61,14 +63,101 @@ class TextEncoder:
             manifest.max_length or 512, max_positions or 512, tokenizer.model_max_length or 512
         )
         self.mask_id = tokenizer.mask_token_id
+        self.task = manifest.task
+        self.vocab_size = len(tokenizer)
+        self.prompts, self.default_prompt_name = read_prompts(version_dir)
+        # the special tokens the tokenizer puts around one text ([CLS] / [SEP] for BERT), for token-id inputs
+        around = tokenizer("", add_special_tokens=True)["input_ids"]
+        self._prefix, self._suffix = list(around[:1]), list(around[1:])
         # A call sets the tokenizer's truncation before encoding: one call at a time (an HTTP process
         # tokenizes large requests in a thread, small ones in its event loop)
         self._lock = threading.Lock()
 
-    def encode(self, inputs: Sequence[ClassifyInput], truncate: bool) -> list[Encoded]:
-        """Tokenize one request's inputs; a 422 names the first input that cannot be answered."""
+    def encode(
+        self, inputs: Sequence[ClassifyInput], truncate: bool, direction: str = "right"
+    ) -> list[Encoded]:
+        """Tokenize one request's inputs; a 422 names the first input that cannot be answered. `direction`:
+        the side a too-long input loses tokens from (TEI's truncation_direction)."""
         with self._lock:
-            return self._encode(inputs, truncate)
+            self.tokenizer.truncation_side = direction
+            try:
+                return self._encode(inputs, truncate)
+            finally:
+                self.tokenizer.truncation_side = "right"
+
+    def prompt(self, name: str | None) -> str:
+        """The text sentence-transformers puts before every input for prompt `name` (None: the folder's
+        default prompt, if it names one); an unknown name is the client's mistake."""
+        name = name if name is not None else self.default_prompt_name
+        if name is None:
+            return ""
+        if name not in self.prompts:
+            known = ", ".join(sorted(self.prompts)) or "none"
+            raise ClientError(
+                422,
+                f"prompt_name {name!r} is not a prompt of model {self.ref} (prompts: {known})",
+                "bad_prompt",
+            )
+        return self.prompts[name]
+
+    def encode_ids(
+        self, inputs: Sequence[Sequence[int]], truncate: bool, direction: str = "right"
+    ) -> list[Encoded]:
+        """Token-id inputs (OpenAI's and TEI's pre-tokenized form), checked against the vocabulary. The
+        model's special tokens ([CLS] ... [SEP]) are added unless the ids already start with them, so that
+        ids from a client-side tokenizer (which leaves them out) embed as the text would."""
+        encoded = []
+        for index, ids in enumerate(inputs):
+            bad = next((i for i in ids if not 0 <= i < self.vocab_size), None)
+            if bad is not None:
+                raise ClientError(
+                    422,
+                    f"input {index}: token id {bad} is not in model {self.ref}'s vocabulary "
+                    f"(0..{self.vocab_size - 1})",
+                    "bad_token_id",
+                )
+            ids = list(ids)
+            if ids[: len(self._prefix)] != self._prefix or not self._prefix:
+                ids = [*self._prefix, *ids, *self._suffix]
+            if len(ids) > self.max_length:
+                if not truncate:
+                    raise ClientError(
+                        422,
+                        f"input {index} has {len(ids)} tokens; model {self.ref} takes at most "
+                        f"{self.max_length} (send truncate=true to cut it)",
+                        "input_too_long",
+                    )
+                keep = self.max_length - 1
+                ids = [*ids[:1], *ids[len(ids) - keep :]] if direction == "left" else [*ids[:keep], ids[-1]]
+            encoded.append(Encoded(ids, [0] * len(ids)))
+        return encoded
+
+    def tokens(self, text: str, add_special_tokens: bool) -> list[dict]:
+        """TEI's /tokenize: every token with its id, text, whether it is special, and its character span."""
+        with self._lock:
+            encoded = self.tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
+            pieces = self.tokenizer.convert_ids_to_tokens(encoded["input_ids"])
+        special = set(self.tokenizer.all_special_ids)
+        return [
+            {
+                "id": token,
+                "text": piece,
+                "special": token in special,
+                "start": None if token in special else start,
+                "stop": None if token in special else stop,
+            }
+            for token, piece, (start, stop) in zip(
+                encoded["input_ids"], pieces, encoded["offset_mapping"], strict=True
+            )
+        ]
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool) -> str:
+        """TEI's /decode; ids outside the vocabulary are the client's mistake."""
+        bad = next((i for i in ids if not 0 <= i < self.vocab_size), None)
+        if bad is not None:
+            raise ClientError(422, f"token id {bad} is not in model {self.ref}'s vocabulary", "bad_token_id")
+        with self._lock:
+            return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def _encode(self, inputs: Sequence[ClassifyInput], truncate: bool) -> list[Encoded]:
         singles = [(i, text) for i, text in enumerate(inputs) if isinstance(text, str)]
@@ -129,3 +218,17 @@ class TextEncoder:
                 )
             ids.append(self.tokenizer.convert_tokens_to_ids(tokens[0]))
         return list(dict.fromkeys(ids))
+
+
+def read_prompts(version_dir: Path) -> tuple[dict[str, str], str | None]:
+    """`prompts` and `default_prompt_name` of a sentence-transformers folder ({} and None without them)."""
+    path = Path(version_dir) / PROMPTS_FILE
+    if not path.is_file():
+        return {}, None
+    try:
+        config = json.loads(path.read_text())
+    except ValueError:
+        return {}, None
+    prompts = {str(k): str(v) for k, v in (config.get("prompts") or {}).items()}
+    default = config.get("default_prompt_name")
+    return prompts, default if default in prompts else None

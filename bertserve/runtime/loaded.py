@@ -114,24 +114,42 @@ class LoadedModel:
             self.padded_tokens += batch["input_ids"].numel()
             yield group, batch
 
+    def logits(
+        self, requests: Sequence[Prepared], max_batch_size: int, max_batch_tokens: int
+    ) -> list[torch.Tensor]:
+        """Per request: its inputs' raw sequence logits, [inputs, labels] float32 (a cross-encoder: one)."""
+        sequences = [item for request in requests for item in request.inputs]
+        logits = torch.empty((len(sequences), self.config.num_labels))
+        for group, batch in self._passes(sequences, max_batch_size, max_batch_tokens):
+            logits[group] = self.backend.sequence_logits(batch)
+        return list(logits.split([request.sequences for request in requests]))
+
+    def activate(self, logits: torch.Tensor, function: str | None = None) -> torch.Tensor:
+        """Scores from logits: `function` softmax, sigmoid or none (the logits), default the model's own
+        (softmax; sigmoid for multi-label models and cross-encoders)."""
+        function = function or ("sigmoid" if self.multi_label or self.task == "rerank" else "softmax")
+        if function == "softmax":
+            return torch.softmax(logits, dim=-1)
+        return torch.sigmoid(logits) if function == "sigmoid" else logits
+
     def classify(
         self, requests: Sequence[Prepared], max_batch_size: int, max_batch_tokens: int
     ) -> list[list[list[dict]]]:
-        """Per request, per input: labels with scores, best first (softmax, or sigmoid when multi-label)."""
-        sequences = [item for request in requests for item in request.inputs]
-        scores = torch.empty((len(sequences), len(self.labels)))
-        for group, batch in self._passes(sequences, max_batch_size, max_batch_tokens):
-            logits = self.backend.sequence_logits(batch)
-            scores[group] = torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1)
-        order = torch.argsort(scores, dim=-1, descending=True).tolist()
-        values = scores.tolist()
-        answers, start = [], 0
-        for request in requests:
-            rows = range(start, start + request.sequences)
-            start += request.sequences
+        """Per request, per input: labels with scores, best first (softmax, or sigmoid when multi-label; a
+        request's options may ask for another function: raw_scores, function_to_apply)."""
+        answers = []
+        for request, logits in zip(
+            requests, self.logits(requests, max_batch_size, max_batch_tokens), strict=True
+        ):
+            scores = self.activate(logits, getattr(request.options, "function", None))
+            order = torch.argsort(scores, dim=-1, descending=True).tolist()
+            values = scores.tolist()
             k = request.top_k or len(self.labels)
             answers.append(
-                [[{"label": self.labels[j], "score": values[r][j]} for j in order[r][:k]] for r in rows]
+                [
+                    [{"label": self.labels[j], "score": values[r][j]} for j in order[r][:k]]
+                    for r in range(len(values))
+                ]
             )
         return answers
 
@@ -171,6 +189,22 @@ class LoadedModel:
             vectors[group] = pool(self.backend.hidden_states(batch), batch["attention_mask"], self.pooling)
         return list(vectors.split([request.sequences for request in requests]))
 
+    def token_vectors(
+        self, requests: Sequence[Prepared], max_batch_size: int, max_batch_tokens: int
+    ) -> list[list[torch.Tensor]]:
+        """Per request, per input: every token's vector, [tokens, dimensions] float32 (TEI's /embed_all)."""
+        sequences = [item for request in requests for item in request.inputs]
+        vectors: list = [None] * len(sequences)
+        for group, batch in self._passes(sequences, max_batch_size, max_batch_tokens):
+            hidden = self.backend.hidden_states(batch).float()
+            for row, index in enumerate(group):
+                vectors[index] = hidden[row, : len(sequences[index].ids)]
+        answers, start = [], 0
+        for request in requests:
+            answers.append(vectors[start : start + request.sequences])
+            start += request.sequences
+        return answers
+
     def _describe_masks(self, ids: list[int], masks: list[tuple[list[int], list[float]]]) -> list[list[dict]]:
         mask_columns = [col for col, token in enumerate(ids) if token == self.mask_id]
         described = []
@@ -193,7 +227,7 @@ class LoadedModel:
 
     def warm_up(self) -> None:
         """One forward per task so the first real request does not pay for lazy initialisation."""
-        if self.task == "classification":
+        if self.task in ("classification", "rerank"):
             request = Prepared(self, self.encode(["warm up", ("warm", "up")], truncate=True))
             self.classify([request], 8, 4096)
         elif self.task == "embedding":

@@ -89,8 +89,10 @@ class Plan:
         served = served_versions(store, refs)
         return cls(served, model_tasks(store, served), StoreSnapshot.read(store, list(served)))
 
-    def keys(self, task: str) -> list[Key]:
-        return [(n, v) for n, versions in self.served.items() if self.tasks[n] == task for v in versions]
+    def keys(self, task: str | tuple[str, ...]) -> list[Key]:
+        """The served versions of `task` (or of any of several tasks)."""
+        accepted = (task,) if isinstance(task, str) else task
+        return [(n, v) for n, versions in self.served.items() if self.tasks[n] in accepted for v in versions]
 
     def without(self, refused: set[Key], previous: Plan | None = None) -> Plan:
         """The plan minus versions that could not be loaded: requests naming them get pick_version's 404.
@@ -114,7 +116,9 @@ class Plan:
 class ModelRegistry:
     """Per worker and task: the loaded versions, request resolution, and the store polling that swaps them."""
 
-    def __init__(self, settings: Settings, task: str, endpoint: str, device: str = "cpu") -> None:
+    def __init__(
+        self, settings: Settings, task: str | tuple[str, ...], endpoint: str, device: str = "cpu"
+    ) -> None:
         self.settings = settings
         self.task = task
         self.endpoint = endpoint
@@ -140,10 +144,12 @@ class ModelRegistry:
             raise RuntimeError(f"{self.endpoint}: none of {plan.keys(self.task)} could be loaded")
         self._apply(plan.without(self.refused), loaded)
 
-    def pick(self, ref: str) -> LoadedModel:
-        """The loaded model a request's ref names, resolved against the snapshot of the last swap."""
+    def pick(self, ref: str, task: str | tuple[str, ...] | None = None) -> LoadedModel:
+        """The loaded model a request's ref names, resolved against the snapshot of the last swap; `task`:
+        the tasks that can answer this request (default: every task this registry loads)."""
         assert self.plan is not None, "load_initial() first"
-        name, version = pick_version(self.plan.snapshot, self.plan.served, self.plan.tasks, ref, self.task)
+        accepted = task or self.task
+        name, version = pick_version(self.plan.snapshot, self.plan.served, self.plan.tasks, ref, accepted)
         return self.models[(name, version)]
 
     # ---- swaps -----------------------------------------------------------------------------------
@@ -223,7 +229,7 @@ class ModelRegistry:
         return loaded
 
     def _info(self, model: LoadedModel) -> tuple[str, ...]:
-        return self.endpoint, model.name, model.version, self.task, model.backend.name, model.device
+        return self.endpoint, model.name, model.version, model.task, model.backend.name, model.device
 
     def _apply(self, plan: Plan, loaded: dict[Key, LoadedModel]) -> None:
         """Switch in one step: requests decoded from now on resolve against the new snapshot."""

@@ -42,9 +42,14 @@ def model_tasks(store: ModelStore, served: Served) -> dict[str, str]:
 
 
 def pick_version(
-    store: ModelStore | StoreSnapshot, served: Served, tasks: dict[str, str], ref: str, task: str
+    store: ModelStore | StoreSnapshot,
+    served: Served,
+    tasks: dict[str, str],
+    ref: str,
+    task: str | tuple[str, ...],
 ) -> tuple[str, str]:
-    """Resolve a request's model ref against the worker's store snapshot (see registry.py) and loaded set."""
+    """Resolve a request's model ref against the worker's store snapshot (see registry.py) and loaded set;
+    `task`: the task (or tasks) whose models can answer the request."""
     try:
         parsed = parse_ref(ref)
     except ValueError as exc:
@@ -63,8 +68,10 @@ def pick_version(
             f"{', '.join(served[name])}); restart with BERTSERVE_MODELS including it",
             "version_not_loaded",
         )
-    if tasks[name] != task:
-        raise ClientError(422, f"model {name!r} is a {tasks[name]} model, not {task}", "wrong_task")
+    accepted = (task,) if isinstance(task, str) else task
+    if tasks[name] not in accepted:
+        wanted = " or ".join(accepted)
+        raise ClientError(422, f"model {name!r} is a {tasks[name]} model, not {wanted}", "wrong_task")
     return name, version
 
 
@@ -74,8 +81,10 @@ def unserved_default(
     """(task, why) for the first task this server answers whose default model (`defaults`: task -> ref, what
     a request naming no model gets) it cannot serve, else None: every such request would be a 404."""
     for task in sorted(set(tasks.values())):
+        # an embedding model ranks by cosine: the rerank default may be one (the default store's minilm)
+        accepted = ("embedding", "rerank") if task == "rerank" else task
         try:
-            pick_version(store, served, tasks, defaults[task], task)
+            pick_version(store, served, tasks, defaults[task], accepted)
         except ClientError as exc:
             return task, exc.message
     return None

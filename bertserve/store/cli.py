@@ -36,8 +36,8 @@ def import_(
     name: str = typer.Option(..., "--name", help="Model name in the store."),
     task: str = typer.Option(
         None,
-        help="classification | fill-mask | embedding (default: embedding for a sentence-transformers folder, "
-        "else from config.architectures).",
+        help="classification | fill-mask | embedding | rerank (default: embedding for a sentence-transformers"
+        " folder, rerank for a one-output sequence classifier, else from config.architectures).",
     ),
     alias: str = typer.Option(None, help="Also point this alias at the new version."),
     store: Path = StoreOption,

@@ -16,6 +16,8 @@ TASK_MODEL_CLASSES = {
     "classification": "AutoModelForSequenceClassification",
     "fill-mask": "AutoModelForMaskedLM",
     "embedding": "AutoModel",
+    # a cross-encoder: a sequence classifier with one output, scoring (query, document) pairs
+    "rerank": "AutoModelForSequenceClassification",
 }
 
 
@@ -31,7 +33,7 @@ class Manifest(BaseModel):
 
     name: str
     version: str
-    task: Literal["classification", "fill-mask", "embedding"]
+    task: Literal["classification", "fill-mask", "embedding", "rerank"]
     problem_type: Literal["single_label", "multi_label"] | None = None
     labels: list[str] = Field(default_factory=list)
     base_model: str | None = None

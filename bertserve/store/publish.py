@@ -261,10 +261,12 @@ def promote(
     return why if passes else f"forced past the gate: {why}"
 
 
-def detect_task(architectures: list[str]) -> str | None:
+def detect_task(architectures: list[str], num_labels: int = 2) -> str | None:
+    """The task a folder's config names. A sequence classifier with a single output is a cross-encoder
+    (sentence-transformers' CrossEncoder saves rerankers so): one score per pair, nothing to softmax."""
     for architecture in architectures:
         if architecture.endswith("ForSequenceClassification"):
-            return "classification"
+            return "rerank" if num_labels == 1 else "classification"
         if architecture.endswith(("ForMaskedLM", "ForPreTraining")):
             return "fill-mask"
     return None
@@ -294,12 +296,16 @@ def import_hf_folder(
     config = AutoConfig.from_pretrained(source)
     if task is None and is_sentence_transformers_folder(source):
         task = "embedding"
-    task = task or detect_task(list(config.architectures or []))
+    task = task or detect_task(list(config.architectures or []), config.num_labels)
     if task not in TASK_MODEL_CLASSES:
         raise StoreError(
             f"cannot tell the task of {source} (architectures {config.architectures}): pass --task; "
             "a bare encoder has no head to serve: serve it as --task embedding, or train one with "
             "`bertserve train` or `bertserve pretrain`"
+        )
+    if task == "rerank" and config.num_labels != 1:
+        raise StoreError(
+            f"{source} has {config.num_labels} outputs: a rerank model (cross-encoder) has one score per pair"
         )
     model_class = getattr(transformers, TASK_MODEL_CLASSES[task])
     model, info = model_class.from_pretrained(source, output_loading_info=True)

@@ -42,6 +42,7 @@ def server(store) -> str:
         "BERTSERVE_API_KEYS": KEY,
         "BERTSERVE_DEFAULT_EMBEDDING_MODEL": "emb:production",
         "BERTSERVE_MAX_INPUTS": str(MAX_INPUTS),
+        "BERTSERVE_MAX_EMBEDDING_INPUTS": str(MAX_INPUTS),
     }
     with running_server(store.root, "--batch-timeout", "0.02", env=env) as base:
         yield base
@@ -69,6 +70,12 @@ def unit(vectors) -> np.ndarray:
 
 
 def assert_error(response: httpx.Response, status: int, code: str | None = None) -> None:
+    """Our error shape and status, or on /v1/embeddings OpenAI's (docs/clients.md): 400 for any bad request,
+    its `type`, and `model_not_found` for an unknown model."""
+    if response.request.url.path == "/v1/embeddings":
+        status = 400 if status in (413, 422) else status
+        code = "model_not_found" if code == "unknown_model" else code
+        assert response.json()["error"]["type"], response.text
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert set(error) >= {"code", "message"} and error["message"]
@@ -160,7 +167,7 @@ def test_model_selection_follows_the_manifest_pooling(server, store):
         ("/v1/embeddings", {"input": ""}, 422, None),
         ("/v1/embeddings", {"input": []}, 422, None),
         ("/v1/embeddings", {"input": ["ok", "   "]}, 422, None),
-        ("/v1/embeddings", {"input": [[101, 2009, 102]]}, 422, None),
+        ("/v1/embeddings", {"input": [[101, 2009, 102]]}, 422, "bad_token_id"),  # outside the vocabulary
         ("/v1/embeddings", {"input": "x", "encoding_format": "int8"}, 422, None),
         ("/v1/embeddings", {"input": ["x"] * (MAX_INPUTS + 1)}, 413, "too_many_inputs"),
         ("/v1/embeddings", {"input": "x", "model": "nope"}, 404, "unknown_model"),
@@ -172,7 +179,7 @@ def test_model_selection_follows_the_manifest_pooling(server, store):
         ("/v1/embed", {"inputs": "x", "pooling": "cls"}, 422, None),
     ],
 )
-def test_client_mistakes_get_a_4xx_in_the_one_error_shape(server, path, body, status, code):
+def test_client_mistakes_get_a_4xx_in_their_protocols_error_shape(server, path, body, status, code):
     assert_error(post(server, path, body), status, code)
 
 

@@ -130,3 +130,15 @@ def test_every_backend_stays_close_to_fp32(minilm, reviews, backend):
     if backend.startswith("onnx"):
         pytest.importorskip("onnxruntime")
     assert cosines(vectors("fp32"), vectors(backend)).min() >= MIN_COSINE[backend]
+
+
+def test_the_default_store_reranks_with_minilm(server, reviews):
+    """Cohere's client against the default store, naming no model: minilm ranks by cosine, and each paraphrase
+    puts the review it rewords first."""
+    import cohere
+
+    client = cohere.Client(api_key="unused", base_url=server)
+    for row, text in PARAPHRASES.items():
+        response = client.rerank(query=text, documents=reviews, top_n=3)
+        assert response.results[0].index == row, (text, [r.index for r in response.results])
+        assert response.dict()["scoring"] == "cosine" and response.dict()["model"] == "minilm"

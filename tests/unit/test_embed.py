@@ -182,7 +182,8 @@ def test_an_embedding_backend_far_from_fp32_is_refused(tmp_path, monkeypatch):
 
 
 def test_both_routes_share_one_api_and_request_queue(tmp_path, monkeypatch):
-    """/v1/embed is not a second set of workers: it queues for the /v1/embeddings API's workers."""
+    """/v1/embed and the other protocols' embedding routes are not more sets of workers: they queue for the
+    /v1/embeddings API's workers."""
     from bertserve.config import Settings
     from bertserve.server import INSTRUMENTED, InFlight, build_server
 
@@ -191,9 +192,9 @@ def test_both_routes_share_one_api_and_request_queue(tmp_path, monkeypatch):
     import_hf_folder(store, build_sentence_encoder(tmp_path / "st"), "emb")
     server = build_server(Settings(store=store.root), tmp_path / "draining", InFlight(tuple(INSTRUMENTED)))
     assert [api.api_path for api in server.litapi_connector] == ["/v1/embeddings"]
-    assert server._bertserve_queue_paths == {
-        "/v1/embeddings": "/v1/embeddings",
-        "/v1/embed": "/v1/embeddings",
-    }
+    assert set(server._bertserve_queue_paths.values()) == {"/v1/embeddings"}
+    assert {"/v1/embeddings", "/v1/embed", "/embed", "/rerank", "/v1/rerank"} <= set(
+        server._bertserve_queue_paths
+    )
     paths = {getattr(route, "path", "") for route in server.app.routes}
     assert {"/v1/embeddings", "/v1/embed"} <= paths and "/v1/classify" not in paths

@@ -1,0 +1,216 @@
+"""Other protocols on the same server, for the clients people already run: OpenAI's (/v1/embeddings,
+/v1/models), Text Embeddings Inference's routes at the root, Cohere/Jina's /v1/rerank and KServe's Open
+Inference Protocol v2 under /v2.
+
+The routes that run a model are the task APIs' own (api/classify.py, api/embeddings.py list them), so they
+go through the same queue, workers, limits and metrics as ours. `install` adds the rest: the routes that
+read the store or a tokenizer only, the public doc-and-fallback routes of the paths the protocol middleware
+dispatches (protocols/middleware.py), and that middleware."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from starlette.responses import JSONResponse
+
+from bertserve import __version__
+from bertserve.config import Settings
+from bertserve.errors import ClientError
+from bertserve.protocols import kserve, tei
+from bertserve.protocols.middleware import ProtocolMiddleware
+from bertserve.protocols.served import ServedModels
+from bertserve.runtime.encoding import TextEncoder
+from bertserve.schemas import OpenAIModel
+
+INTERNAL_PREFIX = "/_protocol/"
+OPENAI_MODELS = "/v1/models"
+# the endpoint label of each protocol route in the metrics (server.py INSTRUMENTED takes these)
+ENDPOINTS = {
+    tei.EMBED_PATH: "tei-embed",
+    tei.EMBED_ALL_PATH: "tei-embed-all",
+    tei.SIMILARITY_PATH: "tei-similarity",
+    tei.RERANK_PATH: "tei-rerank",
+    tei.PREDICT_PATH: "tei-predict",
+    tei.TOKENIZE_PATH: "tei-tokenize",
+    tei.DECODE_PATH: "tei-decode",
+    tei.HF_CLASSIFY_PATH: "hf-classify",
+    tei.ROOT_PATH: "tei-root",
+    "/v1/rerank": "rerank",
+    "/v2/rerank": "rerank-v2",
+    kserve.INFER_PATHS["classification"]: "v2-infer-classify",
+    kserve.INFER_PATHS["embedding"]: "v2-infer-embed",
+}
+
+
+def install(app: FastAPI, settings: Settings, drain_flag: Path | None) -> None:
+    """Add the protocol routes and middleware to the service's app (after the task APIs' routes)."""
+    served = ServedModels(settings)
+    # LitServe's own GET /info (its settings) gives way to TEI's
+    app.router.routes = [
+        route for route in app.router.routes if getattr(route, "path", None) != tei.INFO_PATH
+    ]
+    for route in app.routes:  # the dispatch targets: /docs shows the public paths instead
+        if isinstance(route, APIRoute) and route.path.startswith(INTERNAL_PREFIX):
+            route.include_in_schema = False
+    _tei_routes(app, settings, served)
+    _kserve_routes(app, served, drain_flag)
+    _openai_routes(app, served)
+    app.add_middleware(ProtocolMiddleware, settings=settings, served=served)
+
+
+def _tei_routes(app: FastAPI, settings: Settings, served: ServedModels) -> None:
+    encoders: dict[tuple[str, str], TextEncoder] = {}  # /tokenize and /decode run here, in a thread
+
+    def encoder(ref: str | None) -> TextEncoder:
+        ref = ref or served.root_ref()
+        if ref is None:
+            raise ClientError(404, "no model is served here", "unknown_model")
+        key = served.resolve(ref)  # 404 / 422 for what is not served
+        if key not in encoders:
+            try:
+                encoders[key] = TextEncoder(served.store.read_manifest(*key), served.store.version_dir(*key))
+            except Exception as exc:  # a damaged version: the workers refuse it too
+                raise ClientError(424, f"the tokenizer of {ref} cannot be read: {exc}", "backend") from None
+        return encoders[key]
+
+    @app.post(tei.ROOT_PATH, tags=["tei"], response_model=None)
+    def root(
+        request: tei.TeiEmbedRequest
+        | tei.SimilarityRequest
+        | tei.TeiRerankRequest
+        | tei.HfClassifyRequest
+        | tei.PredictRequest,
+    ) -> JSONResponse:
+        """TEI's and Hugging Face InferenceClient's route: /embed, /similarity, /rerank, text classification
+        or /predict, by the body (see protocols/tei.py). Reaching this handler means no served model fits."""
+        raise ClientError(422, "no model served here answers this request", "no_model").to_http()
+
+    @app.post(tei.TOKENIZE_PATH, tags=["tei"])
+    def tokenize(request: tei.TokenizeRequest) -> list[list[tei.SimpleToken]]:
+        """The default model's (or `model`'s) tokens, with character spans (TEI's /tokenize)."""
+        try:
+            found = encoder(request.model)
+            prompt = found.prompt(request.prompt_name)
+            texts = [request.inputs] if isinstance(request.inputs, str) else request.inputs
+            return [found.tokens(prompt + text, request.add_special_tokens) for text in texts]
+        except ClientError as exc:
+            raise exc.to_http() from None
+
+    @app.post(tei.DECODE_PATH, tags=["tei"])
+    def decode(request: tei.DecodeRequest) -> list[str]:
+        """Token ids back to text (TEI's /decode)."""
+        try:
+            found = encoder(request.model)
+            rows = request.ids if isinstance(request.ids[0], list) else [request.ids]
+            return [found.decode(ids, request.skip_special_tokens) for ids in rows]
+        except ClientError as exc:
+            raise exc.to_http() from None
+
+    @app.get(tei.INFO_PATH, tags=["tei"])
+    def info() -> tei.Info:
+        """TEI's /info, of the model POST / answers with."""
+        try:
+            ref = served.root_ref()
+            if ref is None:
+                raise ClientError(404, "no model is served here", "unknown_model")
+            manifest = served.manifest(ref)
+        except ClientError as exc:
+            raise exc.to_http() from None
+        if manifest.task == "embedding":
+            model_type: dict = {"embedding": {"pooling": manifest.pooling}}
+        else:
+            labels = dict(enumerate(manifest.labels or ["LABEL_0"]))
+            kind = "reranker" if manifest.task == "rerank" else "classifier"
+            model_type = {kind: {"id2label": labels, "label2id": {v: k for k, v in labels.items()}}}
+        return tei.Info(
+            model_id=f"{manifest.name}@{manifest.version}",
+            model_sha=None,
+            model_dtype=settings.backend_for(manifest.name),
+            model_type=model_type,
+            max_concurrent_requests=settings.max_queue,
+            max_input_length=manifest.max_length,
+            max_batch_tokens=settings.max_batch_tokens,
+            max_batch_requests=settings.max_batch_size,
+            max_client_batch_size=settings.max_embedding_inputs,
+            auto_truncate=True,
+            tokenization_workers=settings.api_servers,
+            version=__version__,
+        )
+
+
+def _openai_routes(app: FastAPI, served: ServedModels) -> None:
+    @app.get(f"{OPENAI_MODELS}/{{model_id}}", tags=["openai"])
+    def retrieve_model(model_id: str) -> OpenAIModel:
+        """OpenAI's `client.models.retrieve(id)`: one entry of GET /v1/models' `data`."""
+        store = served.store
+        if model_id not in store.models():
+            raise ClientError(404, f"model {model_id!r} is not in the store", "unknown_model").to_http()
+        manifest = store.read_manifest(model_id, store.versions(model_id)[-1])
+        created = int(datetime.fromisoformat(manifest.created_at).timestamp())
+        return OpenAIModel(id=model_id, created=created)
+
+
+def _kserve_routes(app: FastAPI, served: ServedModels, drain_flag: Path | None) -> None:
+    def model_metadata(name: str, version: str | None) -> dict:
+        try:
+            task = served.task_of(name)
+            name, version = served.resolve(f"{name}@{version}" if version else name)
+        except ClientError as exc:
+            raise ClientError(
+                404, f"model {name!r} not found: {exc.message}", "unknown_model"
+            ).to_http() from None
+        manifest = served.store.read_manifest(name, version)
+        return kserve.metadata(name, served.plan().served[name], task or manifest.task, manifest)
+
+    @app.get(kserve.PREFIX, tags=["kserve"])
+    def server_metadata() -> dict:
+        """The Open Inference Protocol's server metadata."""
+        return {"name": "bertserve", "version": __version__, "extensions": ["binary_tensor_data"]}
+
+    @app.get(f"{kserve.PREFIX}/health/live", tags=["kserve"])
+    def live() -> dict:
+        return {"live": True}
+
+    @app.get(f"{kserve.PREFIX}/health/ready", tags=["kserve"])
+    def ready() -> JSONResponse:
+        """Ready once the workers are (the HTTP server starts after them), until a drain begins."""
+        draining = drain_flag is not None and drain_flag.exists()
+        return JSONResponse({"ready": not draining}, 503 if draining else 200)
+
+    @app.get(f"{kserve.PREFIX}/models/{{model_name}}", tags=["kserve"])
+    def model(model_name: str) -> dict:
+        return model_metadata(model_name, None)
+
+    @app.get(f"{kserve.PREFIX}/models/{{model_name}}/versions/{{model_version}}", tags=["kserve"])
+    def model_version(model_name: str, model_version: str) -> dict:
+        return model_metadata(model_name, model_version)
+
+    @app.get(f"{kserve.PREFIX}/models/{{model_name}}/ready", tags=["kserve"])
+    def model_ready(model_name: str) -> dict:
+        return {"name": model_metadata(model_name, None)["name"], "ready": True}
+
+    @app.get(f"{kserve.PREFIX}/models/{{model_name}}/versions/{{model_version}}/ready", tags=["kserve"])
+    def model_version_ready(model_name: str, model_version: str) -> dict:
+        return {"name": model_metadata(model_name, model_version)["name"], "ready": True}
+
+    def refuse(model_name: str) -> None:
+        task = served.task_of(model_name)
+        if task is None:
+            raise ClientError(404, f"model {model_name!r} not found", "unknown_model").to_http()
+        raise ClientError(
+            400, f"model {model_name!r} is a {task} model: infer serves classification and embedding models"
+        ).to_http()
+
+    @app.post(f"{kserve.PREFIX}/models/{{model_name}}/infer", tags=["kserve"])
+    def infer(model_name: str, request: kserve.InferRequest) -> kserve.InferResponse:
+        """Texts as one BYTES input; see protocols/kserve.py for the outputs."""
+        refuse(model_name)
+
+    @app.post(f"{kserve.PREFIX}/models/{{model_name}}/versions/{{model_version}}/infer", tags=["kserve"])
+    def infer_version(
+        model_name: str, model_version: str, request: kserve.InferRequest
+    ) -> kserve.InferResponse:
+        refuse(model_name)
