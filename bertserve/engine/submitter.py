@@ -1,13 +1,14 @@
 """Hands requests from an HTTP process to the request queue, one round trip per pass of its event loop.
 
 Every call on the queue is a blocking round trip to the Manager process (~0.15 ms, more when the CPUs are
-busy). It is made by one thread per API, in order, so the event loop goes on parsing and answering
-meanwhile (profiled at c=64: the round trips took ~30% of an HTTP process's samples when the loop made
-them). Under load, several requests reach the endpoint in one pass of the loop (they arrived together);
-they are queued together, by one `put_many` scheduled after them. A request is queued after its handler has
-registered for the answer and yielded, and never waits behind more than FLUSH_AFTER_SECONDS of other
-requests' work (tokenizing a request of 32 long inputs takes milliseconds): the workers start on it while
-this process prepares the rest of a burst.
+busy). Under load it is made by one thread per API, in order, so the event loop goes on parsing and
+answering meanwhile (profiled at c=64: the round trips took ~30% of an HTTP process's samples when the loop
+made them); a lone request is handed over by the loop itself, sparing it the thread's wake-up. Several
+requests that reach the endpoint in one pass of the loop (they arrived together) are queued together, by one
+`put_many` scheduled after them. A request is queued after its handler has registered for the answer and
+yielded, and never waits behind more than FLUSH_AFTER_SECONDS of other requests' work (tokenizing a request
+of 32 long inputs takes milliseconds): the workers start on it while this process prepares the rest of a
+burst.
 
 A request whose client went away before its answer (a disconnect, or the middleware's 504) is cancelled
 the same way: taken back before it is queued, or removed from the queue in the next flush.
@@ -39,6 +40,7 @@ class SubmittingHandler(SubmitHook):
         self.first_pending = 0.0  # when the oldest pending request was submitted
         self.flush_scheduled = False
         self.queue_thread: ThreadPoolExecutor | None = None
+        self.handing_over = 0  # hand-overs still in the queue thread
 
     def submit(self, payload: tuple[str, float, tuple[bytes, bytes]]) -> tuple[str, int]:
         """`payload`: the request's uid, when it arrived (time.monotonic() in the middleware: the workers
@@ -85,9 +87,16 @@ class SubmittingHandler(SubmitHook):
         cancelled, self.cancelled = self.cancelled, []
         if not entries and not cancelled:  # flushed early, before its scheduled call
             return
+        if len(entries) + len(cancelled) == 1 and self.handing_over == 0:
+            self._hand_over(entries, cancelled)  # a lone request: the loop has nothing else to do meanwhile
+            return
         if self.queue_thread is None:  # made in the HTTP process, after the fork
             self.queue_thread = ThreadPoolExecutor(1, thread_name_prefix=f"queue-{self.lit_api.endpoint}")
-        self.queue_thread.submit(self._hand_over, entries, cancelled)
+        self.handing_over += 1  # later lone requests go through the thread too, behind these (in order)
+        self.queue_thread.submit(self._hand_over, entries, cancelled).add_done_callback(self._handed_over)
+
+    def _handed_over(self, _) -> None:
+        self.handing_over -= 1
 
     def _hand_over(self, entries: list[tuple], cancelled: list[str]) -> None:
         """In the queue thread, in submission order: the Manager round trips never stall the event loop."""
