@@ -1,7 +1,7 @@
 """The one error shape, `{"error": {"code", "message"}}`, and the mapping from client mistakes to 4xx.
 
-Errors raised in an inference worker travel back to the HTTP process pickled inside a FastAPI
-HTTPException (litserve_seam.WorkerHTTPException) whose `detail` already holds the error body; the handlers
+Errors raised in an inference worker travel back to the HTTP process as a FastAPI HTTPException whose
+`detail` already holds the error body (encoded as JSON on the way, see engine/transport.py); the handlers
 here render every error the same.
 """
 
@@ -12,8 +12,6 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-
-from bertserve.engine.litserve_seam import WorkerHTTPException
 
 STATUS_CODES = {
     400: "bad_request",
@@ -40,7 +38,7 @@ class ClientError(Exception):
 
     def to_http(self) -> HTTPException:
         """Picklable form that LitServe carries from the worker back to the HTTP process."""
-        return WorkerHTTPException(self.status, error_body(self.code, self.message))
+        return HTTPException(self.status, error_body(self.code, self.message))
 
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:

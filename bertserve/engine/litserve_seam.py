@@ -13,9 +13,8 @@ Each LitServe name used: why bertserve needs it / what breaks without it.
 - `loops.base._SENTINEL_VALUE`: the stop marker LitServe puts on each request queue at shutdown / a worker
   never stops and the shutdown hangs.
 - the wire tuple `(uid, (payload, status, response_type, worker_id))`, `LitAPIStatus`, `LoopResponseType`:
-  what LitServe's response reader unpacks in the HTTP process / no answer is delivered.
-- `PickleableHTTPException`: the error LitServe's handler re-raises from a worker's answer / worker errors
-  become 500s.
+  what LitServe's response reader unpacks in the HTTP process, an HTTPException as the payload of an error
+  (its handler re-raises it) / no answer is delivered, worker errors become 500s.
 - `RegularRequestHandler._submit_request`: queue a request already validated and tokenized, many per Manager
   round trip (submitter.py) / one round trip per request, and tokenizing in the worker.
 - `LitServer._init_manager`, `litapi_request_queues`, `_transport`, `transport_config`: our request queue
@@ -44,10 +43,12 @@ from collections.abc import Callable
 from typing import Any
 
 import litserve as ls
+import orjson
 from fastapi import HTTPException
 from litserve.loops.base import _SENTINEL_VALUE, DefaultLoop
 from litserve.server import RegularRequestHandler
-from litserve.utils import LitAPIStatus, LoopResponseType, PickleableHTTPException, WorkerSetupStatus
+from litserve.utils import LitAPIStatus, LoopResponseType, WorkerSetupStatus
+from starlette.responses import Response
 
 TESTED_LITSERVE = "0.2.19"
 
@@ -128,18 +129,37 @@ def check_server(server: ls.LitServer) -> None:
 # ---- answers -------------------------------------------------------------------------------------------
 
 
-class WorkerHTTPException(PickleableHTTPException):
-    """An error answered from outside the HTTP process. LitServe's PickleableHTTPException pickles without its
-    headers, so a 503's Retry-After would be lost on the way; this one keeps them."""
-
-    def __reduce__(self):
-        return (HTTPException, (self.status_code, self.detail, self.headers))
-
-
 def answer(uid: str, payload: Any, ok: bool, worker_id: int) -> tuple:
     """The message LitServe's response reader expects for one request."""
     status = LitAPIStatus.OK if ok else LitAPIStatus.ERROR
     return uid, (payload, status, LoopResponseType.REGULAR, worker_id)
+
+
+def answer_to_bytes(item: tuple) -> tuple[bytes, bytes]:
+    """One answer as a JSON header and a raw body, nothing pickled: an HTTP process never unpickles what
+    reaches its socket. The payload is a starlette Response (an answer) or an HTTPException (an error)."""
+    uid, (payload, status, _, worker_id) = item
+    header: dict[str, Any] = {"uid": uid, "ok": status == LitAPIStatus.OK, "worker": worker_id}
+    if isinstance(payload, HTTPException):
+        header.update(status=payload.status_code, detail=payload.detail, headers=payload.headers)
+        return orjson.dumps(header), b""
+    header.update(
+        status=payload.status_code,
+        media_type=payload.media_type,
+        headers=[[k.decode("latin-1"), v.decode("latin-1")] for k, v in payload.raw_headers],
+    )
+    return orjson.dumps(header), bytes(payload.body)
+
+
+def answer_from_bytes(header_bytes: bytes, body: bytes) -> tuple:
+    """The answer answer_to_bytes encoded, rebuilt as the objects LitServe's reader and handler expect."""
+    header = orjson.loads(header_bytes)
+    if not header["ok"]:
+        error = HTTPException(header["status"], header["detail"], header["headers"])
+        return answer(header["uid"], error, False, header["worker"])
+    response = Response(body, header["status"], media_type=header["media_type"])
+    response.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in header["headers"]]
+    return answer(header["uid"], response, True, header["worker"])
 
 
 class WorkerLoop(DefaultLoop):

@@ -26,8 +26,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from fastapi import HTTPException
+
 from bertserve import metrics
-from bertserve.engine.litserve_seam import STOP, WorkerHTTPException, WorkerLoop, answer
+from bertserve.engine.litserve_seam import STOP, WorkerLoop, answer
 from bertserve.errors import ClientError, error_body
 
 logger = logging.getLogger(__name__)
@@ -84,7 +86,7 @@ class SequenceBatchingLoop(WorkerLoop):
         timeout = lit_api.request_timeout
         if timeout in (-1, False) or time.monotonic() - submitted_at <= timeout:
             return False
-        error = WorkerHTTPException(504, error_body("timeout", "request timed out waiting for a worker"))
+        error = HTTPException(504, error_body("timeout", "request timed out waiting for a worker"))
         self._reply((response_queue_id, uid), error, ok=False)
         metrics.EXPIRED.labels(lit_api.endpoint).inc()
         return True
@@ -100,9 +102,7 @@ class SequenceBatchingLoop(WorkerLoop):
             self._reply((response_queue_id, uid), exc.to_http(), ok=False)
         except Exception:
             logger.exception("could not prepare request %s", uid)
-            error = WorkerHTTPException(
-                500, error_body("internal_error", "the request could not be prepared")
-            )
+            error = HTTPException(500, error_body("internal_error", "the request could not be prepared"))
             self._reply((response_queue_id, uid), error, ok=False)
         return None
 
@@ -166,6 +166,6 @@ class SequenceBatchingLoop(WorkerLoop):
                 self._reply(item, lit_api.encode_response(output), ok=True)
         except Exception:
             logger.exception("batch of %d requests failed", len(batch))
-            error = WorkerHTTPException(500, error_body("internal_error", "the model failed on this batch"))
+            error = HTTPException(500, error_body("internal_error", "the model failed on this batch"))
             for item in batch:
                 self._reply(item, error, ok=False)

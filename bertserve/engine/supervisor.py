@@ -22,10 +22,11 @@ import threading
 import time
 from dataclasses import dataclass
 
+from fastapi import HTTPException
 from prometheus_client import multiprocess
 
 from bertserve import metrics
-from bertserve.engine.litserve_seam import ServerInternals, WorkerHTTPException, answer
+from bertserve.engine.litserve_seam import ServerInternals, answer
 from bertserve.errors import error_body
 
 logger = logging.getLogger("bertserve")
@@ -135,7 +136,7 @@ class WorkerSupervisor:
     def _fail_held(self, api, pid: int, worker_id: int) -> int:
         """Answer every request the dead worker held; ones it already answered are ignored by LitServe."""
         held = self.internals.request_queue(api.api_path).retire(pid)
-        error = WorkerHTTPException(
+        error = HTTPException(
             503,
             error_body("worker_lost", "the inference worker handling this request died; retry it"),
             headers={"Retry-After": "1"},

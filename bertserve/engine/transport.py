@@ -8,14 +8,14 @@ every answer of that batch for it; the HTTP process hands them to LitServe's rea
 
 Addresses live in Linux's abstract socket namespace (`ipc://@name`): nothing on disk to clean up, no path
 length limit from a deep TMPDIR. A PUSH socket that connects before its HTTP process has bound queues what it
-sends until the pipe opens.
+sends until the pipe opens. Nothing is pickled: each answer travels as a JSON header and its body bytes
+(litserve_seam.answer_to_bytes), so whatever reaches the socket can at worst be a malformed answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import pickle
 import uuid
 from collections import deque
 from queue import Empty
@@ -23,6 +23,8 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
+
+from bertserve.engine.litserve_seam import answer_from_bytes, answer_to_bytes
 
 LINGER_MS = 2000  # how long a closing worker keeps trying to deliver what it still has queued
 
@@ -61,8 +63,8 @@ class ResponseTransport:
         return self._pushers[consumer_id]
 
     def send_many(self, items: list[Any], consumer_id: int) -> None:
-        """Every answer of one batch for one HTTP process, in one message."""
-        self._pusher(consumer_id).send(pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL))
+        """Every answer of one batch for one HTTP process, in one message (a JSON header and a body each)."""
+        self._pusher(consumer_id).send_multipart([part for item in items for part in answer_to_bytes(item)])
 
     def send(self, item: Any, consumer_id: int) -> None:
         self.send_many([item], consumer_id)
@@ -85,11 +87,11 @@ class ResponseTransport:
             self._pull.setsockopt(zmq.RCVHWM, 0)
             self._pull.bind(self.address(consumer_id or 0))
         try:
-            receiving = self._pull.recv()
+            receiving = self._pull.recv_multipart()
             message = await (receiving if timeout is None else asyncio.wait_for(receiving, timeout))
         except (TimeoutError, zmq.ZMQError):
             raise Empty from None
-        self._received.extend(pickle.loads(message))
+        self._received.extend(answer_from_bytes(*message[i : i + 2]) for i in range(0, len(message), 2))
         return self._received.popleft()
 
     def close(self, **_: Any) -> None:

@@ -10,8 +10,12 @@ import pickle
 import time
 from types import SimpleNamespace
 
+from fastapi import HTTPException
+from starlette.responses import Response
+
 from bertserve.config import Settings
 from bertserve.engine import request_queue
+from bertserve.engine.litserve_seam import answer
 from bertserve.engine.loop import SequenceBatchingLoop
 from bertserve.engine.transport import ResponseTransport
 from bertserve.server import INSTRUMENTED, InFlight, build_server
@@ -38,13 +42,30 @@ def test_server_queues_requests_in_bulk_and_answers_over_zmq(
         # a worker gets the transport pickled; its answers for HTTP process 1 must reach that process only
         worker_side = pickle.loads(pickle.dumps(transport))
         assert isinstance(worker_side, ResponseTransport)
-        worker_side.send(("uid-0", ("for http process 0",)), consumer_id=0)  # sent before anyone listens
-        worker_side.send_many([("uid-1", ("for http process 1",)), ("uid-2", ("too",))], consumer_id=1)
+        ok = Response(
+            b'{"label": "pos"}', 200, media_type="application/json", headers={"x-model": "sentiment@1"}
+        )
+        worker_side.send(answer("uid-0", ok, True, 0), consumer_id=0)  # sent before anyone listens
+        refused = HTTPException(422, {"code": "too_long"}, {"x-why": "length"})
+        worker_side.send_many(
+            [answer("uid-1", ok, True, 3), answer("uid-2", refused, False, 3)], consumer_id=1
+        )
 
         async def receive(consumer: int, count: int) -> list:
             return [await transport.areceive(consumer_id=consumer, timeout=10) for _ in range(count)]
 
-        assert asyncio.run(receive(1, 2)) == [("uid-1", ("for http process 1",)), ("uid-2", ("too",))]
+        (first, (response, *_)), (second, (error, *_)) = asyncio.run(receive(1, 2))
+        assert (first, second) == ("uid-1", "uid-2"), "answers for HTTP process 1 reach it alone, in order"
+        assert (response.status_code, response.body, response.headers["x-model"]) == (
+            200,
+            b'{"label": "pos"}',
+            "sentiment@1",
+        )
+        assert (error.status_code, error.detail, error.headers) == (
+            422,
+            {"code": "too_long"},
+            {"x-why": "length"},
+        )
         worker_side.close()
         pickle.loads(pickle.dumps(transport)).close()  # never connected (the main process at shutdown)
     finally:
@@ -171,8 +192,9 @@ def test_no_answer_is_lost_when_an_http_process_stalls_past_any_high_water_mark(
     try:
         assert ready.wait(60)
         worker_side = ResponseTransport(f"test-stalled-{answers}")
+        ok = Response(b"{}", 200, media_type="application/json")
         for n in range(answers):
-            worker_side.send((f"uid-{n}", ("answer",)), consumer_id=0)
+            worker_side.send(answer(f"uid-{n}", ok, True, 0), consumer_id=0)
         done.set()
         reader.join(60)
         assert reader.exitcode == 0, "the stalled process received every answer (see its assertion above)"
