@@ -667,7 +667,9 @@ def load_test(
     """Drive each route of the backend served with extra `flags` at each concurrency; the in-process ceiling
     is measured again right after each point (the server idle), as the machine's speed drifts."""
     out: dict = {"backend": backend, "flags": " ".join(flags), "points": []}
-    with served(args.store, backend, scratch, args.device, flags) as info:
+    # the models measured are the server's defaults (it refuses a default it does not serve)
+    defaults = ["--default-embedding-model", args.embedding] if has_model(args.store, args.embedding) else []
+    with served(args.store, backend, scratch, args.device, [*defaults, *flags]) as info:
         out.update({k: v for k, v in info.items() if k != "base"})
         out["processes"] = [{k: p[k] for k in ("pid", "role", "rss_mb")} for p in snapshot(info["pid"])]
         for route, (workload, texts) in ((r, w) for r in routes for w in workloads.items()):

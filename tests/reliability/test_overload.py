@@ -134,8 +134,9 @@ def test_response_buffer_forgets_requests_the_middleware_already_answered_504(mo
 
 
 def test_a_request_whose_client_disconnected_is_withdrawn_before_it_is_computed(tmp_path, classifier_dirs):
-    """Eight clients keep the worker busy with sentiment@1; five requests for sentiment@2 are sent by a client
-    that gives up after 50 ms. Those are withdrawn from the queue, counted, and never computed."""
+    """Sixteen clients keep the worker busy with sentiment@1 (one request per batch); five requests for
+    sentiment@2 are sent by a client that gives up after 5 ms. Those are withdrawn from the queue, counted,
+    and never computed."""
     store = classify_store(tmp_path / "model_store", classifier_dirs)
     args = ("--workers", "1", "--max-batch-size", "32", "--request-timeout", "60")
     args += ("--models", "sentiment:production,sentiment@2")
@@ -145,11 +146,11 @@ def test_a_request_whose_client_disconnected_is_withdrawn_before_it_is_computed(
 
         async def give_up_while_queued() -> None:
             stop, outcomes = asyncio.Event(), []
-            load = asyncio.create_task(closed_loop(url, HEAVY, clients=8, stop=stop, outcomes=outcomes))
+            load = asyncio.create_task(closed_loop(url, HEAVY, clients=16, stop=stop, outcomes=outcomes))
             try:
-                while len(outcomes) < 16:  # the queue holds the other clients' requests from here on
+                while len(outcomes) < 32:  # the queue holds the other clients' requests from here on
                     await asyncio.sleep(0.05)
-                impatient = httpx.Timeout(10, read=0.05)
+                impatient = httpx.Timeout(10, read=0.005)
                 async with httpx.AsyncClient(
                     timeout=impatient, limits=httpx.Limits(max_keepalive_connections=0)
                 ) as client:
