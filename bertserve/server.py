@@ -462,12 +462,12 @@ def run_server(settings: Settings) -> None:
     """Serve until stopped. Raises DeviceUnavailable (before anything starts) when the device is not here."""
     settings = settings.resolved()
     logs.configure_logging(settings)
-    if settings.device == "cpu":
-        # The workers' OpenMP threads sleep when idle instead of spinning (libgomp's default is to spin for
-        # a while after each parallel region): spinning threads take the cores the HTTP processes and the
-        # queue need between two forwards (measured: docs/performance.md#how-to-tune). Inherited by the
-        # spawned workers; a value already set wins.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if settings.device == "cpu" and not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(os.environ):
+        # The workers' OpenMP threads spin ~10,000 rounds (microseconds) after a parallel region, then sleep:
+        # enough to stay hot between the ops of one forward, not so long that they take the cores the HTTP
+        # processes need between two forwards (libgomp's default spins 300,000; measured in
+        # docs/performance.md#how-to-tune). Inherited by the spawned workers; the environment's choice wins.
+        os.environ["GOMP_SPINCOUNT"] = "10000"
     logger.info(
         "device %s: %d inference worker(s) per endpoint%s x %d torch threads; HTTP processes: %s; "
         "batches of <= %d sequences / %d tokens",

@@ -62,6 +62,9 @@ def test_worker_killed_mid_batch_is_replaced_and_its_requests_fail_fast(tmp_path
     with running_server(store.root, *args) as base:
         url = f"{base}/v1/classify"
         (worker,) = worker_pids(base.process.pid)
+        if not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(os.environ):  # the environment's choice wins
+            environ = Path(f"/proc/{worker}/environ").read_bytes().split(b"\0")
+            assert b"GOMP_SPINCOUNT=10000" in environ, "OpenMP threads spin briefly, then sleep, on the CPU"
 
         async def load_then_kill() -> list:
             stop = asyncio.Event()

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_soak_script_short_run_passes_its_checks(tmp_path):
     store = build_tiny_store(tmp_path / "model_store", tmp_path / "hf")
-    duration, rate = 25, 30
+    duration, rate = 15, 30
     command = [sys.executable, str(REPO / "scripts" / "soak.py"), "--store", str(store.root)]
     run = subprocess.run(
         [*command, "--duration", str(duration), "--rate", str(rate), "--max-rss-growth-mb", "64"],
