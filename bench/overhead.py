@@ -67,7 +67,7 @@ def measure(args: argparse.Namespace, scratch: Path) -> dict:
             name, _, folder = variant.partition("=")
             servers[name] = (serve, Path(folder).resolve())
         bases = {
-            name: stack.enter_context(started(name, command, cwd, scratch / f"{name}.log"))
+            name: stack.enter_context(started(name, command, cwd, scratch / f"{name}.log")).base
             for name, (command, cwd) in servers.items()
         }
         for number in range(args.rounds):

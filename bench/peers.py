@@ -32,6 +32,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import litserve as ls
 
@@ -139,9 +140,16 @@ def serve_fastapi(store: Path, ref: str, port: int, device: str) -> None:
 # ---- the run ---------------------------------------------------------------------------------------------
 
 
+class Started(NamedTuple):
+    base: str  # http://127.0.0.1:PORT
+    pid: int  # the process `command` started (its children are the server's other processes)
+
+
 @contextlib.contextmanager
-def started(name: str, command: list[str], cwd: Path, log: Path) -> Iterator[str]:
-    """A server process (group) from `command`; yields its base URL once /health answers 200."""
+def started(
+    name: str, command: list[str], cwd: Path, log: Path, health: str = "/health"
+) -> Iterator[Started]:
+    """A server process (group) from `command`; yields its address once `health` answers 200."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BERTSERVE_")}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
@@ -158,11 +166,11 @@ def started(name: str, command: list[str], cwd: Path, log: Path) -> Iterator[str
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300
-        while http_get(f"{base}/health")[0] != 200:
+        while http_get(f"{base}{health}")[0] != 200:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{name} did not start: {log.read_text()[-3000:]}")
             time.sleep(0.1)
-        yield base
+        yield Started(base, process.pid)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
@@ -173,12 +181,14 @@ def started(name: str, command: list[str], cwd: Path, log: Path) -> Iterator[str
         process.wait()
 
 
-def drive(wrk: str, base: str, bodies: Path, concurrency: list[int], seconds: float) -> dict:
-    """/v1/classify under wrk at each concurrency (after a 1 s warm-up): req/s, p50 and errors per point."""
+def drive(
+    wrk: str, base: str, bodies: Path, concurrency: list[int], seconds: float, path: str = "/v1/classify"
+) -> dict:
+    """`path` under wrk at each concurrency (after a 1 s warm-up): req/s, p50 and errors per point."""
     point = {}
     for clients in concurrency:
-        run_wrk(wrk, base, "/v1/classify", bodies, clients, 1)
-        load = run_wrk(wrk, base, "/v1/classify", bodies, clients, seconds)
+        run_wrk(wrk, base, path, bodies, clients, 1)
+        load = run_wrk(wrk, base, path, bodies, clients, seconds)
         point[f"c{clients}"] = {
             "req_per_s": round(load["requests"] / load["seconds"], 1),
             "p50_ms": round(load["p50_ms"], 3),
@@ -226,7 +236,7 @@ def measure(args: argparse.Namespace) -> dict:
         bodies = Path(scratch) / "bodies.txt"
         bodies.write_text("\n".join(json.dumps({"inputs": [text]}) for text in texts) + "\n")
         bases = {
-            name: stack.enter_context(started(name, command, cwd, Path(scratch) / f"{name}.log"))
+            name: stack.enter_context(started(name, command, cwd, Path(scratch) / f"{name}.log")).base
             for name, (command, cwd) in commands(args).items()
         }
         for number in range(args.rounds):

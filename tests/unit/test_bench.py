@@ -160,3 +160,25 @@ def test_memory_bench_reports_every_process_of_a_served_store(tmp_path):
     assert {"main (supervisor)", "inference worker", "http server (uvicorn)"} <= roles
     assert all(process["pss_mb"] > 0 for process in results["processes"])
     assert "**all**" in (folder / "results.md").read_text()
+
+
+def test_embedding_peers_report_puts_both_servers_and_their_ratios_in_one_table():
+    """bench.embedding_peers needs infinity-emb in a virtualenv of its own (not in CI): its table is checked
+    on results of the shape it writes."""
+    from bench import embedding_peers
+
+    def point(rate: float) -> dict:
+        return {"c1": {"req_per_s": rate, "p50_ms": 1.0, "errors": 0}}
+
+    rounds = [
+        {
+            "bertserve": {"short": point(40.0), "long": point(20.0)},
+            "infinity": {"short": point(20.0), "long": point(40.0)},
+        }
+    ]
+    results = {"command": "python -m bench.embedding_peers", "rounds": rounds, "model": "minilm"}
+    results.update(dtype="float32", backend="fp32")
+    results["memory"] = {name: {"processes": 1, "rss_mb": 900, "pss_mb": 800} for name in rounds[0]}
+    table = embedding_peers.report(results, [1])
+    assert "| bertserve | 40.0 | 20.0 | 1 | 900 | 800 |" in table
+    assert "- short c=1: 2.00" in table and "- long c=1: 0.50" in table
