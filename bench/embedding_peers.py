@@ -84,10 +84,10 @@ def measure(args: argparse.Namespace, scratch: Path) -> dict:
         for number in range(args.rounds):
             row: dict = {}
             for name, server in running.items():
+                path = servers[name][1]
                 row[name] = {
                     workload: drive(wrk, server.base, bodies[workload], args.concurrency, args.duration, path)
                     for workload in WORKLOADS
-                    for path in [servers[name][1]]
                 }
                 print(f"[embedding-peers] round {number + 1} {name}: {json.dumps(row[name])}", flush=True)
             results["rounds"].append(row)

@@ -146,10 +146,8 @@ class Started(NamedTuple):
 
 
 @contextlib.contextmanager
-def started(
-    name: str, command: list[str], cwd: Path, log: Path, health: str = "/health"
-) -> Iterator[Started]:
-    """A server process (group) from `command`; yields its address once `health` answers 200."""
+def started(name: str, command: list[str], cwd: Path, log: Path) -> Iterator[Started]:
+    """A server process (group) from `command`; yields its address once /health answers 200."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BERTSERVE_")}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
@@ -166,7 +164,7 @@ def started(
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300
-        while http_get(f"{base}{health}")[0] != 200:
+        while http_get(f"{base}/health")[0] != 200:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{name} did not start: {log.read_text()[-3000:]}")
             time.sleep(0.1)

@@ -37,7 +37,7 @@ class ClientError(Exception):
         self.message = message
 
     def to_http(self) -> HTTPException:
-        """Picklable form that LitServe carries from the worker back to the HTTP process."""
+        """The form the engine carries from the worker back to the HTTP process (engine/transport.py)."""
         return HTTPException(self.status, error_body(self.code, self.message))
 
 

@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from importlib import resources
 from multiprocessing import resource_tracker
 from pathlib import Path
@@ -365,7 +366,18 @@ def _add_routes(app: FastAPI, store: ModelStore, settings: Settings) -> None:
         return Response(page, media_type="text/html; charset=utf-8")
 
 
-def build_server(settings: Settings, drain_flag: Path, in_flight: InFlight) -> ls.LitServer:
+@dataclass
+class AssembledServer:
+    """The LitServer, and what run_server finishes once its workers are starting: the request queues the
+    middleware reads (filled before the HTTP processes fork) and the tokenizers to load before that fork."""
+
+    litserver: ls.LitServer
+    queues: dict  # route path -> its request queue (a Manager proxy)
+    queue_paths: dict[str, str]  # route path -> the api_path whose queue serves it
+    encoders: list[HttpEncoders]
+
+
+def build_server(settings: Settings, drain_flag: Path, in_flight: InFlight) -> AssembledServer:
     check_litserve()  # the seam names what an installed LitServe no longer has, before anything starts
     settings = settings.resolved()  # a no-op when run_server already did it
     gpus = resolve_device(settings.device).gpus
@@ -413,11 +425,9 @@ def build_server(settings: Settings, drain_flag: Path, in_flight: InFlight) -> l
         )
 
     internals.replace_middlewares(add_middlewares)
-    server._bertserve_queues = queues
-    server._bertserve_queue_paths = queue_paths
     internals.replace_response_buffer(ExpiringResponseBuffer(settings.request_timeout + 10))
     install_error_handlers(server.app)
-    server._bertserve_encoders = _submit_from_http_processes(server, apis)
+    encoders = _submit_from_http_processes(server, apis)
     _add_routes(server.app, store, settings)
     protocols.install(server.app, settings, drain_flag)  # after every other route and middleware
     _document_plain_text_routes(server.app)
@@ -425,7 +435,7 @@ def build_server(settings: Settings, drain_flag: Path, in_flight: InFlight) -> l
     server.app.description = (
         "BERT text classification, fill-mask and sentence embeddings, from a versioned model store."
     )
-    return server
+    return AssembledServer(server, queues, queue_paths, encoders)
 
 
 def _drain_then_stop(server: ls.LitServer, drain_flag: Path, in_flight: InFlight, settings: Settings) -> None:
@@ -483,7 +493,8 @@ def run_server(settings: Settings) -> None:
     drain_flag = metrics_dir / "draining"
     drain_flag.unlink(missing_ok=True)
     in_flight = InFlight(tuple(INSTRUMENTED))
-    server = build_server(settings, drain_flag, in_flight)
+    assembled = build_server(settings, drain_flag, in_flight)
+    server = assembled.litserver
     # the drain flag doubles as the supervisor's verdict: /health answers 503 once it gives up
     supervisor = WorkerSupervisor(server, verdict_file=drain_flag)
 
@@ -492,15 +503,13 @@ def run_server(settings: Settings) -> None:
             logger.info("stopped during start-up: not starting the HTTP servers")
             return False
         queues = ServerInternals(server).request_queue
-        server._bertserve_queues.update(
-            {path: queues(api_path) for path, api_path in server._bertserve_queue_paths.items()}
-        )
+        assembled.queues.update({path: queues(api_path) for path, api_path in assembled.queue_paths.items()})
         supervisor.start()
         return True
 
     def load_encoders_while_workers_start() -> None:
         # the HTTP processes are forked with them loaded (importing transformers takes seconds)
-        for encoders in server._bertserve_encoders:
+        for encoders in assembled.encoders:
             encoders.load()
 
     ServerInternals(server).install_lifecycle(

@@ -76,7 +76,7 @@ class TaskAPI(ls.LitAPI):
         route_transformers_output()
         # A terminal's Ctrl-C reaches every process of the group; the main process drains and stops the
         # workers, so a worker interrupted on its own would only print a KeyboardInterrupt traceback.
-        # Spawned with SIGINT blocked (server._launched_deaf_to_ctrl_c) for the imports before this line;
+        # Spawned with SIGINT blocked (server.py launches the workers so) for the imports before this line;
         # from here on it is ignored for the process, whatever mask a thread ends up with.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         torch.set_num_threads(self.settings.torch_threads)  # resolved for this machine by build_server

@@ -151,7 +151,7 @@ def test_a_cuda_server_starts_its_workers_one_per_gpu(store_root, tiny_classifie
     import_hf_folder(ModelStore(store_root), tiny_classifier_dir, "sentiment")
     server = build_server(
         Settings(store=store_root, device="cuda"), tmp_path / "draining", InFlight(tuple(INSTRUMENTED))
-    )
+    ).litserver
     assert server._inference_workers_config_for_api("/v1/classify") == [["cuda:0"], ["cuda:1"]]
     assert server._inference_workers_config_for_api("/v1/explain") == [["cuda:0"], ["cuda:1"]]
     (api,) = [api for api in server.litapi_connector if api.endpoint == "classify"]
@@ -160,7 +160,7 @@ def test_a_cuda_server_starts_its_workers_one_per_gpu(store_root, tiny_classifie
         Settings(store=store_root, device="cpu", workers=3),
         tmp_path / "draining",
         InFlight(tuple(INSTRUMENTED)),
-    )
+    ).litserver
     assert cpu._inference_workers_config_for_api("/v1/classify") == ["cpu"] * 3
 
 

@@ -190,11 +190,10 @@ def test_both_routes_share_one_api_and_request_queue(tmp_path, monkeypatch):
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     store = ModelStore(tmp_path / "store")
     import_hf_folder(store, build_sentence_encoder(tmp_path / "st"), "emb")
-    server = build_server(Settings(store=store.root), tmp_path / "draining", InFlight(tuple(INSTRUMENTED)))
+    assembled = build_server(Settings(store=store.root), tmp_path / "draining", InFlight(tuple(INSTRUMENTED)))
+    server = assembled.litserver
     assert [api.api_path for api in server.litapi_connector] == ["/v1/embeddings"]
-    assert set(server._bertserve_queue_paths.values()) == {"/v1/embeddings"}
-    assert {"/v1/embeddings", "/v1/embed", "/embed", "/rerank", "/v1/rerank"} <= set(
-        server._bertserve_queue_paths
-    )
+    assert set(assembled.queue_paths.values()) == {"/v1/embeddings"}
+    assert {"/v1/embeddings", "/v1/embed", "/embed", "/rerank", "/v1/rerank"} <= set(assembled.queue_paths)
     paths = {getattr(route, "path", "") for route in server.app.routes}
     assert {"/v1/embeddings", "/v1/embed"} <= paths and "/v1/classify" not in paths

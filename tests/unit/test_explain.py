@@ -170,13 +170,13 @@ def test_explain_has_workers_of_its_own_or_none(store_root, tiny_classifier_dir,
     import_hf_folder(ModelStore(store_root), tiny_classifier_dir, "sentiment")
     settings = Settings(store=store_root, device="cpu", workers=3, explain_workers=2)
     slots = InFlight(tuple(INSTRUMENTED))
-    server = build_server(settings, tmp_path / "draining", slots)
+    server = build_server(settings, tmp_path / "draining", slots).litserver
     assert server._inference_workers_config_for_api("/v1/classify") == ["cpu"] * 3
     assert server._inference_workers_config_for_api("/v1/explain") == ["cpu"] * 2
     off = build_server(
         settings.model_copy(update={"explain_workers": 0}),
         tmp_path / "draining",
         InFlight(tuple(INSTRUMENTED)),
-    )
+    ).litserver
     assert [api.endpoint for api in off.litapi_connector] == ["classify"]
     assert "/v1/explain" not in {getattr(route, "path", None) for route in off.app.routes}

@@ -28,7 +28,8 @@ def test_server_queues_requests_in_bulk_and_answers_over_zmq(
 ):
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     import_hf_folder(ModelStore(store_root), tiny_classifier_dir, "sentiment")
-    server = build_server(Settings(store=store_root), tmp_path / "draining", InFlight(tuple(INSTRUMENTED)))
+    assembled = build_server(Settings(store=store_root), tmp_path / "draining", InFlight(tuple(INSTRUMENTED)))
+    server = assembled.litserver
     (route,) = [r for r in server.app.routes if getattr(r, "path", "") == "/v1/classify"]
     (auth,) = [dependency.call for dependency in route.dependant.dependencies]
     assert inspect.iscoroutinefunction(auth), "a sync dependency costs every request a thread-pool hop"
