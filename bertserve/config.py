@@ -29,17 +29,29 @@ class Settings(BaseSettings):
         description="Where models run: cpu, cuda (every GPU), cuda:N[,M] or auto (cuda when torch sees one).",
     )
     workers: int = Field(
-        0, ge=0, le=32, description="Inference worker processes per endpoint, per GPU on cuda (0: sizing)."
+        0,
+        ge=0,
+        le=32,
+        description="Inference processes (slots), each hosting every served model of every task; per GPU on "
+        "cuda (0: sizing).",
     )
     explain_workers: int = Field(
         1,
         ge=0,
-        le=32,
-        description="Inference worker processes of /v1/explain (per GPU on cuda), apart from /v1/classify's; "
-        "0 serves no /v1/explain.",
+        le=1,
+        description="1: /v1/explain runs on a thread of each inference process, its models loaded on the "
+        "first explanation; 0 serves no /v1/explain.",
     )
     api_servers: int = Field(0, ge=0, le=32, description="HTTP server processes (0: sizing).")
-    torch_threads: int = Field(0, ge=0, description="Torch intra-op threads per worker (0: sizing).")
+    torch_threads: int = Field(
+        0, ge=0, description="Most torch intra-op threads per inference process (0: sizing)."
+    )
+    single_thread_tokens: int = Field(
+        256,
+        ge=0,
+        description="On a CPU, a batch of at most this many padded tokens runs on one torch thread (more "
+        "threads cost more than they save on a small forward); 0: always torch_threads.",
+    )
     models: str = Field(
         "*",
         description="Comma-separated model refs to load (name, name@V, name:alias); '*' loads every version.",

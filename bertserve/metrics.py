@@ -128,8 +128,8 @@ CANCELLED = Counter(
 )
 WORKER_RESTARTS = Counter(
     f"{PREFIX}_worker_restarts",
-    "Inference worker processes that died and were replaced; their in-flight requests were answered 503.",
-    ["endpoint"],
+    "Inference processes that died and were replaced (by slot); their in-flight requests were answered 503.",
+    ["slot"],
 )
 MODEL_INFO = Gauge(
     f"{PREFIX}_model_info",

@@ -1,8 +1,10 @@
-"""Assembles the LitServer: the task APIs, /v1/models, /metrics, the error handlers, the middleware.
+"""Assembles the LitServer: the task routes, /v1/models, /metrics, the error handlers, the middleware; and
+runs it, top to bottom: the store, the models' tokenizers, the inference processes, the HTTP processes.
 
-Process layout (LitServe's): the main process supervises; `api_servers` uvicorn processes (forked) parse
-HTTP and hand requests to `workers` inference processes per endpoint (spawned) through a queue; the
-inference workers batch, run the model and send answers back.
+Process layout (docs/engine.md): the main process supervises; `api_servers` uvicorn processes (forked)
+parse HTTP, validate and tokenize, and stream each request straight to one of the `workers` inference
+processes per device (spawned), each of which hosts every served model of every task, batches per model
+and streams the answers back.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import contextlib
 import functools
 import logging
 import os
+import shutil
 import signal
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +26,7 @@ from multiprocessing import resource_tracker
 from pathlib import Path
 
 import litserve as ls
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI, HTTPException
 from fastapi.routing import APIRoute
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.responses import Response
@@ -37,13 +41,11 @@ from bertserve.api.explain import ExplainAPI
 from bertserve.api.fill_mask import FillMaskAPI
 from bertserve.auth import Authenticator
 from bertserve.config import Settings
-from bertserve.engine import request_queue
 from bertserve.engine.admission import TICKET, InFlight, Ticket, ticket
-from bertserve.engine.buffer import ExpiringResponseBuffer
+from bertserve.engine.client import EngineClient
 from bertserve.engine.litserve_seam import ServerInternals, check_litserve
-from bertserve.engine.submitter import SubmittingHandler
+from bertserve.engine.process import InferenceProcess
 from bertserve.engine.supervisor import WorkerSupervisor
-from bertserve.engine.transport import ResponseTransport
 from bertserve.errors import ClientError, document_error_shape, error_response, install_error_handlers
 from bertserve.runtime.device import resolve_device
 from bertserve.runtime.selection import model_tasks, served_versions
@@ -81,7 +83,6 @@ class ServiceMiddleware:
         app: ASGIApp,
         settings: Settings,
         auth: Authenticator,
-        queues: dict,
         queue_paths: dict[str, str],
         in_flight: InFlight,
         drain_flag: Path,
@@ -89,7 +90,6 @@ class ServiceMiddleware:
         self.app = app
         self.settings = settings
         self.auth = auth
-        self.queues = queues
         self.queue_paths = queue_paths  # route path -> its request queue's path (shared by sibling routes)
         self.in_flight = in_flight
         self.drain_flag = drain_flag
@@ -159,11 +159,7 @@ class ServiceMiddleware:
             return error_response(
                 413, f"body of {int(length)} bytes; the limit is {self.settings.max_body_bytes}"
             )
-        # The queue holds at most the other requests in flight (plus any whose client already got 504), so
-        # below the bound there is no need to ask it: that is a round trip to the Manager process.
-        queue = self.queues.get(scope["path"])
-        limit = self.settings.max_queue
-        if queue is not None and in_flight > limit and queue.qsize() >= limit:
+        if in_flight > self.settings.max_queue:
             return error_response(503, "server busy: request queue is full", headers={"Retry-After": "1"})
         if self.drain_flag.exists():
             return error_response(503, "server is shutting down", headers={"Retry-After": "1"})
@@ -285,31 +281,20 @@ def describe_models(store: ModelStore, settings: Settings) -> ModelsResponse:
     return ModelsResponse(models=models)
 
 
-def _submit_from_http_processes(server: ls.LitServer, apis: list[TaskAPI]) -> list[HttpEncoders]:
-    """Replace LitServe's task routes with ones that validate and tokenize in the HTTP process
-    (TaskAPI.submission) before the queue (submitter.py), then await the worker's answer.
-    Returns each task's encoders (not on the api: that is pickled to each worker), to load before the fork."""
-    paths = {api.api_path for api in apis}
-    server.app.router.routes = [
-        route for route in server.app.router.routes if getattr(route, "path", None) not in paths
-    ]
-    every_encoders = []
+def _add_task_routes(app: FastAPI, apis: list[TaskAPI], client: EngineClient) -> None:
+    """Each task's routes: validate and tokenize here, in the HTTP process, then stream the request to an
+    inference process and answer what comes back. Returns nothing LitServe handles: its own route for the
+    engine's LitAPI is removed."""
+    app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) != "/inference"]
     for api in apis:
         encoders = HttpEncoders(api.settings, api.serves)
-        every_encoders.append(encoders)
-        handler = SubmittingHandler(api, server)
-        for path, schemas in api.routes().items():  # one queue and one set of workers per api
-            server.app.add_api_route(
-                path,
-                _task_endpoint(api, handler, encoders, *schemas),
-                methods=["POST"],
-                dependencies=[Depends(api.authorize)],
-            )
-    return every_encoders
+        api.http_encoders = encoders  # loaded in the main process, before the fork
+        for path, schemas in api.routes().items():
+            app.add_api_route(path, _task_endpoint(api, client, encoders, *schemas), methods=["POST"])
 
 
 def _task_endpoint(
-    api: TaskAPI, handler: SubmittingHandler, encoders: HttpEncoders, request_type: type, response_type: type
+    api: TaskAPI, client: EngineClient, encoders: HttpEncoders, request_type: type, response_type: type
 ):
     # Large requests are tokenized in a thread (the tokenizer runs without the GIL), so that the event loop
     # goes on delivering answers meanwhile; small ones cost less than the hand-off and stay in the loop.
@@ -325,8 +310,12 @@ def _task_endpoint(
                 submission = api.submission(request, encoders)
         except ClientError as exc:
             raise exc.to_http() from None
-        admitted.queued = True  # from here on the engine withdraws it, should its client leave
-        return await handler.answer(admitted.arrived, submission)
+        answer = await client.call(
+            api.endpoint, admitted, submission.header(), submission.body, submission.sequences
+        )
+        if answer.status != 200:
+            raise HTTPException(answer.status, answer.detail, answer.headers)
+        return Response(answer.body, media_type="application/json", headers={"X-Model-Version": answer.ref})
 
     endpoint.__annotations__ = {"request": request_type, "return": response_type}  # for /docs
     return endpoint
@@ -368,13 +357,21 @@ def _add_routes(app: FastAPI, store: ModelStore, settings: Settings) -> None:
 
 @dataclass
 class AssembledServer:
-    """The LitServer, and what run_server finishes once its workers are starting: the request queues the
-    middleware reads (filled before the HTTP processes fork) and the tokenizers to load before that fork."""
+    """The LitServer, and what run_server still needs: the tokenizers to load before the HTTP processes fork,
+    and the 0700 folder of the inference processes' sockets (removed at exit)."""
 
     litserver: ls.LitServer
-    queues: dict  # route path -> its request queue (a Manager proxy)
-    queue_paths: dict[str, str]  # route path -> the api_path whose queue serves it
     encoders: list[HttpEncoders]
+    socket_dir: Path
+
+
+def socket_folder() -> Path:
+    """A fresh folder only our user can enter (mkdtemp makes it 0700), with a short path: a unix socket's
+    path holds at most 107 bytes, and a deep TMPDIR can exceed that."""
+    base = tempfile.gettempdir()
+    if len(base) > 60:
+        base = "/tmp"
+    return Path(tempfile.mkdtemp(prefix="bertserve-engine-", dir=base))
 
 
 def build_server(settings: Settings, drain_flag: Path, in_flight: InFlight) -> AssembledServer:
@@ -388,28 +385,25 @@ def build_server(settings: Settings, drain_flag: Path, in_flight: InFlight) -> A
             f"no model to serve in {store.root}: run `bertserve bootstrap` or `bertserve store import`"
         )
     tasks = set(model_tasks(store, served).values())
-    apis: list[TaskAPI] = [
-        api(settings)
-        for api in (ClassifyAPI, FillMaskAPI, EmbeddingsAPI, ExplainAPI)
-        if tasks & {api.task, *api.serves}
+    hosted: list[TaskAPI] = [
+        api(settings) for api in (ClassifyAPI, FillMaskAPI, EmbeddingsAPI) if tasks & {api.task, *api.serves}
     ]
-    apis = [api for api in apis if api.worker_count() > 0]  # BERTSERVE_EXPLAIN_WORKERS=0: no /v1/explain
-    for api in apis:
-        api.drain_flag = drain_flag
+    explain = ExplainAPI(settings) if "classification" in tasks and settings.explain_workers else None
+    socket_dir = socket_folder()
+    engine = InferenceProcess(settings, hosted, explain, socket_dir, drain_flag)
     server = ls.LitServer(
-        apis,
+        engine,
         accelerator="cuda" if gpus else "cpu",
         devices=list(gpus) or 1,
-        workers_per_device={api.api_path: api.worker_count() for api in apis},
+        workers_per_device=settings.workers,
         timeout=settings.request_timeout,
         track_requests=False,
-        fast_queue=True,
     )
+    slots = settings.workers * max(1, len(gpus))
     internals = ServerInternals(server)
-    request_queue.register()
-    internals.install_queues(lambda manager: manager.RequestQueue(), ResponseTransport)
-    queues: dict = {}
-    # each route's request queue, by path: an api with several routes has one queue (LitServe's, by api_path)
+    internals.drop_answer_transport()
+    apis = [*hosted, *([explain] if explain is not None else [])]
+    # each route's admission bound is its task's: routes that share a task share one count
     queue_paths = {path: api.api_path for api in apis for path in api.routes()}
 
     def add_middlewares(app: FastAPI) -> None:
@@ -418,16 +412,14 @@ def build_server(settings: Settings, drain_flag: Path, in_flight: InFlight) -> A
             ServiceMiddleware,
             settings=settings,
             auth=Authenticator(settings),
-            queues=queues,
             queue_paths=queue_paths,
             in_flight=in_flight,
             drain_flag=drain_flag,
         )
 
     internals.replace_middlewares(add_middlewares)
-    internals.replace_response_buffer(ExpiringResponseBuffer(settings.request_timeout + 10))
     install_error_handlers(server.app)
-    encoders = _submit_from_http_processes(server, apis)
+    _add_task_routes(server.app, apis, EngineClient(socket_dir, slots))
     _add_routes(server.app, store, settings)
     protocols.install(server.app, settings, drain_flag)  # after every other route and middleware
     _document_plain_text_routes(server.app)
@@ -435,7 +427,7 @@ def build_server(settings: Settings, drain_flag: Path, in_flight: InFlight) -> A
     server.app.description = (
         "BERT text classification, fill-mask and sentence embeddings, from a versioned model store."
     )
-    return AssembledServer(server, queues, queue_paths, encoders)
+    return AssembledServer(server, [api.http_encoders for api in apis], socket_dir)
 
 
 def _drain_then_stop(server: ls.LitServer, drain_flag: Path, in_flight: InFlight, settings: Settings) -> None:
@@ -479,13 +471,14 @@ def run_server(settings: Settings) -> None:
         # docs/performance.md#how-to-tune). Inherited by the spawned workers; the environment's choice wins.
         os.environ["GOMP_SPINCOUNT"] = "10000"
     logger.info(
-        "device %s: %d inference worker(s) per endpoint%s x %d torch threads; HTTP processes: %s; "
-        "batches of <= %d sequences / %d tokens",
+        "device %s: %d inference process(es)%s, each hosting every model, x %d torch threads (1 for "
+        "batches of <= %d tokens); HTTP processes: %d; batches of <= %d sequences / %d tokens",
         settings.device,
         settings.workers,
         " per GPU" if settings.device != "cpu" else "",
         settings.torch_threads,
-        settings.api_servers or "one per inference worker",
+        settings.single_thread_tokens,
+        settings.api_servers,
         settings.max_batch_size,
         settings.max_batch_tokens,
     )
@@ -502,8 +495,6 @@ def run_server(settings: Settings) -> None:
         if drain_flag.exists():  # a stop came while the workers loaded: never open the port
             logger.info("stopped during start-up: not starting the HTTP servers")
             return False
-        queues = ServerInternals(server).request_queue
-        assembled.queues.update({path: queues(api_path) for path, api_path in assembled.queue_paths.items()})
         supervisor.start()
         return True
 
@@ -513,7 +504,7 @@ def run_server(settings: Settings) -> None:
             encoders.load()
 
     ServerInternals(server).install_lifecycle(
-        # again: LitServe's run() has just given its logger a text handler, and the manager's broker logs
+        # again: LitServe's run() has just given its logger a text handler
         before_manager=lambda: logs.configure_logging(settings),
         while_workers_load=load_encoders_while_workers_start,
         before_http=start_http_processes,
@@ -535,18 +526,22 @@ def run_server(settings: Settings) -> None:
     # Ctrl-C drains like an orchestrator's SIGTERM; the forked HTTP processes inherit the handler
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, drain_in_background)
-    server.run(
-        host=settings.host,
-        port=settings.port,
-        num_api_servers=settings.api_servers or None,  # None: LitServe's one per inference worker
-        log_level=settings.log_level,
-        generate_client_file=False,
-        # Outlive clients' and load balancers' idle timeouts (httpx 5 s, cloud LBs 60 s): a server closing an
-        # idle connection just as a client reuses it makes that request fail with a connection reset.
-        timeout_keep_alive=75,
-        log_config=logs.uvicorn_log_config(settings),
-        access_log=False,  # ServiceMiddleware writes the access log, with request ids
-    )
+    try:
+        server.run(
+            host=settings.host,
+            port=settings.port,
+            num_api_servers=settings.api_servers,
+            log_level=settings.log_level,
+            generate_client_file=False,
+            # Outlive clients' and load balancers' idle timeouts (httpx 5 s, cloud LBs 60 s): a server closing
+            # an idle connection just as a client reuses it makes that request fail with a connection reset.
+            timeout_keep_alive=75,
+            log_config=logs.uvicorn_log_config(settings),
+            access_log=False,  # our middleware writes the access log, with request ids
+        )
+    finally:
+        if os.getpid() == main_process:
+            shutil.rmtree(assembled.socket_dir, ignore_errors=True)
     if supervisor.failed:  # logged, not printed: a bare line on stderr would break the JSON log
         logger.error("an inference worker failed its setup; exiting for the orchestrator to restart us")
         raise SystemExit(1)

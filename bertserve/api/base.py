@@ -1,32 +1,49 @@
-"""What both task APIs share: loading the served versions in a worker, picking one per request, metrics."""
+"""What every task API shares: validating and tokenizing in the HTTP processes, loading the served versions
+in the inference process, picking one per request, metrics.
+
+A task API is not a LitAPI: one LitAPI (engine/process.py's InferenceProcess) hosts every task in each
+inference process, and the engine's loop (engine/worker.py) calls `admit`, `predict` and `render`."""
 
 from __future__ import annotations
 
-import signal
 import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import litserve as ls
 import orjson
-from starlette.responses import Response
 
 from bertserve import metrics
-from bertserve.api.encoders import HttpEncoders, Submitted, Tokens
+from bertserve.api.encoders import HttpEncoders, Tokens
 from bertserve.config import Settings
-from bertserve.engine.loop import SequenceBatchingLoop
+from bertserve.engine import wire
 from bertserve.errors import ClientError
-from bertserve.runtime.encoding import TextEncoder
+from bertserve.runtime.encoding import Encoded, TextEncoder
 
 # ~20 inputs of drug-review length: tokenizing takes about a millisecond on one core
 LARGE_REQUEST_CHARS = 4000
 
 
-class TaskAPI(ls.LitAPI):
-    """One endpoint (= one task). Each inference worker loads every served version of the task's models.
-    `submission` runs in the HTTP processes (validation, tokenizing), the rest in the inference workers."""
+@dataclass
+class Submission:
+    """What an HTTP process sends the inference process for one request (engine/wire.py's request frame):
+    the job as plain JSON, the token ids as binary arrays (None when this process could not tokenize)."""
+
+    job: dict[str, Any]
+    key: str | None
+    lengths: list[int] | None
+    targets: list[int] | None
+    body: bytes
+    sequences: int
+
+    def header(self) -> dict[str, Any]:
+        return {"job": self.job, "key": self.key, "lengths": self.lengths, "targets": self.targets}
+
+
+class TaskAPI:
+    """One task's requests. The inference process loads every served version of the task's models.
+    `submission` runs in the HTTP processes (validation, tokenizing), the rest in the inference process."""
 
     task: str = ""
     # the tasks whose models this API's workers load (default: its task); a request may accept fewer
@@ -37,69 +54,41 @@ class TaskAPI(ls.LitAPI):
     answer_field = "predictions"  # the response body's field holding the answers
 
     def __init__(self, settings: Settings) -> None:
-        super().__init__(
-            max_batch_size=settings.max_batch_size,
-            batch_timeout=settings.batch_timeout,
-            api_path=f"/v1/{self.endpoint}",
-            loop=SequenceBatchingLoop(),
-        )
         self.settings = settings
+        self.api_path = f"/v1/{self.endpoint}"
+        self.max_batch_size = settings.max_batch_size
         self.default_ref = settings.default_model(self.task)
         self.serves = self.serves or (self.task,)
-
-    def worker_count(self) -> int:
-        """Inference worker processes of this endpoint (per GPU on cuda)."""
-        return self.settings.workers
-
-    async def authorize(self) -> None:
-        """LitServe's per-route auth dependency. ServiceMiddleware has already checked the key; being async,
-        this no-op spares every request the thread-pool hop FastAPI makes for LitServe's sync default."""
 
     def routes(self) -> dict[str, tuple[type, type]]:
         """The HTTP routes this API answers (server.py adds them): path -> (request, response) schema."""
         return {self.api_path: (self.request_type, self.response_type)}
 
-    def health(self) -> bool:
-        """Runs in the HTTP processes: LitServe already waits for every worker's setup (load + warm-up)."""
-        drain_flag = getattr(self, "drain_flag", None)
-        return drain_flag is None or not drain_flag.exists()
+    # ---- inference process start-up --------------------------------------------------------------
 
-    # ---- worker start-up -------------------------------------------------------------------------
-
-    def setup(self, device: str) -> None:
-        import torch
-
-        from bertserve.logs import configure_logging, route_transformers_output
+    def load(self, device: str) -> None:
+        """Load and warm every served version of this task's models (in the inference process)."""
         from bertserve.runtime.registry import ModelRegistry
 
-        configure_logging(self.settings)  # a spawned process: it inherits no logging set-up
-        route_transformers_output()
-        # A terminal's Ctrl-C reaches every process of the group; the main process drains and stops the
-        # workers, so a worker interrupted on its own would only print a KeyboardInterrupt traceback.
-        # Spawned with SIGINT blocked (server.py launches the workers so) for the imports before this line;
-        # from here on it is ignored for the process, whatever mask a thread ends up with.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        torch.set_num_threads(self.settings.torch_threads)  # resolved for this machine by build_server
-        if device.startswith("cuda"):
-            torch.cuda.set_device(device)  # LitServe's pick for this worker: cuda:N
         self.registry = ModelRegistry(self.settings, self.serves, self.endpoint, device)
         self.registry.load_initial()
 
-    def refresh(self) -> None:
-        """Between batches: let the registry pick up alias moves and new versions (see registry.py)."""
-        self.registry.refresh()
-
     # ---- per request, in the HTTP processes ----------------------------------------------------------
 
-    def submission(self, request, encoders: HttpEncoders) -> tuple[bytes, bytes]:
-        """What to queue for the workers: the request as this API's job (a route's own request schema turns
-        itself into one: `job()`), tokenized here when this process can resolve its model (raises
+    def submission(self, request, encoders: HttpEncoders) -> Submission:
+        """What to send the inference process: the request as this API's job (a route's own request schema
+        turns itself into one: `job()`), tokenized here when this process can resolve its model (raises
         ClientError for what the client must fix)."""
         job = as_job(request)
-        self.check_limits(job.as_list(), self.input_limit(job))
+        inputs = job.as_list()
+        self.check_limits(inputs, self.input_limit(job))
         encoder = encoders.find(job.model or self.default_for(job), self.accepts(job))
-        tokens = self.tokenize(encoder, job) if encoder is not None else None
-        return Submitted(job, tokens).encode()
+        dumped = job.model_dump(mode="json")
+        if encoder is None:
+            return Submission(dumped, None, None, None, b"", max(1, len(inputs)))
+        tokens = self.tokenize(encoder, job)
+        lengths, body = wire.token_arrays(tokens.inputs)
+        return Submission(dumped, tokens.key, lengths, tokens.target_ids, body, max(1, len(lengths)))
 
     def default_for(self, job) -> str:
         """The model ref a request naming none gets."""
@@ -137,21 +126,29 @@ class TaskAPI(ls.LitAPI):
                     "input_too_large",
                 )
 
-    # ---- per request, in the inference workers ----------------------------------------------------
+    # ---- per request, in the inference process ---------------------------------------------------
 
     def model_for(self, job):
         return self.registry.pick(job.model or self.default_for(job), self.accepts(job))
 
-    def decode_request(self, request):
-        """A submission -> Prepared for the batch. The ids made in the HTTP process are used when they came
-        from this version's encoder; otherwise (no encoder there, or a swap to another tokenizer under way)
-        the request is tokenized here."""
-        submitted = Submitted.decode(request, self.request_type)
-        model = self.model_for(submitted.request)
-        tokens = submitted.tokens
-        if tokens is None or tokens.key != model.encoder.key:
-            tokens = self.tokenize(model.encoder, submitted.request)
-        return self.prepare(model, tokens, submitted.request)
+    def refresh(self) -> None:
+        """Between batches: let the registry pick up alias moves and new versions (see registry.py)."""
+        self.registry.refresh()
+
+    def admit(self, header: dict[str, Any], body: memoryview):
+        """A request frame -> Prepared for the batch. The job was validated in the HTTP process and is not
+        validated again; the ids made there are used when they came from this version's encoder. Otherwise
+        (no encoder there, or a swap to another tokenizer under way) the job is validated and tokenized
+        here."""
+        key = header["key"]
+        job = self.request_type.model_construct(**header["job"]) if key is not None else None
+        model = self.model_for(job) if job is not None else None
+        if job is None or model.encoder.key != key:
+            job = self.request_type.model_validate(header["job"])
+            model = self.model_for(job)
+            return self.prepare(model, self.tokenize(model.encoder, job), job)
+        inputs = [Encoded(ids, types) for ids, types in wire.token_lists(header["lengths"], body)]
+        return self.prepare(model, Tokens(key, inputs, header["targets"]), job)
 
     def prepare(self, model, tokens: Tokens, request):
         """The batch's view of one request: a Prepared with what the task's decode needs."""
@@ -193,14 +190,11 @@ class TaskAPI(ls.LitAPI):
     def run_model(self, model, requests: list) -> list:
         raise NotImplementedError
 
-    def encode_response(self, output) -> Response:
-        """orjson bytes plus X-Model-Version, which the metrics middleware reads for its labels."""
+    def render(self, output) -> tuple[bytes, str]:
+        """The answer's JSON body, and the version that made it (the HTTP process sends it as
+        X-Model-Version, which the metrics layer reads for its labels)."""
         model, predictions = output
-        return Response(
-            self.response_body(model, predictions),
-            media_type="application/json",
-            headers={"X-Model-Version": model.ref},
-        )
+        return self.response_body(model, predictions), model.ref
 
     def response_body(self, model, predictions) -> bytes:
         if isinstance(predictions, Shaped):

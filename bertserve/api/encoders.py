@@ -20,9 +20,6 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-import orjson
-from pydantic import BaseModel
-
 from bertserve.config import Settings
 from bertserve.runtime.encoding import Encoded, TextEncoder
 from bertserve.runtime.registry import Key, Plan, store_fingerprint
@@ -43,27 +40,6 @@ class Tokens:
     key: str
     inputs: list[Encoded]
     target_ids: list[int] | None = None
-
-
-@dataclass
-class Submitted:
-    """What an HTTP process queues for the inference workers, as two JSON documents: the queue's Manager
-    process then only moves bytes, and a worker reads them back without unpickling anything. The request
-    is validated again on the way in (microseconds; pydantic, unlike orjson, takes integers of any size)."""
-
-    request: BaseModel  # a ClassifyRequest / FillMaskRequest
-    tokens: Tokens | None
-
-    def encode(self) -> tuple[bytes, bytes]:
-        return self.request.model_dump_json().encode(), orjson.dumps(self.tokens)
-
-    @classmethod
-    def decode(cls, parts: tuple[bytes, bytes], request_type: type[BaseModel]) -> Submitted:
-        request, tokens = request_type.model_validate_json(parts[0]), orjson.loads(parts[1])
-        if tokens is None:
-            return cls(request, None)
-        inputs = [Encoded(**item) for item in tokens["inputs"]]
-        return cls(request, Tokens(tokens["key"], inputs, tokens["target_ids"]))
 
 
 class HttpEncoders:

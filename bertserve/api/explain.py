@@ -1,9 +1,10 @@
 """POST /v1/explain: integrated-gradients attributions and attention for classification models.
 
-An explanation costs `steps` forward and backward passes, so it runs in its own inference workers
-(Settings.explain_workers, default 1) and queue: a burst of explanations waits there and never delays
-/v1/classify. Those workers serve every classification version in float32 whatever the configured backend:
-the gradients need the PyTorch module (runtime/explain.py).
+An explanation costs `steps` forward and backward passes (seconds of CPU), so it runs on a thread of its own
+in each inference process, one at a time, with its own queue (engine/worker.py's Explainer): a burst of
+explanations waits there and never delays /v1/classify. The thread loads its models on the first explanation
+(Settings.explain_workers 0 serves no /v1/explain), every classification version in float32 whatever the
+configured backend: the gradients need the PyTorch module (runtime/explain.py).
 """
 
 from bertserve.api.base import TaskAPI
@@ -29,12 +30,9 @@ class ExplainAPI(TaskAPI):
         # (its client has its 504) is then dropped before it is computed rather than after its batch-mates
         self.max_batch_size = 1
 
-    def worker_count(self) -> int:
-        return self.settings.explain_workers
-
-    def setup(self, device: str) -> None:
+    def load(self, device: str) -> None:
         self.settings = self.settings.model_copy(update={"backend": "fp32", "model_backends": ""})
-        super().setup(device)
+        super().load(device)
 
     def tokenize(self, encoder: TextEncoder, request: ExplainRequest) -> Tokens:
         (encoded,) = encoder.encode(request.as_list(), request.truncate)

@@ -1,7 +1,7 @@
-"""The serving engine: how a request travels from an HTTP process to an inference worker and back.
+"""The serving engine: how a request travels from an HTTP process to an inference process and back.
 
-The task APIs (bertserve/api/) say what a request means; this package moves it: the request queue
-(request_queue.py), the hand-off from the event loop (submitter.py), the workers' batching loop (loop.py), the
-answers' way back (transport.py), worker supervision (supervisor.py), admission (admission.py), and the one
-module that touches LitServe's internals (litserve_seam.py).
+The task APIs (bertserve/api/) say what a request means; this package moves it: the frames on the stream
+(wire.py), the HTTP process's end of it (client.py), the inference process (process.py) and its batching
+loop (worker.py), supervision (supervisor.py), admission (admission.py), and the one module that touches
+LitServe's internals (litserve_seam.py).
 """

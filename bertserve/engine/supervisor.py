@@ -1,11 +1,10 @@
-"""Replaces a dead inference worker and answers the requests it held (runs in the main process).
+"""Replaces a dead inference process (runs in the main process).
 
 LitServe's own monitor either shuts the whole server down when a worker dies, or (restart_workers) restarts
-it but fails the in-flight requests only in the main process's response buffer, which is empty: the HTTP
-servers are separate processes, so their clients would wait for request_timeout. Here the request queue
-records which requests each worker holds as it hands them out (request_queue.py); when a worker dies, those
-requests are answered 503 + Retry-After at once through the response transport, its stale metric files are
-retired, and a fresh worker is started on the same request queue (requests still queued wait for it).
+it. Here a dead inference process's requests need nothing from the supervisor: each HTTP process holds the
+record of what it sent on its stream, and answers those 503 + Retry-After the moment the stream closes
+(client.py). The supervisor retires the dead process's metric files and starts a fresh one on the same
+slot, which binds the slot's socket again; HTTP processes connect to it on their next request.
 
 A worker that dies before finishing its setup (its model failed to load, or something killed it while it
 loaded, such as the OOM killer) is crash-looping: it is restarted after a growing delay (RESTART_DELAYS),
@@ -22,12 +21,10 @@ import threading
 import time
 from dataclasses import dataclass
 
-from fastapi import HTTPException
 from prometheus_client import multiprocess
 
 from bertserve import metrics
-from bertserve.engine.litserve_seam import ServerInternals, answer
-from bertserve.errors import error_body
+from bertserve.engine.litserve_seam import ServerInternals
 
 logger = logging.getLogger("bertserve")
 
@@ -77,30 +74,26 @@ class WorkerSupervisor:
 
     def _bury(self, index: int, slot: Slot, process) -> None:
         api, worker_id = slot.api, slot.worker_id
-        endpoint = api.api_path.rsplit("/", 1)[-1]
         in_setup = not self.internals.setup_done(api, worker_id)
-        held = self._fail_held(api, process.pid, worker_id)
         multiprocess.mark_process_dead(process.pid)
         logger.error(
-            "inference worker %s of %s (pid %s) died %s with exit code %s; %d in-flight requests "
-            "answered 503",
+            "inference worker %s (pid %s) died %s with exit code %s; the HTTP processes answered its "
+            "in-flight requests 503",
             worker_id,
-            api.api_path,
             process.pid,
             "during its setup" if in_setup else "while serving",
             process.exitcode,
-            held,
         )
         if self.internals.stopping():
             return
         if self.internals.setup_failed(api, worker_id):  # its setup raised: a restart would fail alike
-            logger.error("worker %s of %s failed its setup: stopping the server", worker_id, api.api_path)
-            self._give_up(f"the {endpoint} inference worker failed its setup (see the log above for why)")
+            logger.error("inference worker %s failed its setup: stopping the server", worker_id)
+            self._give_up(f"inference worker {worker_id} failed its setup (see the log above for why)")
             return
         slot.setup_failures = slot.setup_failures + 1 if in_setup else 0
         if slot.setup_failures >= MAX_SETUP_FAILURES:
             self._give_up(
-                f"the {endpoint} inference worker died during its setup {slot.setup_failures} times in a row "
+                f"inference worker {worker_id} died during its setup {slot.setup_failures} times in a row "
                 "(killed while loading, e.g. out of memory: see the log above)"
             )
             return
@@ -108,9 +101,8 @@ class WorkerSupervisor:
         if slot.setup_failures:
             delay = RESTART_DELAYS[min(slot.setup_failures, len(RESTART_DELAYS)) - 1]
             logger.warning(
-                "worker %s of %s died in %d setup(s) in a row: restarting it in %g s",
+                "inference worker %s died in %d setup(s) in a row: restarting it in %g s",
                 worker_id,
-                api.api_path,
                 slot.setup_failures,
                 delay,
             )
@@ -121,9 +113,9 @@ class WorkerSupervisor:
         if slot.restart_at is None or time.monotonic() < slot.restart_at:
             return
         slot.restart_at = None
-        metrics.WORKER_RESTARTS.labels(slot.api.api_path.rsplit("/", 1)[-1]).inc()
+        metrics.WORKER_RESTARTS.labels(str(slot.worker_id)).inc()
         self.internals.relaunch(index, slot.api, slot.worker_id)
-        logger.warning("started a new inference worker %s of %s", slot.worker_id, slot.api.api_path)
+        logger.warning("started a new inference worker %s", slot.worker_id)
 
     def _give_up(self, why: str) -> None:
         self.failed = why
@@ -132,19 +124,3 @@ class WorkerSupervisor:
             with contextlib.suppress(OSError):
                 self.verdict_file.write_text(why)
         self.internals.stop()
-
-    def _fail_held(self, api, pid: int, worker_id: int) -> int:
-        """Answer every request the dead worker held; ones it already answered are ignored by LitServe."""
-        held = self.internals.request_queue(api.api_path).retire(pid)
-        error = HTTPException(
-            503,
-            error_body("worker_lost", "the inference worker handling this request died; retry it"),
-            headers={"Retry-After": "1"},
-        )
-        by_process: dict[int, list[tuple]] = {}
-        for response_queue_id, uid in held:
-            by_process.setdefault(response_queue_id, []).append(answer(uid, error, False, worker_id))
-        for response_queue_id, answers in by_process.items():
-            with contextlib.suppress(Exception):
-                self.internals.send_answers(answers, response_queue_id)
-        return len(held)

@@ -1,0 +1,106 @@
+"""The inference process: one per device slot, hosting every served model of every task.
+
+LitServe spawns `workers_per_device` of them per device (the slots) from this one LitAPI and supervises
+them with us (supervisor.py). Each loads every task's models in `setup()`, binds its socket in the server's
+0700 folder, reports ready, then runs the engine's loop (worker.py) until it is stopped. One process per
+slot holds one torch runtime and one copy of each model, instead of one per endpoint.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import litserve as ls
+
+from bertserve.config import Settings
+from bertserve.engine import litserve_seam
+from bertserve.engine.worker import EngineLoop, Explainer, Task, bind_listener
+
+
+def slot_socket(socket_dir: Path, slot: int) -> str:
+    return str(socket_dir / f"slot-{slot}.sock")
+
+
+class InferenceProcess(ls.LitAPI):
+    def __init__(
+        self,
+        settings: Settings,
+        tasks: list[Task],
+        explain: Task | None,
+        socket_dir: Path,
+        drain_flag: Path,
+    ) -> None:
+        super().__init__(api_path="/inference", loop=litserve_seam.EngineLoop())
+        self.settings = settings
+        self.tasks = tasks
+        self.explain = explain
+        self.socket_dir = socket_dir
+        self.drain_flag = drain_flag
+
+    def setup(self, device: str) -> None:
+        import torch
+
+        from bertserve.logs import configure_logging, route_transformers_output
+
+        configure_logging(self.settings)  # a spawned process: it inherits no logging set-up
+        route_transformers_output()
+        # A terminal's Ctrl-C reaches every process of the group; the main process drains and stops the
+        # workers, so a worker interrupted on its own would only print a KeyboardInterrupt traceback.
+        # Spawned with SIGINT blocked (server.py launches the workers so) for the imports before this line;
+        # from here on it is ignored for the process, whatever mask a thread ends up with.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        torch.set_num_threads(self.settings.torch_threads)  # resolved for this machine by build_server
+        if device.startswith("cuda"):
+            torch.cuda.set_device(device)  # LitServe's pick for this slot: cuda:N
+        self.device_name = device
+        for task in self.tasks:
+            task.load(device)
+        self.listener = bind_listener(slot_socket(self.socket_dir, litserve_seam.worker_id()))
+
+    def serve(self) -> None:
+        explainer = None
+        if self.explain is not None:
+            explainer = Explainer(self.explain.endpoint, self._load_explain, self.settings.request_timeout)
+        EngineLoop(
+            self.listener,
+            {task.endpoint: task for task in self.tasks},
+            request_timeout=self.settings.request_timeout,
+            batch_timeout=self.settings.batch_timeout,
+            explainer=explainer,
+            threads_for=ThreadSizing(self.settings).apply if self.device_name == "cpu" else None,
+        ).run()
+
+    def _load_explain(self) -> Task:
+        """On the explain thread, at the first explanation."""
+        import torch
+
+        torch.set_num_threads(self.settings.torch_threads)  # OpenMP's thread count is per calling thread
+        assert self.explain is not None
+        self.explain.load(self.device_name)
+        return self.explain
+
+    def health(self) -> bool:
+        """In the HTTP processes: LitServe already waits for every slot's setup (load + warm-up)."""
+        return not self.drain_flag.exists()
+
+
+class ThreadSizing:
+    """Torch intra-op threads per batch on a CPU: one for a small batch (two threads fighting over two cores
+    for a 20-token forward cost more than they save), every configured thread for a large one."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.most = settings.torch_threads
+        self.small_tokens = settings.single_thread_tokens
+        self.current = self.most
+
+    def apply(self, batch: list) -> None:
+        import torch
+
+        padded = len(batch) and sum(p.sequences for p in batch) * max(
+            max((len(e.ids) for e in p.inputs), default=0) for p in batch
+        )
+        wanted = 1 if padded <= self.small_tokens else self.most
+        if wanted != self.current:
+            torch.set_num_threads(wanted)
+            self.current = wanted

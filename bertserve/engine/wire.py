@@ -1,0 +1,89 @@
+"""The frames that cross the stream between an HTTP process and an inference process.
+
+One unix-socket connection per (HTTP process, inference process) carries both directions: requests and
+cancellations one way, answers the other. Each frame is `kind` (1 byte), the header's and the body's
+lengths (4 bytes each, little-endian), a JSON header, then raw body bytes:
+
+- request (`R`): header {id, task, arrived, job, key, lengths, targets}; body: every input's token ids as
+  int32, then every input's token type ids as uint8, the inputs one after the other (`lengths` splits
+  them). The job is the route's request as plain JSON; no pickle, so a frame can at worst be malformed.
+- cancel (`C`): header {id}; the client is gone (disconnected or answered 504): never compute it.
+- answer (`A`): header {id, status, ref?, headers?, detail?}; body: the answer's JSON body, as the HTTP
+  process sends it to the client (it never decodes it again).
+
+Ids are per connection: the HTTP end keeps the record of what it sent and is not answered yet, so when the
+inference process dies, that end answers each of them 503 at once (client.py).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import numpy as np
+import orjson
+
+REQUEST, CANCEL, ANSWER = b"R", b"C", b"A"
+_PREFIX = struct.Struct("<cII")
+PREFIX_BYTES = _PREFIX.size
+# A frame past this is a broken or hostile peer, not a request: the connection is closed.
+MAX_FRAME_BYTES = 1 << 30
+
+
+class FrameError(ValueError):
+    """A peer sent bytes that are no frame of ours."""
+
+
+def frame(kind: bytes, header: dict[str, Any], body: bytes = b"") -> bytes:
+    encoded = orjson.dumps(header)
+    return b"".join((_PREFIX.pack(kind, len(encoded), len(body)), encoded, body))
+
+
+def read_frames(buffer: bytearray) -> list[tuple[bytes, dict[str, Any], memoryview]]:
+    """Every whole frame at the front of `buffer`, removed from it as they are read; a partial frame stays
+    for the next read. The body is a view of a copy that outlives the buffer."""
+    offset = 0
+    size = len(buffer)
+    frames = []
+    while size - offset >= PREFIX_BYTES:
+        kind, header_len, body_len = _PREFIX.unpack_from(buffer, offset)
+        end = offset + PREFIX_BYTES + header_len + body_len
+        if kind not in (REQUEST, CANCEL, ANSWER) or header_len + body_len > MAX_FRAME_BYTES:
+            raise FrameError(f"not a frame: kind {kind!r}, {header_len + body_len} bytes")
+        if end > size:
+            break
+        start = offset + PREFIX_BYTES
+        try:
+            header = orjson.loads(memoryview(buffer)[start : start + header_len])
+        except orjson.JSONDecodeError as exc:
+            raise FrameError(f"a frame's header is not JSON: {exc}") from None
+        body = bytes(buffer[start + header_len : end])
+        frames.append((kind, header, memoryview(body)))
+        offset = end
+    if offset:
+        del buffer[:offset]
+    return frames
+
+
+def token_arrays(inputs: list) -> tuple[list[int], bytes]:
+    """(lengths, body) of tokenized inputs (runtime.encoding.Encoded): ids as int32, then type ids, uint8."""
+    lengths = [len(item.ids) for item in inputs]
+    if not inputs:
+        return lengths, b""
+    ids = np.fromiter((i for item in inputs for i in item.ids), dtype="<i4", count=sum(lengths))
+    types = np.fromiter((t for item in inputs for t in item.type_ids), dtype=np.uint8, count=sum(lengths))
+    return lengths, ids.tobytes() + types.tobytes()
+
+
+def token_lists(lengths: list[int], body: memoryview) -> list[tuple[list[int], list[int]]]:
+    """(ids, type ids) per input, from token_arrays' body."""
+    total = sum(lengths)
+    if len(body) != total * 5:
+        raise FrameError(f"token body of {len(body)} bytes for {total} tokens")
+    ids = np.frombuffer(body, dtype="<i4", count=total).tolist()
+    types = np.frombuffer(body, dtype=np.uint8, count=total, offset=total * 4).tolist()
+    out, start = [], 0
+    for length in lengths:
+        out.append((ids[start : start + length], types[start : start + length]))
+        start += length
+    return out
