@@ -218,7 +218,7 @@ def test_a_chunked_body_over_the_limit_is_413(tmp_path, make):
 def test_two_routes_sharing_a_queue_share_its_bound(tmp_path):
     """/v1/embeddings and /v1/embed feed one queue: with max_queue 4 held by one route, the other gets 503;
     a route of another queue is not refused."""
-    app, routes = service(tmp_path, max_queue=4)
+    app, routes = service(tmp_path, max_queue=4, request_timeout=5)
 
     async def run() -> tuple[list[httpx.Response], int, list[int]]:
         async with client(app) as http:
@@ -292,6 +292,8 @@ def test_a_request_is_counted_by_the_model_that_answered_it(tmp_path, caplog):
     assert requests_counted("test-classify", "200", "sentiment", "3") == counted + 1
     assert sample("bertserve_request_duration_seconds_count", **labels) == timed + 1
     [line] = access_lines(caplog, "/v1/classify")
+    [record] = [r for r in caplog.records if r.name == "bertserve.access"]
+    assert record.getMessage() == "POST /v1/classify 200"
     assert line["status"] == 200 and line["request_id"] == "abc-123"
     assert (line["model"], line["version"], line["method"]) == ("sentiment", "3", "POST")
 
