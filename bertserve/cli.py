@@ -26,14 +26,20 @@ def serve(
         None, help="auto | cpu | cuda | cuda:N[,M] (auto: cuda when torch sees a GPU) [BERTSERVE_DEVICE]."
     ),
     workers: int = typer.Option(
-        None, help="Inference workers per endpoint (per GPU), 0 = sizing [BERTSERVE_WORKERS]."
+        None,
+        help="Inference processes (slots) per device, each hosting every model, 0: sizing [BERTSERVE_WORKERS].",
     ),
     explain_workers: int = typer.Option(
-        None, help="Inference workers of /v1/explain (per GPU), 0 = none [BERTSERVE_EXPLAIN_WORKERS]."
+        None,
+        help="1: /v1/explain on a thread of each inference process, 0: none [BERTSERVE_EXPLAIN_WORKERS].",
     ),
     api_servers: int = typer.Option(None, help="HTTP server processes, 0 = sizing [BERTSERVE_API_SERVERS]."),
     torch_threads: int = typer.Option(
-        None, help="Torch threads per worker, 0 = sizing [BERTSERVE_TORCH_THREADS]."
+        None, help="Most torch threads per inference process, 0 = sizing [BERTSERVE_TORCH_THREADS]."
+    ),
+    single_thread_tokens: int = typer.Option(
+        None,
+        help="CPU batches of <= this many padded tokens use 1 thread [BERTSERVE_SINGLE_THREAD_TOKENS].",
     ),
     models: str = typer.Option(None, help="Model refs to load, '*' = all [BERTSERVE_MODELS]."),
     default_classify_model: str = typer.Option(None, help="[BERTSERVE_DEFAULT_CLASSIFY_MODEL]"),

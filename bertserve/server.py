@@ -10,7 +10,6 @@ and streams the answers back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import os
@@ -28,11 +27,9 @@ from pathlib import Path
 import litserve as ls
 from fastapi import FastAPI, HTTPException
 from fastapi.routing import APIRoute
-from starlette.middleware.gzip import GZipMiddleware
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bertserve import logs, metrics, protocols
+from bertserve import http_layers, logs, metrics, protocols
 from bertserve.api.base import TaskAPI
 from bertserve.api.classify import ClassifyAPI
 from bertserve.api.embeddings import EmbeddingsAPI
@@ -41,12 +38,12 @@ from bertserve.api.explain import ExplainAPI
 from bertserve.api.fill_mask import FillMaskAPI
 from bertserve.auth import Authenticator
 from bertserve.config import Settings
-from bertserve.engine.admission import TICKET, InFlight, Ticket, ticket
+from bertserve.engine.admission import InFlight, ticket
 from bertserve.engine.client import EngineClient
 from bertserve.engine.litserve_seam import ServerInternals, check_litserve
 from bertserve.engine.process import InferenceProcess
 from bertserve.engine.supervisor import WorkerSupervisor
-from bertserve.errors import ClientError, document_error_shape, error_response, install_error_handlers
+from bertserve.errors import ClientError, document_error_shape, install_error_handlers
 from bertserve.runtime.device import resolve_device
 from bertserve.runtime.selection import model_tasks, served_versions
 from bertserve.schemas import ModelInfo, ModelsResponse, ModelVersionInfo
@@ -64,167 +61,6 @@ INSTRUMENTED = {
     "/v1/embed": "embed",
     **protocols.ENDPOINTS,  # OpenAI's, TEI's, Cohere's and KServe's routes, each under its own label
 }
-
-
-# Answers at least this large are gzip-compressed for clients that accept it (explain's attention maps run
-# to megabytes); level 5 compresses JSON nearly as well as 9 for a fraction of the CPU.
-GZIP_MIN_BYTES = 1000
-GZIP_LEVEL = 5
-CLIENT_CLOSED_REQUEST = 499  # what the access log and metrics record for a client that left (nginx's code)
-CLIENT_GONE = "bertserve.client_gone"  # scope key: set when the client disconnected before its answer
-
-
-class ServiceMiddleware:
-    """Pure ASGI (cheap): request id + access log, auth, body limit, queue admission, timeout, client
-    disconnects, and the HTTP-side metrics."""
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        settings: Settings,
-        auth: Authenticator,
-        queue_paths: dict[str, str],
-        in_flight: InFlight,
-        drain_flag: Path,
-    ) -> None:
-        self.app = app
-        self.settings = settings
-        self.auth = auth
-        self.queue_paths = queue_paths  # route path -> its request queue's path (shared by sibling routes)
-        self.in_flight = in_flight
-        self.drain_flag = drain_flag
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.monotonic()
-        TICKET.set(Ticket(started))  # handed to the worker: its expiry and our 504 share one clock
-        path = scope.get("path", "")
-        endpoint = INSTRUMENTED.get(path)
-        headers = dict(scope.get("headers", ()))
-        request_id = logs.request_id(headers.get(b"x-request-id"))
-        seen = {"status": 500, "model": "", "version": ""}
-        respond = logs.echo_request_id(send, request_id)
-
-        async def send_and_observe(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                seen["status"] = message["status"]
-                for key, value in message.get("headers", ()):
-                    if key == b"x-model-version":
-                        seen["model"], _, seen["version"] = value.decode().partition("@")
-            await respond(message)
-
-        try:
-            if not self.auth.allows(path, headers):
-                await self.auth.challenge()(scope, receive, send_and_observe)
-            elif endpoint is None:
-                await self.app(scope, receive, send_and_observe)
-            else:
-                await self._admit(endpoint, scope, receive, send_and_observe, headers)
-        finally:
-            elapsed = time.monotonic() - started
-            if scope.get(CLIENT_GONE):
-                seen["status"] = CLIENT_CLOSED_REQUEST
-            if endpoint is not None:
-                labels = (endpoint, seen["model"], seen["version"], str(seen["status"]))
-                metrics.REQUESTS.labels(*labels).inc()
-                metrics.REQUEST_DURATION.labels(*labels).observe(elapsed)
-            logs.log_request(
-                scope["method"], path, seen["status"], elapsed, seen["model"], seen["version"], request_id
-            )
-
-    async def _admit(
-        self, endpoint: str, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes]
-    ) -> None:
-        metrics.IN_FLIGHT.labels(endpoint).inc()
-        queue_path = self.queue_paths.get(scope["path"], scope["path"])
-        count = self.in_flight.enter(queue_path)
-        try:
-            rejection = self._reject(scope, headers, count)
-            if rejection is not None:
-                await rejection(scope, receive, send)
-            else:
-                await self._call_with_limits(scope, receive, send)
-        finally:
-            self.in_flight.leave(queue_path)
-            metrics.IN_FLIGHT.labels(endpoint).dec()
-
-    def _reject(self, scope: Scope, headers: dict[bytes, bytes], in_flight: int) -> Response | None:
-        """`in_flight`: the requests for this route's queue in all HTTP processes, this one included."""
-        if scope["method"] != "POST":
-            return None
-        length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.settings.max_body_bytes:
-            return error_response(
-                413, f"body of {int(length)} bytes; the limit is {self.settings.max_body_bytes}"
-            )
-        if in_flight > self.settings.max_queue:
-            return error_response(503, "server busy: request queue is full", headers={"Retry-After": "1"})
-        if self.drain_flag.exists():
-            return error_response(503, "server is shutting down", headers={"Retry-After": "1"})
-        return None
-
-    async def _call_with_limits(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Run the route under the body limit and the request timeout, counted from arrival; a client that
-        disconnects while its request waits cancels it (the route withdraws it from the queue)."""
-        received = 0
-        limit = self.settings.max_body_bytes
-        started = too_large = False
-        body_read = asyncio.Event()
-
-        async def counting_receive() -> Message:
-            nonlocal received, too_large
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > limit:
-                too_large = True
-                raise _BodyTooLarge
-            if message["type"] != "http.request" or not message.get("more_body"):
-                body_read.set()
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if too_large:
-                return  # FastAPI's 400 for a body it could not read: the 413 below replaces it
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        async def client_gone() -> None:
-            await body_read.wait()  # before that, the route reads the body itself
-            while (await receive())["type"] != "http.disconnect":
-                pass
-
-        route = asyncio.ensure_future(self.app(scope, counting_receive, tracking_send))
-        watch = asyncio.ensure_future(client_gone())
-        remaining = self.settings.request_timeout - (time.monotonic() - TICKET.get().arrived)
-        try:
-            await asyncio.wait({route, watch}, timeout=max(remaining, 0), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            watch.cancel()
-            if not route.done():
-                route.cancel()
-        with contextlib.suppress(asyncio.CancelledError, _BodyTooLarge):
-            await route
-        if too_large:  # a chunked body (no Content-Length) past the limit: FastAPI's 400 was dropped
-            if not started:
-                await error_response(413, f"body over the limit of {limit} bytes")(scope, receive, send)
-            return
-        if not route.cancelled():
-            return  # answered
-        queue_path = self.queue_paths.get(scope["path"])
-        if queue_path is not None and not TICKET.get().queued:
-            metrics.CANCELLED.labels(queue_path.rsplit("/", 1)[-1]).inc()  # its client left before the queue
-        if watch.done() and not watch.cancelled():
-            scope[CLIENT_GONE] = True  # nobody to answer: logged and counted as 499
-        elif not started:
-            message = f"no answer within {self.settings.request_timeout:g} s"
-            await error_response(504, message)(scope, receive, send)
-
-
-class _BodyTooLarge(Exception):
-    pass
 
 
 def describe_models(store: ModelStore, settings: Settings) -> ModelsResponse:
@@ -363,6 +199,7 @@ class AssembledServer:
     litserver: ls.LitServer
     encoders: list[HttpEncoders]
     socket_dir: Path
+    in_flight: InFlight  # made before the fork: shared by every HTTP process
 
 
 def socket_folder() -> Path:
@@ -374,7 +211,7 @@ def socket_folder() -> Path:
     return Path(tempfile.mkdtemp(prefix="bertserve-engine-", dir=base))
 
 
-def build_server(settings: Settings, drain_flag: Path, in_flight: InFlight) -> AssembledServer:
+def build_server(settings: Settings, drain_flag: Path) -> AssembledServer:
     check_litserve()  # the seam names what an installed LitServe no longer has, before anything starts
     settings = settings.resolved()  # a no-op when run_server already did it
     gpus = resolve_device(settings.device).gpus
@@ -404,20 +241,19 @@ def build_server(settings: Settings, drain_flag: Path, in_flight: InFlight) -> A
     internals.drop_answer_transport()
     apis = [*hosted, *([explain] if explain is not None else [])]
     # each route's admission bound is its task's: routes that share a task share one count
-    queue_paths = {path: api.api_path for api in apis for path in api.routes()}
-
-    def add_middlewares(app: FastAPI) -> None:
-        app.add_middleware(GZipMiddleware, minimum_size=GZIP_MIN_BYTES, compresslevel=GZIP_LEVEL)
-        app.add_middleware(  # added last: the outermost, so its metrics and timeouts cover the compression
-            ServiceMiddleware,
+    queue_labels = {path: api.endpoint for api in apis for path in api.routes()}
+    in_flight = InFlight(http_layers.in_flight_slots(INSTRUMENTED, queue_labels))
+    internals.replace_middlewares(
+        lambda app: http_layers.install_layers(
+            app,
             settings=settings,
             auth=Authenticator(settings),
-            queue_paths=queue_paths,
             in_flight=in_flight,
             drain_flag=drain_flag,
+            endpoints=INSTRUMENTED,
+            queue_labels=queue_labels,
         )
-
-    internals.replace_middlewares(add_middlewares)
+    )
     install_error_handlers(server.app)
     _add_task_routes(server.app, apis, EngineClient(socket_dir, slots))
     _add_routes(server.app, store, settings)
@@ -427,7 +263,7 @@ def build_server(settings: Settings, drain_flag: Path, in_flight: InFlight) -> A
     server.app.description = (
         "BERT text classification, fill-mask and sentence embeddings, from a versioned model store."
     )
-    return AssembledServer(server, [api.http_encoders for api in apis], socket_dir)
+    return AssembledServer(server, [api.http_encoders for api in apis], socket_dir, in_flight)
 
 
 def _drain_then_stop(server: ls.LitServer, drain_flag: Path, in_flight: InFlight, settings: Settings) -> None:
@@ -485,9 +321,8 @@ def run_server(settings: Settings) -> None:
     metrics_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     drain_flag = metrics_dir / "draining"
     drain_flag.unlink(missing_ok=True)
-    in_flight = InFlight(tuple(INSTRUMENTED))
-    assembled = build_server(settings, drain_flag, in_flight)
-    server = assembled.litserver
+    assembled = build_server(settings, drain_flag)
+    server, in_flight = assembled.litserver, assembled.in_flight
     # the drain flag doubles as the supervisor's verdict: /health answers 503 once it gives up
     supervisor = WorkerSupervisor(server, verdict_file=drain_flag)
 

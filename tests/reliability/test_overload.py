@@ -11,8 +11,8 @@ import time
 
 import httpx
 import pytest
-
 from bertserve.engine.buffer import ExpiringResponseBuffer
+
 from tests.reliability.conftest import (
     HEAVY,
     LIGHT,

@@ -142,26 +142,21 @@ def test_usable_cpus_are_the_affinity_capped_by_the_quota(tmp_path):
 def test_a_cuda_server_starts_its_workers_one_per_gpu(store_root, tiny_classifier_dir, tmp_path, monkeypatch):
     """The assembly LitServe gets (no worker starts here, so no GPU is needed): each endpoint's workers are
     spread over the GPUs, one per GPU, each told its cuda:N; the HTTP processes come from the sizing."""
-    from bertserve.server import INSTRUMENTED, InFlight, build_server
+    from bertserve.server import build_server
     from bertserve.store.layout import ModelStore
     from bertserve.store.publish import import_hf_folder
 
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     monkeypatch.setattr(device, "cuda_gpus", gpus(2))
     import_hf_folder(ModelStore(store_root), tiny_classifier_dir, "sentiment")
-    server = build_server(
-        Settings(store=store_root, device="cuda"), tmp_path / "draining", InFlight(tuple(INSTRUMENTED))
-    ).litserver
-    assert server._inference_workers_config_for_api("/v1/classify") == [["cuda:0"], ["cuda:1"]]
-    assert server._inference_workers_config_for_api("/v1/explain") == [["cuda:0"], ["cuda:1"]]
-    (api,) = [api for api in server.litapi_connector if api.endpoint == "classify"]
+    server = build_server(Settings(store=store_root, device="cuda"), tmp_path / "draining").litserver
+    (engine,) = server.litapi_connector  # one inference process per slot hosts every task
+    assert server._inference_workers_config_for_api(engine.api_path) == [["cuda:0"], ["cuda:1"]]
+    (api,) = [api for api in engine.tasks if api.endpoint == "classify"]
     assert (api.settings.device, api.settings.workers, api.max_batch_size) == ("cuda:0,1", 1, 128)
-    cpu = build_server(
-        Settings(store=store_root, device="cpu", workers=3),
-        tmp_path / "draining",
-        InFlight(tuple(INSTRUMENTED)),
-    ).litserver
-    assert cpu._inference_workers_config_for_api("/v1/classify") == ["cpu"] * 3
+    assert engine.explain is not None, "explanations run on a thread of the same processes"
+    cpu = build_server(Settings(store=store_root, device="cpu", workers=3), tmp_path / "draining").litserver
+    assert cpu._inference_workers_config_for_api(engine.api_path) == ["cpu"] * 3
 
 
 @pytest.mark.skipif(cuda_gpus()[0] > 0, reason="this machine has a CUDA GPU")

@@ -185,15 +185,16 @@ def test_both_routes_share_one_api_and_request_queue(tmp_path, monkeypatch):
     """/v1/embed and the other protocols' embedding routes are not more sets of workers: they queue for the
     /v1/embeddings API's workers."""
     from bertserve.config import Settings
-    from bertserve.server import INSTRUMENTED, InFlight, build_server
+    from bertserve.server import build_server
 
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     store = ModelStore(tmp_path / "store")
     import_hf_folder(store, build_sentence_encoder(tmp_path / "st"), "emb")
-    assembled = build_server(Settings(store=store.root), tmp_path / "draining", InFlight(tuple(INSTRUMENTED)))
+    assembled = build_server(Settings(store=store.root), tmp_path / "draining")
     server = assembled.litserver
-    assert [api.api_path for api in server.litapi_connector] == ["/v1/embeddings"]
-    assert set(assembled.queue_paths.values()) == {"/v1/embeddings"}
-    assert {"/v1/embeddings", "/v1/embed", "/embed", "/rerank", "/v1/rerank"} <= set(assembled.queue_paths)
+    (engine,) = server.litapi_connector
+    (api,) = engine.tasks
+    assert api.api_path == "/v1/embeddings" and engine.explain is None
+    assert {"/v1/embeddings", "/v1/embed", "/embed", "/rerank", "/v1/rerank"} <= set(api.routes())
     paths = {getattr(route, "path", "") for route in server.app.routes}
     assert {"/v1/embeddings", "/v1/embed"} <= paths and "/v1/classify" not in paths

@@ -163,20 +163,19 @@ def test_the_page_makes_no_outside_requests():
     assert "localStorage" not in page and "sessionStorage" not in page and "document.cookie" not in page
 
 
-def test_explain_has_workers_of_its_own_or_none(store_root, tiny_classifier_dir, tmp_path, monkeypatch):
-    from bertserve.server import INSTRUMENTED, InFlight, build_server
+def test_explain_runs_beside_the_other_tasks_or_not_at_all(
+    store_root, tiny_classifier_dir, tmp_path, monkeypatch
+):
+    from bertserve.server import build_server
 
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     import_hf_folder(ModelStore(store_root), tiny_classifier_dir, "sentiment")
-    settings = Settings(store=store_root, device="cpu", workers=3, explain_workers=2)
-    slots = InFlight(tuple(INSTRUMENTED))
-    server = build_server(settings, tmp_path / "draining", slots).litserver
-    assert server._inference_workers_config_for_api("/v1/classify") == ["cpu"] * 3
-    assert server._inference_workers_config_for_api("/v1/explain") == ["cpu"] * 2
-    off = build_server(
-        settings.model_copy(update={"explain_workers": 0}),
-        tmp_path / "draining",
-        InFlight(tuple(INSTRUMENTED)),
-    ).litserver
-    assert [api.endpoint for api in off.litapi_connector] == ["classify"]
+    settings = Settings(store=store_root, device="cpu", workers=3, explain_workers=1)
+    server = build_server(settings, tmp_path / "draining").litserver
+    (engine,) = server.litapi_connector
+    assert server._inference_workers_config_for_api(engine.api_path) == ["cpu"] * 3
+    assert [api.endpoint for api in engine.tasks] == ["classify"] and engine.explain.endpoint == "explain"
+    off = build_server(settings.model_copy(update={"explain_workers": 0}), tmp_path / "draining").litserver
+    (engine,) = off.litapi_connector
+    assert [api.endpoint for api in engine.tasks] == ["classify"] and engine.explain is None
     assert "/v1/explain" not in {getattr(route, "path", None) for route in off.app.routes}
