@@ -27,7 +27,7 @@ def serve(
     ),
     workers: int = typer.Option(
         None,
-        help="Inference processes (slots) per device, each hosting every model, 0: sizing [BERTSERVE_WORKERS].",
+        help="Inference processes (slots) per device, each with every model, 0: sizing [BERTSERVE_WORKERS].",
     ),
     explain_workers: int = typer.Option(
         None,
