@@ -1,11 +1,14 @@
 """What a running server holds in memory, per process, after one request to each of its endpoints.
 
     python -m bench.memory --store model_store [--backend auto] [--flags "--workers 1"] [--out bench/results]
+                           [--variant before=/path/to/older/checkout]
 
 Starts `bertserve serve` on the store, sends one request to every task endpoint it serves (classify,
 fill-mask, embeddings, explain), then reads each process's RSS and PSS (proportional set size: shared pages
 split between the processes sharing them, so the PSS column adds up to what the server costs the machine).
-Prints a table by process role and writes <out>/<UTC timestamp>-memory/results.json and results.md.
+With --variant, bertserve from that checkout is measured the same way in the same run, after this one.
+Prints a table by process role per server and writes <out>/<UTC timestamp>-memory/results.json and
+results.md.
 """
 
 from __future__ import annotations
@@ -42,10 +45,10 @@ def post(url: str, body: dict) -> int:
     return httpx.post(url, json=body, timeout=120).status_code
 
 
-def measure(args: argparse.Namespace) -> dict:
+def measure(args: argparse.Namespace, cwd: Path | None = None) -> dict:
     with (
         tempfile.TemporaryDirectory(prefix="bertserve-memory-") as scratch,
-        served(args.store, args.backend, Path(scratch), flags=args.flags.split()) as server,
+        served(args.store, args.backend, Path(scratch), flags=args.flags.split(), cwd=cwd) as server,
     ):
         base = server["base"]
         answered = {}
@@ -98,9 +101,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--flags", default="", help="extra `bertserve serve` flags (one string)")
     parser.add_argument("--out", type=Path, default=ROOT / "results", help="results folder")
+    parser.add_argument(
+        "--variant", action="append", default=[], help="NAME=FOLDER: also measure bertserve from that checkout"
+    )
     args = parser.parse_args(argv)
     results = measure(args)
     table = report(results)
+    if args.variant:
+        results["variants"] = {}
+        for variant in args.variant:
+            name, _, folder = variant.partition("=")
+            results["variants"][name] = measure(args, Path(folder).resolve())
+            table += f"\n{name} ({folder}):\n\n" + report(results["variants"][name])
     save_results(args.out, "memory", results, table)
 
 

@@ -496,18 +496,27 @@ def describe_process(pid: int, root: int) -> dict | None:
 
 
 def snapshot(root: int) -> list[dict]:
-    """The server's processes. LitServe forks its mp.Manager (which carries every request to the workers)
-    before the uvicorn servers: same command line, so the earliest forked one is it."""
+    """The server's processes. LitServe forks its mp.Manager (the start-up status; before the rebuilt
+    engine it carried every request) before the uvicorn servers: same command line, so the earliest forked
+    one is it."""
     processes = [p for p in (describe_process(pid, root) for pid in process_tree(root)) if p]
     forked = [p for p in processes if p["role"] == "http server (uvicorn)"]
     forked.sort(key=lambda p: p["started"])
     if len(forked) > 1:
-        forked[0]["role"] = "queue manager (mp.Manager)"
+        forked[0]["role"] = "LitServe's mp.Manager"
     return processes
 
 
 @contextlib.contextmanager
-def served(store: Path, backend: str, log_dir: Path, device: str = "cpu", flags: list[str] | None = None):
+def served(
+    store: Path,
+    backend: str,
+    log_dir: Path,
+    device: str = "cpu",
+    flags: list[str] | None = None,
+    cwd: Path | None = None,
+):
+    """`bertserve serve` on `store` (from the checkout `cwd`, default: this one) until the block ends."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BERTSERVE_")}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
@@ -519,7 +528,7 @@ def served(store: Path, backend: str, log_dir: Path, device: str = "cpu", flags:
     started = time.monotonic()
     with open(log, "wb") as output:
         process = subprocess.Popen(
-            command, stdout=output, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            command, stdout=output, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=cwd
         )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -755,7 +764,7 @@ def cores(point: dict) -> str:
     cpu = point.get("server_cpu_s", {})
     roles = (
         "http server (uvicorn)",
-        "queue manager (mp.Manager)",
+        "LitServe's mp.Manager",
         "main (supervisor)",
         "inference worker",
     )

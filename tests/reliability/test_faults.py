@@ -99,7 +99,7 @@ def test_worker_killed_mid_batch_is_replaced_and_its_requests_fail_fast(tmp_path
         assert new_worker != worker
         assert httpx.post(url, json=LIGHT, timeout=10).status_code == 200
         samples = scrape(base)
-        assert metric_sum(samples, "bertserve_worker_restarts_total", endpoint="classify") == 1
+        assert metric_sum(samples, "bertserve_worker_restarts_total", slot="0") == 1
         assert metric_sum(samples, "bertserve_requests_total", endpoint="classify", code="503") == len(lost)
 
 

@@ -11,7 +11,6 @@ import time
 
 import httpx
 import pytest
-from bertserve.engine.buffer import ExpiringResponseBuffer
 
 from tests.reliability.conftest import (
     HEAVY,
@@ -114,23 +113,6 @@ def test_requests_past_their_timeout_get_504_and_are_dropped_not_computed(tmp_pa
         waited = metric_sum(samples, "bertserve_queue_duration_seconds_bucket", endpoint="classify", le="0.5")
         assert waited == metric_sum(samples, "bertserve_queue_duration_seconds_count", endpoint="classify")
         assert waited == computed + 1, "the queue time of every computed request is observed"
-
-
-def test_response_buffer_forgets_requests_the_middleware_already_answered_504(monkeypatch):
-    """LitServe's handler, cancelled by the 504, never pops its entry: the buffer drops it after its ttl."""
-    clock = [1000.0]
-    monkeypatch.setattr(time, "monotonic", lambda: clock[0])  # the buffer's clock, moved by hand
-    buffer = ExpiringResponseBuffer(ttl=5)
-    buffer["answered-504"] = "late answer"
-    clock[0] += 4
-    buffer["still-young"] = "pending"
-    assert set(buffer) == {"answered-504", "still-young"}, "nothing is dropped before its ttl"
-    clock[0] += 2
-    buffer["waiting"] = "pending"
-    assert set(buffer) == {"still-young", "waiting"}
-    buffer.pop("still-young")
-    assert list(buffer) == ["waiting"] and list(buffer.born) == ["waiting"]
-    assert buffer.pop("waiting") == "pending" and not buffer.born
 
 
 def test_a_request_whose_client_disconnected_is_withdrawn_before_it_is_computed(tmp_path, classifier_dirs):
