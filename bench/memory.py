@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--flags", default="", help="extra `bertserve serve` flags (one string)")
     parser.add_argument("--out", type=Path, default=ROOT / "results", help="results folder")
     parser.add_argument(
-        "--variant", action="append", default=[], help="NAME=FOLDER: also measure bertserve from that checkout"
+        "--variant", action="append", default=[], help="NAME=FOLDER: measure that checkout too"
     )
     args = parser.parse_args(argv)
     results = measure(args)
