@@ -117,16 +117,19 @@ def describe_models(store: ModelStore, settings: Settings) -> ModelsResponse:
     return ModelsResponse(models=models)
 
 
-def _add_task_routes(app: FastAPI, apis: list[TaskAPI], client: EngineClient) -> None:
+def _add_task_routes(app: FastAPI, apis: list[TaskAPI], client: EngineClient) -> list[HttpEncoders]:
     """Each task's routes: validate and tokenize here, in the HTTP process, then stream the request to an
-    inference process and answer what comes back. Returns nothing LitServe handles: its own route for the
-    engine's LitAPI is removed."""
+    inference process and answer what comes back (LitServe's own route for the engine's LitAPI is removed).
+    Returns each task's encoders, to load before the fork (not on the api: that is pickled to each
+    inference process)."""
     app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) != "/inference"]
+    every_encoders = []
     for api in apis:
         encoders = HttpEncoders(api.settings, api.serves)
-        api.http_encoders = encoders  # loaded in the main process, before the fork
+        every_encoders.append(encoders)
         for path, schemas in api.routes().items():
             app.add_api_route(path, _task_endpoint(api, client, encoders, *schemas), methods=["POST"])
+    return every_encoders
 
 
 def _task_endpoint(
@@ -255,7 +258,8 @@ def build_server(settings: Settings, drain_flag: Path) -> AssembledServer:
         )
     )
     install_error_handlers(server.app)
-    _add_task_routes(server.app, apis, EngineClient(socket_dir, slots))
+    engine.client = EngineClient(socket_dir, slots)
+    encoders = _add_task_routes(server.app, apis, engine.client)
     _add_routes(server.app, store, settings)
     protocols.install(server.app, settings, drain_flag)  # after every other route and middleware
     _document_plain_text_routes(server.app)
@@ -263,7 +267,7 @@ def build_server(settings: Settings, drain_flag: Path) -> AssembledServer:
     server.app.description = (
         "BERT text classification, fill-mask and sentence embeddings, from a versioned model store."
     )
-    return AssembledServer(server, [api.http_encoders for api in apis], socket_dir, in_flight)
+    return AssembledServer(server, encoders, socket_dir, in_flight)
 
 
 def _drain_then_stop(server: ls.LitServer, drain_flag: Path, in_flight: InFlight, settings: Settings) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any
 
 from bertserve.engine import wire
 from bertserve.engine.admission import Ticket
-from bertserve.engine.process import slot_socket
+from bertserve.engine.wire import slot_socket
 from bertserve.errors import error_body
 
 logger = logging.getLogger(__name__)
@@ -130,16 +131,33 @@ class EngineClient:
             raise
 
     async def _pick(self) -> _Stream | None:
-        """The least loaded connected stream, connecting (again) to slots that are not connected."""
-        now = time.monotonic()
-        for slot, stream in enumerate(self.streams):
-            if (stream is None or stream.transport is None) and now >= self.next_try[slot]:
-                self.streams[slot] = await self._connect(slot)
-                self.next_try[slot] = now + RECONNECT_SECONDS
+        """The least loaded connected stream. Slots not connected are tried again: at once when none is
+        connected (a refused connect costs microseconds), else at most every RECONNECT_SECONDS."""
         connected = [s for s in self.streams if s is not None and s.transport is not None]
-        if not connected:
-            return None
-        return min(connected, key=lambda s: s.load) if len(connected) > 1 else connected[0]
+        if len(connected) < len(self.streams):
+            now = time.monotonic()
+            for slot, stream in enumerate(self.streams):
+                if (stream is None or stream.transport is None) and (
+                    not connected or now >= self.next_try[slot]
+                ):
+                    self.next_try[slot] = now + RECONNECT_SECONDS
+                    self.streams[slot] = await self._connect(slot)
+            connected = [s for s in self.streams if s is not None and s.transport is not None]
+        if len(connected) <= 1:
+            return connected[0] if connected else None
+        return min(connected, key=lambda s: s.load)
+
+    def any_listening(self) -> bool:
+        """Whether an inference process accepts connections now (readiness: a dead one's socket refuses
+        at once, before the supervisor has even noticed the death)."""
+        for path in self.paths:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.connect(path)
+                except OSError:
+                    continue
+                return True
+        return False
 
     async def _connect(self, slot: int) -> _Stream | None:
         try:

@@ -15,9 +15,10 @@ Each LitServe name used: why bertserve needs it / what breaks without it.
   LitServe's own loop would wait on its Manager queue for requests that never come.
 - the `LITSERVE_WORKER_ID` variable set before `setup()`: which slot's socket to bind before the process
   reports ready / HTTP processes could be forked before a slot listens.
-- `LitServer._init_manager`, `transport_config`, `_transport`: the Manager keeps the start-up status; the
-  answer transport is made a Manager queue that nobody uses (LitServe's ZeroMQ one starts a broker process
-  and leaves `/tmp/zmq-*.ipc` files behind) / a broker process on the side and socket files after a stop.
+- `LitServer._init_manager`, `transport_config`, `_transport`, `transport.areceive` (what LitServe's
+  response reader awaits in each HTTP process): the Manager keeps the start-up status; the answer transport
+  becomes one that carries nothing (LitServe's ZeroMQ one starts a broker process and leaves
+  `/tmp/zmq-*.ipc` files behind) / a broker process on the side and socket files after a stop.
 - `LitServer._start_server`, `verify_worker_status`: start the supervisor, and load the HTTP processes'
   tokenizers before uvicorn forks them / every HTTP process loads them after the fork; no supervision.
 - `launch_inference_worker`, `launch_single_inference_worker`, `inference_workers`: spawn workers with
@@ -34,6 +35,7 @@ Each LitServe name used: why bertserve needs it / what breaks without it.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import inspect
 import os
@@ -121,7 +123,11 @@ def worker_id() -> int:
 
 
 class _NoTransport:
-    """Stands in for LitServe's answer transport, which carries nothing here (picklable, closes quietly)."""
+    """Stands in for LitServe's answer transport, which carries nothing here: picklable, closes quietly, and
+    its reader in each HTTP process (LitServe's response_queue_to_buffer) waits until it is cancelled."""
+
+    async def areceive(self, *_: Any, **__: Any) -> None:
+        await asyncio.Event().wait()
 
     def close(self, **_: Any) -> None:
         return None

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import litserve as ls
 
 from bertserve.config import Settings
 from bertserve.engine import litserve_seam
+from bertserve.engine.wire import slot_socket
 from bertserve.engine.worker import EngineLoop, Explainer, Task, bind_listener
 
-
-def slot_socket(socket_dir: Path, slot: int) -> str:
-    return str(socket_dir / f"slot-{slot}.sock")
+if TYPE_CHECKING:
+    from bertserve.engine.client import EngineClient
 
 
 class InferenceProcess(ls.LitAPI):
@@ -37,6 +38,10 @@ class InferenceProcess(ls.LitAPI):
         self.explain = explain
         self.socket_dir = socket_dir
         self.drain_flag = drain_flag
+        self.client: EngineClient | None = None  # the HTTP processes' (server.py sets it; not pickled)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "client": None}
 
     def setup(self, device: str) -> None:
         import torch
@@ -81,8 +86,9 @@ class InferenceProcess(ls.LitAPI):
         return self.explain
 
     def health(self) -> bool:
-        """In the HTTP processes: LitServe already waits for every slot's setup (load + warm-up)."""
-        return not self.drain_flag.exists()
+        """In the HTTP processes (LitServe's /health also waits for every slot's setup): not draining, and an
+        inference process listening."""
+        return not self.drain_flag.exists() and self.client.any_listening()
 
 
 class ThreadSizing:

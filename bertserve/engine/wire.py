@@ -18,6 +18,7 @@ inference process dies, that end answers each of them 503 at once (client.py).
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,11 @@ MAX_FRAME_BYTES = 1 << 30
 
 class FrameError(ValueError):
     """A peer sent bytes that are no frame of ours."""
+
+
+def slot_socket(socket_dir: Path, slot: int) -> str:
+    """Where inference process `slot` listens: the server's 0700 folder (only our user can reach it)."""
+    return str(socket_dir / f"slot-{slot}.sock")
 
 
 def frame(kind: bytes, header: dict[str, Any], body: bytes = b"") -> bytes:

@@ -20,7 +20,7 @@ import pytest
 from bertserve.engine import wire
 from bertserve.engine.admission import Ticket
 from bertserve.engine.client import WORKER_LOST, EngineClient
-from bertserve.engine.process import slot_socket
+from bertserve.engine.wire import slot_socket
 from bertserve.engine.worker import EngineLoop, Explainer, bind_listener
 from bertserve.runtime.encoding import Encoded
 from bertserve.server import socket_folder
