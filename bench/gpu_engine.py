@@ -86,7 +86,7 @@ def report(results: dict) -> str:
     first = None
     for slots, point in results["served"].items():
         c1, c256, many = point["c1"], point["c256"], point["many_c64"]
-        first = first or c256["req_per_s"]
+        first = first or max(c256["req_per_s"], 1e-9)
         lines.append(
             f"| {slots} | {c1['p50_ms']:.2f} ({c1['p50_ms'] / one['batch_ms_p50']:.2f}x) | "
             f"{c256['req_per_s']:,.0f} ({c256['req_per_s'] / best['seq_per_s']:.2f}; "

@@ -214,7 +214,8 @@ def socket_folder() -> Path:
     return Path(tempfile.mkdtemp(prefix="bertserve-engine-", dir=base))
 
 
-def build_server(settings: Settings, drain_flag: Path) -> AssembledServer:
+def build_server(settings: Settings, drain_flag: Path, socket_dir: Path) -> AssembledServer:
+    """The LitServer for `settings`; the inference processes will listen in `socket_dir` (0700)."""
     check_litserve()  # the seam names what an installed LitServe no longer has, before anything starts
     settings = settings.resolved()  # a no-op when run_server already did it
     gpus = resolve_device(settings.device).gpus
@@ -229,7 +230,6 @@ def build_server(settings: Settings, drain_flag: Path) -> AssembledServer:
         api(settings) for api in (ClassifyAPI, FillMaskAPI, EmbeddingsAPI) if tasks & {api.task, *api.serves}
     ]
     explain = ExplainAPI(settings) if "classification" in tasks and settings.explain_workers else None
-    socket_dir = socket_folder()
     engine = InferenceProcess(settings, hosted, explain, socket_dir, drain_flag)
     server = ls.LitServer(
         engine,
@@ -325,7 +325,7 @@ def run_server(settings: Settings) -> None:
     metrics_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     drain_flag = metrics_dir / "draining"
     drain_flag.unlink(missing_ok=True)
-    assembled = build_server(settings, drain_flag)
+    assembled = build_server(settings, drain_flag, socket_folder())
     server, in_flight = assembled.litserver, assembled.in_flight
     # the drain flag doubles as the supervisor's verdict: /health answers 503 once it gives up
     supervisor = WorkerSupervisor(server, verdict_file=drain_flag)

@@ -126,6 +126,7 @@ def _sigterm_under_load(store, sent: int) -> tuple[list, list, list, int]:
     fill (batch timeout, room for more than `sent`), so the requests are still in flight at SIGTERM however
     fast the CPU: tiny models answered 64 heavy requests before a single check could see the drain."""
     args = ("--workers", "1", "--max-batch-size", "256", "--batch-timeout", "1", "--request-timeout", "60")
+    left_before = leftovers()
     with running_server(store.root, *args, env={"BERTSERVE_DRAIN_SECONDS": "30"}) as base:
         url = f"{base}/v1/classify"
 
@@ -155,7 +156,17 @@ def _sigterm_under_load(store, sent: int) -> tuple[list, list, list, int]:
         outcomes, health, late = asyncio.run(terminate_under_load())
         code = base.process.wait(timeout=60)
         assert not list(base.tmp.glob("bertserve-metrics-*")), "its metrics folder is removed on exit"
+        left = leftovers(base.tmp) - left_before
+        assert not left, f"no ZeroMQ broker ran and the engine's socket folder is removed: {left}"
         return outcomes, health, late, code
+
+
+def leftovers(*folders: Path) -> set[Path]:
+    """LitServe's ZeroMQ broker's socket files (always in /tmp) and the engine's socket folders."""
+    found = set(Path("/tmp").glob("zmq-*.ipc"))
+    for folder in (Path("/tmp"), *folders):
+        found |= set(folder.glob("bertserve-engine-*"))
+    return found
 
 
 def test_sigterm_fails_readiness_finishes_in_flight_requests_then_exits_zero(tmp_path, classifier_dirs):

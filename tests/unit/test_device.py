@@ -149,13 +149,17 @@ def test_a_cuda_server_starts_its_workers_one_per_gpu(store_root, tiny_classifie
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     monkeypatch.setattr(device, "cuda_gpus", gpus(2))
     import_hf_folder(ModelStore(store_root), tiny_classifier_dir, "sentiment")
-    server = build_server(Settings(store=store_root, device="cuda"), tmp_path / "draining").litserver
+    server = build_server(
+        Settings(store=store_root, device="cuda"), tmp_path / "draining", tmp_path
+    ).litserver
     (engine,) = server.litapi_connector  # one inference process per slot hosts every task
     assert server._inference_workers_config_for_api(engine.api_path) == [["cuda:0"], ["cuda:1"]]
     (api,) = [api for api in engine.tasks if api.endpoint == "classify"]
     assert (api.settings.device, api.settings.workers, api.max_batch_size) == ("cuda:0,1", 1, 128)
     assert engine.explain is not None, "explanations run on a thread of the same processes"
-    cpu = build_server(Settings(store=store_root, device="cpu", workers=3), tmp_path / "draining").litserver
+    cpu = build_server(
+        Settings(store=store_root, device="cpu", workers=3), tmp_path / "draining", tmp_path
+    ).litserver
     assert cpu._inference_workers_config_for_api(engine.api_path) == ["cpu"] * 3
 
 

@@ -190,7 +190,7 @@ def test_both_routes_share_one_api_and_request_queue(tmp_path, monkeypatch):
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     store = ModelStore(tmp_path / "store")
     import_hf_folder(store, build_sentence_encoder(tmp_path / "st"), "emb")
-    assembled = build_server(Settings(store=store.root), tmp_path / "draining")
+    assembled = build_server(Settings(store=store.root), tmp_path / "draining", tmp_path)
     server = assembled.litserver
     (engine,) = server.litapi_connector
     (api,) = engine.tasks

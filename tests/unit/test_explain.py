@@ -171,11 +171,13 @@ def test_explain_runs_beside_the_other_tasks_or_not_at_all(
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     import_hf_folder(ModelStore(store_root), tiny_classifier_dir, "sentiment")
     settings = Settings(store=store_root, device="cpu", workers=3, explain_workers=1)
-    server = build_server(settings, tmp_path / "draining").litserver
+    server = build_server(settings, tmp_path / "draining", tmp_path).litserver
     (engine,) = server.litapi_connector
     assert server._inference_workers_config_for_api(engine.api_path) == ["cpu"] * 3
     assert [api.endpoint for api in engine.tasks] == ["classify"] and engine.explain.endpoint == "explain"
-    off = build_server(settings.model_copy(update={"explain_workers": 0}), tmp_path / "draining").litserver
+    off = build_server(
+        settings.model_copy(update={"explain_workers": 0}), tmp_path / "draining", tmp_path
+    ).litserver
     (engine,) = off.litapi_connector
     assert [api.endpoint for api in engine.tasks] == ["classify"] and engine.explain is None
     assert "/v1/explain" not in {getattr(route, "path", None) for route in off.app.routes}

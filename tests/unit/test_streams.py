@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import socket
 import stat
 import threading
@@ -125,6 +126,7 @@ def engine():
     )
     stop.set()
     thread.join(5)
+    shutil.rmtree(folder)
 
 
 def connect(path: str) -> socket.socket:
@@ -255,8 +257,8 @@ class FakeInference:
             sock.close()
 
 
-def test_requests_in_flight_when_an_inference_process_dies_are_answered_503_at_once():
-    folder = socket_folder()
+def test_requests_in_flight_when_an_inference_process_dies_are_answered_503_at_once(tmp_path):
+    folder = tmp_path
     fake = FakeInference(folder)
     client = EngineClient(folder, 1)
 
@@ -268,7 +270,7 @@ def test_requests_in_flight_when_an_inference_process_dies_are_answered_503_at_o
             await asyncio.sleep(0.01)
         died = time.monotonic()
         fake.die()
-        answers = await asyncio.gather(*calls)
+        answers = await asyncio.wait_for(asyncio.gather(*calls), 10)  # a lost request would hang
         took = time.monotonic() - died
         after = await client.call("classify", Ticket(), {"job": {}}, b"", 1)  # nobody listens any more
         return answers, took, after
@@ -279,8 +281,8 @@ def test_requests_in_flight_when_an_inference_process_dies_are_answered_503_at_o
     assert took < 1.0, "answered when the stream closed, not at a timeout"
 
 
-def test_a_cancelled_call_tells_the_inference_process_and_marks_nothing_queued_before_it_is_sent():
-    folder = socket_folder()
+def test_a_cancelled_call_tells_the_inference_process_and_marks_nothing_queued_before_it_is_sent(tmp_path):
+    folder = tmp_path
     fake = FakeInference(folder)
     client = EngineClient(folder, 1)
     ticket = Ticket()
