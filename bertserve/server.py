@@ -38,6 +38,7 @@ from bertserve.api.explain import ExplainAPI
 from bertserve.api.fill_mask import FillMaskAPI
 from bertserve.auth import Authenticator
 from bertserve.config import Settings
+from bertserve.engine import wire
 from bertserve.engine.admission import InFlight, ticket
 from bertserve.engine.client import EngineClient
 from bertserve.engine.litserve_seam import ServerInternals, check_litserve
@@ -149,9 +150,13 @@ def _task_endpoint(
                 submission = api.submission(request, encoders)
         except ClientError as exc:
             raise exc.to_http() from None
-        answer = await client.call(
-            api.endpoint, admitted, submission.header(), submission.body, submission.sequences
-        )
+        try:
+            answer = await client.call(
+                api.endpoint, admitted, submission.header(), submission.body, submission.sequences
+            )
+        except wire.Unencodable:
+            message = "a number in the request is out of range (integers of at most 64 bits)"
+            raise ClientError(422, message).to_http() from None
         if answer.status != 200:
             raise HTTPException(answer.status, answer.detail, answer.headers)
         return Response(answer.body, media_type="application/json", headers={"X-Model-Version": answer.ref})

@@ -106,20 +106,19 @@ class EngineClient:
         self, task: str, ticket: Ticket, header: dict[str, Any], body: bytes, sequences: int
     ) -> Answer:
         """Send one request (`header` and `body` of its request frame) and await its answer; `ticket.queued`
-        is set once it is on a stream. Cancelled (its client is gone): the inference process drops it."""
+        is set once it is on a stream. Cancelled (its client is gone): the inference process drops it.
+        Raises wire.Unencodable for a header JSON cannot carry (an integer past 64 bits)."""
         stream = await self._pick()
         if stream is None or stream.transport is None:
             return WORKER_LOST
         self.next_id += 1
         request_id = self.next_id
+        header = {"id": request_id, "task": task, "arrived": ticket.arrived, **header}
+        data = wire.frame(wire.REQUEST, header, body)
         future = asyncio.get_running_loop().create_future()
         stream.waiting[request_id] = (future, sequences)
         stream.load += sequences
-        stream.transport.write(
-            wire.frame(
-                wire.REQUEST, {"id": request_id, "task": task, "arrived": ticket.arrived, **header}, body
-            )
-        )
+        stream.transport.write(data)
         ticket.queued = True
         try:
             return await future

@@ -35,13 +35,21 @@ class FrameError(ValueError):
     """A peer sent bytes that are no frame of ours."""
 
 
+class Unencodable(ValueError):
+    """A header that JSON on the stream cannot carry as it is (an integer past 64 bits would come back a
+    float): the request is refused with a 422 instead."""
+
+
 def slot_socket(socket_dir: Path, slot: int) -> str:
     """Where inference process `slot` listens: the server's 0700 folder (only our user can reach it)."""
     return str(socket_dir / f"slot-{slot}.sock")
 
 
 def frame(kind: bytes, header: dict[str, Any], body: bytes = b"") -> bytes:
-    encoded = orjson.dumps(header)
+    try:
+        encoded = orjson.dumps(header)
+    except orjson.JSONEncodeError as exc:
+        raise Unencodable(str(exc)) from None
     return b"".join((_PREFIX.pack(kind, len(encoded), len(body)), encoded, body))
 
 
