@@ -225,21 +225,19 @@ def test_settings_come_from_the_environment(monkeypatch):
 def sizing_rows() -> list[list[str]]:
     """The rows of performance.md's table of what the sizing gives with the default store."""
     text = prose(PERFORMANCE.read_text())
-    header = "| CPUs | GPUs | workers per endpoint | inference workers in all |"
+    header = "| CPUs | GPUs | slots per device | inference processes in all |"
     assert header in text, "docs/performance.md lost its sizing examples table"
     table = text.split(header, 1)[1].split("\n\n", 1)[0]
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines()[2:]]
 
 
 def test_the_sizing_table_is_what_the_code_picks():
-    """Every row: the defaults pick_sizing gives, with the default store's three task endpoints (classify,
-    fill-mask, embeddings) plus the explain workers."""
+    """Every row: the defaults pick_sizing gives; each slot is one inference process hosting every task."""
     rows = sizing_rows()
     assert len(rows) >= 4
-    explain = Settings().explain_workers
     for cpus, gpus, per_endpoint, total, threads, http, batch in rows:
         sizing = pick_sizing(int(cpus), int(gpus))
-        workers = (3 * sizing.workers + explain) * max(1, int(gpus))
+        workers = sizing.workers * max(1, int(gpus))
         expected = [
             str(sizing.workers),
             str(workers),
