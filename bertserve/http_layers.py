@@ -36,6 +36,8 @@ GZIP_LEVEL = 5
 # A route still running this long after its body was read gets a task watching for its client leaving; one
 # answered sooner never pays for that task. A client that leaves is noticed at most this much later.
 WATCH_AFTER_S = 0.01
+# how stale a view of the drain flag admission may act on: a drain refuses new requests within this
+DRAIN_LOOK_SECONDS = 0.02
 
 
 def install_layers(
@@ -189,6 +191,8 @@ class Admission:
         self.in_flight = in_flight
         self.max_queue = max_queue
         self.drain_flag = drain_flag
+        self._draining = False
+        self._next_look = 0.0
         self._gauges: dict[str, Gauge] = {}  # made on first use: in the forked HTTP process
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -216,9 +220,18 @@ class Admission:
         """`count`: the requests for this route's queue in all HTTP processes, this one included."""
         if count > self.max_queue and scope["path"] in self.bounded:
             return error_response(503, "server busy: request queue is full", headers={"Retry-After": "1"})
-        if self.drain_flag.exists():
+        if self._drains():
             return error_response(503, "server is shutting down", headers={"Retry-After": "1"})
         return None
+
+    def _drains(self) -> bool:
+        """Whether the drain flag is there, looked at most every DRAIN_LOOK_SECONDS (a stat call per request
+        was a tenth of a short request's middleware cost); once draining, always."""
+        now = time.monotonic()
+        if not self._draining and now >= self._next_look:
+            self._next_look = now + DRAIN_LOOK_SECONDS
+            self._draining = self.drain_flag.exists()
+        return self._draining
 
 
 class Deadline:

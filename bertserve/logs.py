@@ -15,11 +15,13 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from starlette.types import Message, Send
 
 from bertserve.config import Settings
 
 access_logger = logging.getLogger("bertserve.access")
+_json_handler: logging.StreamHandler | None = None  # the root handler, when it writes JSON (log_request)
 REQUEST_ID_PATTERN = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 FIELDS = "fields"  # the `extra` key holding a record's structured fields
 
@@ -60,8 +62,10 @@ def configure_logging(settings: Settings) -> None:
 
     Called in the main process (the forked API servers inherit it) and in each spawned inference worker.
     The access log stays on whatever the log level, so `--log-level warning` still records requests."""
+    global _json_handler
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
+    _json_handler = handler if settings.log_format == "json" else None
     root = logging.getLogger()
     for old in root.handlers[:]:
         root.removeHandler(old)
@@ -105,8 +109,9 @@ def uvicorn_log_config(settings: Settings) -> dict[str, Any]:
 def log_request(
     method: str, path: str, status: int, seconds: float, model: str, version: str, rid: str
 ) -> None:
-    """One access log line. Once per request, so it skips what Logger.info would do for nothing: the fields
-    when the access log is off, and the walk up the stack for a caller's file and line no formatter prints."""
+    """One access log line per request, so it skips what Logger.info would do for nothing: the fields when
+    the access log is off, and with the JSON format the whole record: the line JsonFormatter would write is
+    made by orjson and written to the handler's stream under its lock (~3x cheaper than a LogRecord)."""
     if not access_logger.isEnabledFor(logging.INFO):
         return
     fields = {
@@ -118,6 +123,15 @@ def log_request(
         "version": version or None,
         "request_id": rid,
     }
+    handler = _json_handler
+    if handler is not None and not access_logger.handlers:  # our root handler is the only one
+        now = datetime.now(UTC).isoformat(timespec="milliseconds")
+        entry = {"time": now, "level": "info", "logger": access_logger.name}
+        line = orjson.dumps({**entry, "message": f"{method} {path} {status}", **fields}).decode() + "\n"
+        with handler.lock:
+            handler.stream.write(line)
+            handler.stream.flush()
+        return
     record = access_logger.makeRecord(
         access_logger.name,
         logging.INFO,

@@ -30,7 +30,7 @@ from fastapi.routing import APIRoute
 from starlette.responses import Response
 
 from bertserve import http_layers, logs, metrics, protocols
-from bertserve.api.base import TaskAPI
+from bertserve.api.base import TaskAPI, as_job
 from bertserve.api.classify import ClassifyAPI
 from bertserve.api.embeddings import EmbeddingsAPI
 from bertserve.api.encoders import HttpEncoders
@@ -142,12 +142,13 @@ def _task_endpoint(
 
     async def endpoint(request) -> Response:
         admitted = ticket()
+        job = as_job(request)  # once: a protocol's request becomes the task's job here
         try:
-            if api.is_large(request):
+            if api.is_large(job):
                 loop = asyncio.get_running_loop()
-                submission = await loop.run_in_executor(tokenizing, api.submission, request, encoders)
+                submission = await loop.run_in_executor(tokenizing, api.submission, job, encoders)
             else:
-                submission = api.submission(request, encoders)
+                submission = api.submission(job, encoders)
         except ClientError as exc:
             raise exc.to_http() from None
         try:

@@ -5,8 +5,9 @@ cancellations one way, answers the other. Each frame is `kind` (1 byte), the hea
 lengths (4 bytes each, little-endian), a JSON header, then raw body bytes:
 
 - request (`R`): header {id, task, arrived, job, key, lengths, targets}; body: every input's token ids as
-  int32, then every input's token type ids as uint8, the inputs one after the other (`lengths` splits
-  them). The job is the route's request as plain JSON; no pickle, so a frame can at worst be malformed.
+  int32 (the machine's byte order: both ends run on it), then every input's token type ids as uint8, the
+  inputs one after the other (`lengths` splits them). The job is the route's request as plain JSON; no
+  pickle, so a frame can at worst be malformed.
 - cancel (`C`): header {id}; the client is gone (disconnected or answered 504): never compute it.
 - answer (`A`): header {id, status, ref?, headers?, detail?}; body: the answer's JSON body, as the HTTP
   process sends it to the client (it never decodes it again).
@@ -18,10 +19,10 @@ inference process dies, that end answers each of them 503 at once (client.py).
 from __future__ import annotations
 
 import struct
+from array import array
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 
 REQUEST, CANCEL, ANSWER = b"R", b"C", b"A"
@@ -29,6 +30,7 @@ _PREFIX = struct.Struct("<cII")
 PREFIX_BYTES = _PREFIX.size
 # A frame past this is a broken or hostile peer, not a request: the connection is closed.
 MAX_FRAME_BYTES = 1 << 30
+ID_BYTES = array("i").itemsize  # 4: both ends run on one machine, in its byte order
 
 
 class FrameError(ValueError):
@@ -82,22 +84,23 @@ def read_frames(buffer: bytearray) -> list[tuple[bytes, dict[str, Any], memoryvi
 def token_arrays(inputs: list) -> tuple[list[int], bytes]:
     """(lengths, body) of tokenized inputs (runtime.encoding.Encoded): ids as int32, then type ids, uint8."""
     lengths = [len(item.ids) for item in inputs]
-    if not inputs:
-        return lengths, b""
-    ids = np.fromiter((i for item in inputs for i in item.ids), dtype="<i4", count=sum(lengths))
-    types = np.fromiter((t for item in inputs for t in item.type_ids), dtype=np.uint8, count=sum(lengths))
+    ids, types = array("i"), array("B")
+    for item in inputs:
+        ids.extend(item.ids)
+        types.extend(item.type_ids)
     return lengths, ids.tobytes() + types.tobytes()
 
 
 def token_lists(lengths: list[int], body: memoryview) -> list[tuple[list[int], list[int]]]:
     """(ids, type ids) per input, from token_arrays' body."""
     total = sum(lengths)
-    if len(body) != total * 5:
+    if len(body) != total * (ID_BYTES + 1):
         raise FrameError(f"token body of {len(body)} bytes for {total} tokens")
-    ids = np.frombuffer(body, dtype="<i4", count=total).tolist()
-    types = np.frombuffer(body, dtype=np.uint8, count=total, offset=total * 4).tolist()
+    ids, types = array("i"), array("B")
+    ids.frombytes(body[: total * ID_BYTES])
+    types.frombytes(body[total * ID_BYTES :])
     out, start = [], 0
     for length in lengths:
-        out.append((ids[start : start + length], types[start : start + length]))
+        out.append((ids[start : start + length].tolist(), types[start : start + length].tolist()))
         start += length
     return out

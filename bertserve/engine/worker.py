@@ -9,6 +9,7 @@ Why this shape (docs/engine.md has the picture):
   with the load and never wait when nothing else does (`batch_timeout` may ask for a wait);
 - a queue per (task, model): batches alternate between the queues that have work, round robin, so a flood
   of one model's requests cannot starve another model's or another task's;
+- a batch's answers go back in one `send` per stream;
 - every batch first lets each task's registry look at the store (hot swaps land under saturation too);
 - a request past its deadline (the HTTP middleware's arrival stamp plus the request timeout) is answered
   504 and never computed; one whose client left (a cancel frame) is dropped where it waits;
@@ -368,16 +369,20 @@ class EngineLoop:
         task.observe_queue([(item.prepared, item.arrived) for item in batch])
         prepared = [item.prepared for item in batch]
         self.threads_for(prepared)
+        by_stream: dict[Connection, list[bytes]] = {}  # one send per stream for the whole batch
         try:
             outputs = task.predict(prepared)
             for item, output in zip(batch, outputs, strict=True):
                 body, ref = task.render(output)
-                self.send(item.conn, answer_frame(item.id, 200, body, ref))
+                by_stream.setdefault(item.conn, []).append(answer_frame(item.id, 200, body, ref))
         except Exception:
             logger.exception("batch of %d requests failed", len(batch))
             detail = error_body("internal_error", "the model failed on this batch")
+            by_stream = {}
             for item in batch:
-                self.send(item.conn, error_frame(item.id, 500, detail))
+                by_stream.setdefault(item.conn, []).append(error_frame(item.id, 500, detail))
+        for conn, frames in by_stream.items():
+            self.send(conn, b"".join(frames))
 
 
 class Explainer:

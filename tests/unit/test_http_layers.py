@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
+from bertserve import http_layers
 from bertserve.auth import Authenticator
 from bertserve.config import Settings
 from bertserve.engine.admission import InFlight
@@ -245,6 +246,7 @@ def test_a_draining_server_refuses_new_requests(tmp_path):
         async with client(app) as http:
             before = (await http.post("/v1/classify", json={})).status_code
             (tmp_path / "draining").touch()
+            await asyncio.sleep(http_layers.DRAIN_LOOK_SECONDS)  # the flag is looked at this often
             return before, await http.post("/v1/classify", json={})
 
     before, during = asyncio.run(run())
