@@ -1,8 +1,9 @@
 """Logs as one JSON object per line (or plain text), and the access log with its request id.
 
 JSON lines are what log shippers parse without regexes. The access log is one line per HTTP request,
-written by ServiceMiddleware in the HTTP process: method, path, status, duration, model, version and the
-request id (the client's X-Request-ID when it is sane, else a fresh one), never the request's text.
+written by the request log layer (http_layers.py) in the HTTP process: method, path, status, duration,
+model, version and the request id (the client's X-Request-ID when it is sane, else a fresh one), never the
+request's text.
 """
 
 from __future__ import annotations

@@ -1,1 +1,2 @@
-"""LitServe APIs: decode_request -> predict -> encode_response, kept thin; the work lives in runtime/."""
+"""The task APIs: what a request means (validate, tokenize in the HTTP process; pick the model, run it and
+render the answer in the inference process), kept thin; the work lives in runtime/."""

@@ -1,13 +1,14 @@
-"""What the HTTP processes share about requests not yet answered: counts per request queue, and the moment
-each request arrived.
+"""What the HTTP processes share about requests not yet answered: counts per task, and the moment each
+request arrived.
 
-- InFlight counts requests per request *queue*, across every HTTP process (shared memory, forked with them).
-  Two routes served by one API (/v1/embeddings and /v1/embed) share one queue, so they share one count and
-  one `max_queue` bound. SIGTERM's drain waits for the total to reach 0.
-- TICKET holds, per request, when ServiceMiddleware received it (time.monotonic(), one clock for every
-  process of the machine) and whether it was handed to the queue yet. The 504 and the worker's expiry both
-  count from that moment, so a worker never computes a request whose client was already answered 504; a
-  request whose client left before it was queued is counted as withdrawn by the middleware itself.
+- InFlight counts requests per task (its queue label), across every HTTP process (shared memory, forked
+  with them). Routes of one task (/v1/embeddings, /v1/embed, TEI's /embed, ...) share one count and one
+  `max_queue` bound. SIGTERM's drain waits for the total to reach 0.
+- TICKET holds, per request, when the request log layer received it (time.monotonic(), one clock for every
+  process of the machine) and whether it was sent to an inference process yet. The 504 and the inference
+  process's expiry both count from that moment, so no request is computed whose client was already
+  answered 504; a request whose client left before it was sent is counted as withdrawn by the deadline
+  layer itself.
 """
 
 from __future__ import annotations

@@ -212,7 +212,7 @@ class ServerInternals:
 
     def replace_middlewares(self, add: Callable[[Any], None]) -> None:
         """Drop LitServe's middlewares (its request counter costs a Manager round trip per request); `add`
-        installs ours on the app."""
+        installs ours (http_layers) on the app."""
         self.server.middlewares = []
         self.server.app.user_middleware.clear()
         add(self.server.app)

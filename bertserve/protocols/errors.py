@@ -17,7 +17,7 @@ from bertserve.protocols.rerank import COHERE_V2_PATH
 
 OPENAI_PATHS = frozenset({"/v1/embeddings", "/v1/models"})
 TEI_PATHS = frozenset(tei.PATHS)
-QUEUE_FULL = "queue is full"  # ServiceMiddleware's 503 message when the request queue is full
+QUEUE_FULL = "queue is full"  # the admission layer's 503 message when a task's bound is reached
 
 
 def protocol_of(path: str) -> str | None:

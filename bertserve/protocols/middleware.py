@@ -1,8 +1,8 @@
-"""The protocol middleware: the outermost layer, around ServiceMiddleware (auth, limits, queue admission,
-metrics, access log), so that every route it leads to gets all of that.
+"""The protocol middleware: the outermost layer, around the request layers of bertserve/http_layers.py
+(request log, auth, limits, admission, deadline), so that every route it leads to gets all of that.
 
 - Dispatch: POST / (TEI, Hugging Face) and KServe's POST /v2/models/{name}[/versions/{v}]/infer name no task
-  by their path. Their JSON body (read up to the body limit, which ServiceMiddleware then enforces on the
+  by their path. Their JSON body (read up to the body limit, which the guard layer then enforces on the
   original stream) decides: the request is passed on under the path of the route that answers it
   (tei.root_target; kserve.INFER_PATHS by the model's task, with the model put into the body). A body it
   cannot read is passed on unchanged, to the route's own answer.

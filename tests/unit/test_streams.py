@@ -300,4 +300,6 @@ def test_a_cancelled_call_tells_the_inference_process_and_marks_nothing_queued_b
     asyncio.run(run())
     kinds = [(kind, header["id"]) for kind, header, _ in wire.read_frames(bytearray(fake.received))]
     assert kinds == [(wire.REQUEST, 1), (wire.CANCEL, 1)] and ticket.queued
+    (stream,) = client.streams
+    assert stream.waiting == {} and stream.load == 0, "a cancelled call leaves nothing behind"
     fake.die()
