@@ -142,8 +142,8 @@ def _task_endpoint(
 
     async def endpoint(request) -> Response:
         admitted = ticket()
-        job = as_job(request)  # once: a protocol's request becomes the task's job here
         try:
+            job = as_job(request)  # once: a protocol's request becomes the task's job here
             if api.is_large(job):
                 loop = asyncio.get_running_loop()
                 submission = await loop.run_in_executor(tokenizing, api.submission, job, encoders)
