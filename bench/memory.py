@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
         "--variant", action="append", default=[], help="NAME=FOLDER: measure that checkout too"
     )
     args = parser.parse_args(argv)
+    args.store = args.store.resolve()  # a variant runs from its own checkout
     results = measure(args)
     table = report(results)
     if args.variant:
