@@ -24,15 +24,13 @@ from pathlib import Path
 
 from bench.peers import drive, started
 from bench.random_store import build, default_tokenizer_folder
-from bench.run import ROOT, ceiling, cut_to_tokens, find_wrk, load_texts, machine, open_model, save_results
+from bench.run import ROOT, ceiling, cut_to_tokens, load_texts, machine, open_model, require_wrk, save_results
 
 BATCH = 128
 
 
 def measure(args: argparse.Namespace, scratch: Path) -> dict:
-    wrk = find_wrk("wrk")
-    if wrk is None:
-        raise SystemExit("bench.gpu_engine needs wrk")
+    wrk = require_wrk("bench.gpu_engine")
     store = scratch / "model_store"
     build(store, args.tokenizer, "minilm")
     cuda = args.device == "cuda"

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from bench.peers import drive, started
 from bench.random_store import build, default_tokenizer_folder
-from bench.run import ROOT, cut_to_tokens, find_wrk, load_texts, save_results
+from bench.run import ROOT, cut_to_tokens, load_texts, require_wrk, save_results
 
 
 def http_processes() -> int:
@@ -40,9 +40,7 @@ def http_processes() -> int:
 def measure(args: argparse.Namespace, scratch: Path) -> dict:
     from transformers import AutoTokenizer
 
-    wrk = find_wrk("wrk")
-    if wrk is None:
-        raise SystemExit("bench.overhead needs wrk (apt-get install wrk)")
+    wrk = require_wrk("bench.overhead")
     store = scratch / "model_store"
     build(store, args.tokenizer, "tiny")
     tokenizer_folder = scratch / "tokenizer"

@@ -567,6 +567,14 @@ def find_wrk(mode: str) -> str | None:
     return found
 
 
+def require_wrk(program: str) -> str:
+    """wrk's path, or exit saying `program` needs it."""
+    wrk = find_wrk("wrk")
+    if wrk is None:
+        raise SystemExit(f"{program} needs wrk (apt-get install wrk)")
+    return wrk
+
+
 def run_wrk(wrk: str, base: str, path: str, bodies: Path, concurrency: int, seconds: float) -> dict:
     script = ROOT / "wrk_bodies.lua"
     command = [wrk, "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "30s"]

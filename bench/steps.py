@@ -54,17 +54,20 @@ def measure(store: Path, ref: str) -> list[tuple[str, float]]:
     from bertserve.api.classify import ClassifyAPI
     from bertserve.config import Settings
     from bertserve.engine import wire
+    from bertserve.engine.process import ThreadSizing
     from bertserve.runtime.backends import resolve_backend_name
     from bertserve.runtime.loaded import Prepared
     from bertserve.schemas import ClassifyRequest
 
-    torch.set_num_threads(1)  # a small batch runs on one thread (BERTSERVE_SINGLE_THREAD_TOKENS)
+    settings = Settings().resolved()
+    torch.set_num_threads(settings.torch_threads)
     model, _ = open_model(store, ref, resolve_backend_name("auto"))  # as served
     texts = cut_to_tokens(model.tokenizer, load_texts("drugscom", model.tokenizer, model.labels)[0], 16, 32)
     bodies = cycle([json.dumps({"inputs": [text]}) for text in texts[:256]])
     requests = [ClassifyRequest.model_validate_json(json.dumps({"inputs": [text]})) for text in texts[:256]]
     each = cycle(requests)
     prepared = [Prepared(model, model.encode(r.as_list(), True)) for r in requests[:32]]
+    ThreadSizing(settings).apply(prepared[:1])  # the threads the server runs one short text on
     answer = model.classify(prepared[:1], 32, 16384)[0]
     api = ClassifyAPI(Settings(store=store))
     encoded = model.encode(requests[0].as_list(), True)

@@ -37,9 +37,9 @@ def serve(
     torch_threads: int = typer.Option(
         None, help="Most torch threads per inference process, 0 = sizing [BERTSERVE_TORCH_THREADS]."
     ),
-    single_thread_tokens: int = typer.Option(
+    single_thread_mflops: float = typer.Option(
         None,
-        help="CPU batches of <= this many padded tokens use 1 thread [BERTSERVE_SINGLE_THREAD_TOKENS].",
+        help="CPU batches of <= this many M multiply-adds use 1 thread [BERTSERVE_SINGLE_THREAD_MFLOPS].",
     ),
     models: str = typer.Option(None, help="Model refs to load, '*' = all [BERTSERVE_MODELS]."),
     default_classify_model: str = typer.Option(None, help="[BERTSERVE_DEFAULT_CLASSIFY_MODEL]"),

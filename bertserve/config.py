@@ -46,11 +46,12 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         0, ge=0, description="Most torch intra-op threads per inference process (0: sizing)."
     )
-    single_thread_tokens: int = Field(
-        256,
+    single_thread_mflops: float = Field(
+        50.0,
         ge=0,
-        description="On a CPU, a batch of at most this many padded tokens runs on one torch thread (more "
-        "threads cost more than they save on a small forward); 0: always torch_threads.",
+        description="On a CPU, a batch whose forward costs at most this many million multiply-adds (about "
+        "12 x hidden^2 x layers x padded tokens) runs on one torch thread: more threads cost more than they "
+        "save on so little work; 0: always torch_threads.",
     )
     models: str = Field(
         "*",

@@ -318,12 +318,12 @@ def run_server(settings: Settings) -> None:
         os.environ["GOMP_SPINCOUNT"] = "10000"
     logger.info(
         "device %s: %d inference process(es)%s, each hosting every model, x %d torch threads (1 for "
-        "batches of <= %d tokens); HTTP processes: %d; batches of <= %d sequences / %d tokens",
+        "batches of <= %g M multiply-adds); HTTP processes: %d; batches of <= %d sequences / %d tokens",
         settings.device,
         settings.workers,
         " per GPU" if settings.device != "cpu" else "",
         settings.torch_threads,
-        settings.single_thread_tokens,
+        settings.single_thread_mflops,
         settings.api_servers,
         settings.max_batch_size,
         settings.max_batch_tokens,
