@@ -131,9 +131,10 @@ class TaskAPI:
     def model_for(self, job):
         return self.registry.pick(job.model or self.default_for(job), self.accepts(job))
 
-    def refresh(self) -> None:
-        """Between batches: let the registry pick up alias moves and new versions (see registry.py)."""
-        self.registry.refresh()
+    def refresh(self, look=None) -> None:
+        """Between batches: let the registry pick up alias moves and new versions (see registry.py); `look`
+        gives the store's fingerprint when several tasks share one look at it."""
+        self.registry.refresh(look)
 
     def admit(self, header: dict[str, Any], body: memoryview):
         """A request frame -> Prepared for the batch. The job was validated in the HTTP process and is not

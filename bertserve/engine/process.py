@@ -8,6 +8,7 @@ slot holds one torch runtime and one copy of each model, instead of one per endp
 
 from __future__ import annotations
 
+import functools
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -74,7 +75,17 @@ class InferenceProcess(ls.LitAPI):
             batch_timeout=self.settings.batch_timeout,
             explainer=explainer,
             threads_for=ThreadSizing(self.settings).apply if self.device_name == "cpu" else None,
+            refresh=self._refresh,
         ).run()
+
+    def _refresh(self) -> None:
+        """Every task's registry looks at the store through one fingerprint per turn of the loop (a scan
+        of the store folder each would cost every request once per task)."""
+        from bertserve.runtime.registry import store_fingerprint
+
+        look = functools.cache(lambda: store_fingerprint(self.tasks[0].registry.store))
+        for task in self.tasks:
+            task.refresh(look)
 
     def _load_explain(self) -> Task:
         """On the explain thread, at the first explanation."""

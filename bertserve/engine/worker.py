@@ -89,6 +89,20 @@ def error_frame(request_id: int, status: int, detail: Any, headers: dict | None 
     return answer_frame(request_id, status, b"", detail=detail, headers=headers)
 
 
+def client_error_frame(request_id: int, exc: ClientError) -> bytes:
+    http = exc.to_http()
+    return error_frame(request_id, http.status_code, http.detail, http.headers)
+
+
+def expiry_frame(item: Waiting, request_timeout: float, endpoint: str) -> bytes | None:
+    """The 504 for a request past its deadline (its client already got one: never compute it), counted;
+    None while it is in time."""
+    if time.monotonic() - item.arrived <= request_timeout:
+        return None
+    metrics.EXPIRED.labels(endpoint).inc()
+    return error_frame(item.id, 504, error_body("timeout", "request timed out waiting for a worker"))
+
+
 @dataclass
 class ModelQueue:
     """The requests of one (task, model) waiting for a batch."""
@@ -133,6 +147,7 @@ class EngineLoop:
         batch_timeout: float,
         explainer: Explainer | None = None,
         threads_for: Callable[[list], None] | None = None,
+        refresh: Callable[[], None] | None = None,
     ) -> None:
         self.listener = listener
         self.tasks = tasks
@@ -140,6 +155,7 @@ class EngineLoop:
         self.batch_timeout = batch_timeout
         self.explainer = explainer
         self.threads_for = threads_for or (lambda batch: None)
+        self.refresh = refresh or self._refresh_each  # every task's registry looks at the store
         self.selector = selectors.DefaultSelector()
         self.queues: dict[tuple[str, str], ModelQueue] = {}
         self.index: dict[tuple[int, int], Waiting] = {}  # (connection, id) -> a request not started yet
@@ -163,8 +179,7 @@ class EngineLoop:
         """One turn: wait for what comes (not at all when a batch is ready), read it, run one batch. The
         store is looked at before the new requests are read: they resolve against what it names now."""
         events_ready = self.selector.select(self._wait_seconds())
-        for task in self.tasks.values():
-            task.refresh()
+        self.refresh()
         for key, events in events_ready:
             if key.data is None:
                 self._accept()
@@ -177,6 +192,10 @@ class EngineLoop:
                     self._flush(key.data)
         if (ready := self._next_queue()) is not None:
             self._run(ready)
+
+    def _refresh_each(self) -> None:
+        for task in self.tasks.values():
+            task.refresh()
 
     def _wait_seconds(self) -> float:
         if not self.queues:
@@ -254,8 +273,7 @@ class EngineLoop:
         try:
             item.prepared = task.admit(header, body)
         except ClientError as exc:
-            http = exc.to_http()
-            self.send(conn, error_frame(item.id, http.status_code, http.detail, http.headers))
+            self.send(conn, client_error_frame(item.id, exc))
             return
         except Exception:
             logger.exception("could not prepare a %s request", header["task"])
@@ -271,19 +289,20 @@ class EngineLoop:
 
     def _cancel(self, conn: Connection, request_id: int) -> None:
         item = self.index.pop((id(conn), request_id), None)
-        if item is None:
-            return  # answered already, or being computed
+        if item is not None and (endpoint := self._withdraw(item)) is not None:
+            metrics.CANCELLED.labels(endpoint).inc()
+
+    def _withdraw(self, item: Waiting) -> str | None:
+        """Drop a request not started yet; its task's endpoint, or None when the explainer started it."""
         if item.queue is None:
             assert self.explainer is not None
             if not self.explainer.cancel(item):
-                return  # started meanwhile
-            endpoint = self.explainer.endpoint
-        else:
-            endpoint = item.queue.task.endpoint
-            item.queue.sequences -= item.prepared.sequences
-            item.queue.requests -= 1
+                return None
+            return self.explainer.endpoint
         item.cancelled = True
-        metrics.CANCELLED.labels(endpoint).inc()
+        item.queue.sequences -= item.prepared.sequences
+        item.queue.requests -= 1
+        return item.queue.task.endpoint
 
     def send(self, conn: Connection, data: bytes) -> None:
         """Write now if the socket takes it; what it does not take waits in the outbox (never dropped)."""
@@ -324,9 +343,7 @@ class EngineLoop:
             self.selector.unregister(conn.sock)
         conn.sock.close()
         for key in [key for key in self.index if key[0] == id(conn)]:
-            self.index.pop(key).cancelled = True
-        for model_queue in self.queues.values():
-            model_queue.sequences = sum(w.prepared.sequences for w in model_queue.waiting if not w.cancelled)
+            self._withdraw(self.index.pop(key))
 
     def deliver_from_thread(self, conn: Connection, request_id: int, data: bytes) -> None:
         """The explainer's answers: handed to this thread, which alone writes to the sockets."""
@@ -346,13 +363,11 @@ class EngineLoop:
     # ---- batches -----------------------------------------------------------------------------------
 
     def _expired(self, item: Waiting, endpoint: str) -> bool:
-        """Past its deadline its client already got 504: answer it so (nobody waits), never compute it."""
-        if time.monotonic() - item.arrived <= self.request_timeout:
-            return False
-        detail = error_body("timeout", "request timed out waiting for a worker")
-        self.send(item.conn, error_frame(item.id, 504, detail))
-        metrics.EXPIRED.labels(endpoint).inc()
-        return True
+        """Past its deadline: answered 504 (nobody waits for it) and never computed."""
+        expired = expiry_frame(item, self.request_timeout, endpoint)
+        if expired is not None:
+            self.send(item.conn, expired)
+        return expired is not None
 
     def _run(self, model_queue: ModelQueue) -> None:
         task = model_queue.task
@@ -436,16 +451,13 @@ class Explainer:
                     self.started.discard(id(item))
 
     def _explain(self, task: Task, item: Waiting, header: dict[str, Any], body: memoryview) -> None:
-        if time.monotonic() - item.arrived > self.request_timeout:
-            detail = error_body("timeout", "request timed out waiting for a worker")
-            self._reply(item, error_frame(item.id, 504, detail))
-            metrics.EXPIRED.labels(self.endpoint).inc()
+        if (expired := expiry_frame(item, self.request_timeout, self.endpoint)) is not None:
+            self._reply(item, expired)
             return
         try:
             prepared = task.admit(header, body)
         except ClientError as exc:
-            http = exc.to_http()
-            self._reply(item, error_frame(item.id, http.status_code, http.detail, http.headers))
+            self._reply(item, client_error_frame(item.id, exc))
             return
         task.observe_queue([(prepared, item.arrived)])
         (output,) = task.predict([prepared])

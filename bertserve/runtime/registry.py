@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -154,8 +155,9 @@ class ModelRegistry:
 
     # ---- swaps -----------------------------------------------------------------------------------
 
-    def refresh(self) -> None:
-        """Called by the worker loop between batches: cheap unless a store check is due or a load is done."""
+    def refresh(self, look: Callable[[], Fingerprint] | None = None) -> None:
+        """Called by the worker loop between batches: cheap unless a store check is due or a load is done.
+        `look`: the store's fingerprint, shared by the registries of one process (one look per turn)."""
         if self._pending is not None:
             if self._pending[1].done():
                 pending, self._pending = self._pending, None
@@ -165,7 +167,7 @@ class ModelRegistry:
         if now < self._next_check:
             return
         self._next_check = now + self.settings.reload_interval
-        fingerprint = store_fingerprint(self.store)
+        fingerprint = look() if look is not None else store_fingerprint(self.store)
         if fingerprint == self._seen:
             return
         self._seen = fingerprint  # whatever happens next is logged once, then retried on the next change
