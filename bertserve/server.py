@@ -10,18 +10,17 @@ and streams the answers back.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
-from multiprocessing import resource_tracker
 from pathlib import Path
 
 import litserve as ls
@@ -247,7 +246,6 @@ def build_server(settings: Settings, drain_flag: Path, socket_dir: Path) -> Asse
     )
     slots = settings.workers * max(1, len(gpus))
     internals = ServerInternals(server)
-    internals.drop_answer_transport()
     apis = [*hosted, *([explain] if explain is not None else [])]
     # each route's admission bound is its task's: routes that share a task share one count
     queue_labels = {path: api.endpoint for api in apis for path in api.routes()}
@@ -287,35 +285,38 @@ def _drain_then_stop(server: ls.LitServer, drain_flag: Path, in_flight: InFlight
     ServerInternals(server).stop()
 
 
-def _launched_deaf_to_ctrl_c(launch):
-    """Inference workers are spawned (fork + exec) with SIGINT blocked, a mask that survives both: a Ctrl-C
-    during their imports would otherwise kill them before they report ready, and start-up would wait for
-    them forever. The main process stops them. In the launching thread the signal only waits for the
-    launch to finish."""
+def hold_port(host: str, port: int) -> socket.socket:
+    """The service port, bound with SO_REUSEPORT and never listened on: taken first (a port in use fails
+    start-up before any model loads), it holds the port while each HTTP process binds a twin of its own
+    and listens on that (the kernel then spreads connections between them). A plain bind comes first: with
+    SO_REUSEPORT alone, a second bertserve of the same user would share the port with a running one."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))  # OSError (in use) when anything holds it, with SO_REUSEPORT or not
+        port = probe.getsockname()[1]  # the one picked for port 0
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
 
-    @functools.wraps(launch)
-    def launch_with_sigint_blocked(*args, **kwargs):
-        # the first spawn starts multiprocessing's resource tracker, which unblocks SIGINT when launched
-        resource_tracker.ensure_running()
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
-            return launch(*args, **kwargs)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
-    return launch_with_sigint_blocked
-
-
-def run_server(settings: Settings) -> None:
-    """Serve until stopped. Raises DeviceUnavailable (before anything starts) when the device is not here."""
-    settings = settings.resolved()
-    logs.configure_logging(settings)
-    if settings.device == "cpu" and not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(os.environ):
-        # The workers' OpenMP threads spin ~10,000 rounds (microseconds) after a parallel region, then sleep:
-        # enough to stay hot between the ops of one forward, not so long that they take the cores the HTTP
-        # processes need between two forwards (libgomp's default spins 300,000; measured in
-        # docs/performance.md#how-to-tune). Inherited by the spawned workers; the environment's choice wins.
+def _spin_briefly_between_forwards() -> None:
+    """The inference processes' OpenMP threads spin ~10,000 rounds (microseconds) after a parallel region,
+    then sleep: enough to stay hot between the ops of one forward, not so long that they take the cores the
+    HTTP processes need between two forwards (libgomp's default spins 300,000; measured in
+    docs/performance.md#how-to-tune). Inherited by the spawned processes; the environment's choice wins."""
+    if not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(os.environ):
         os.environ["GOMP_SPINCOUNT"] = "10000"
+
+
+def _log_sizing(settings: Settings) -> None:
     logger.info(
         "device %s: %d inference process(es)%s, each hosting every model, x %d torch threads (1 for "
         "batches of <= %g M multiply-adds); HTTP processes: %d; batches of <= %d sequences / %d tokens",
@@ -328,35 +329,10 @@ def run_server(settings: Settings) -> None:
         settings.max_batch_size,
         settings.max_batch_tokens,
     )
-    metrics_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
-    drain_flag = metrics_dir / "draining"
-    drain_flag.unlink(missing_ok=True)
-    assembled = build_server(settings, drain_flag, socket_folder())
-    server, in_flight = assembled.litserver, assembled.in_flight
-    # the drain flag doubles as the supervisor's verdict: /health answers 503 once it gives up
-    supervisor = WorkerSupervisor(server, verdict_file=drain_flag)
 
-    def start_http_processes() -> bool:
-        if drain_flag.exists():  # a stop came while the workers loaded: never open the port
-            logger.info("stopped during start-up: not starting the HTTP servers")
-            return False
-        supervisor.start()
-        return True
 
-    def load_encoders_while_workers_start() -> None:
-        # the HTTP processes are forked with them loaded (importing transformers takes seconds)
-        for encoders in assembled.encoders:
-            encoders.load()
-
-    ServerInternals(server).install_lifecycle(
-        # again: LitServe's run() has just given its logger a text handler
-        before_manager=lambda: logs.configure_logging(settings),
-        while_workers_load=load_encoders_while_workers_start,
-        before_http=start_http_processes,
-        # the first workers, and the ones the supervisor restarts
-        wrap_launch=_launched_deaf_to_ctrl_c,
-    )
-
+def _stop_signals_drain(server: ls.LitServer, drain_flag: Path, in_flight: InFlight, settings: Settings):
+    """SIGTERM (an orchestrator) and Ctrl-C both drain; the forked HTTP processes inherit the handler."""
     main_process = os.getpid()
 
     def drain_in_background(*_) -> None:
@@ -368,25 +344,64 @@ def run_server(settings: Settings) -> None:
             target=_drain_then_stop, args=(server, drain_flag, in_flight, settings), daemon=True
         ).start()
 
-    # Ctrl-C drains like an orchestrator's SIGTERM; the forked HTTP processes inherit the handler
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, drain_in_background)
+
+
+def run_server(settings: Settings) -> None:
+    """Serve until stopped: the store and its models, then the inference processes, then the HTTP processes
+    (as TEI's run() does). Raises DeviceUnavailable (before anything starts) when the device is not here."""
+    settings = settings.resolved()
+    logs.configure_logging(settings)
+    if settings.device == "cpu":
+        _spin_briefly_between_forwards()
+    _log_sizing(settings)
+    drain_flag = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]) / "draining"
+    drain_flag.unlink(missing_ok=True)
     try:
-        server.run(
-            host=settings.host,
-            port=settings.port,
-            num_api_servers=settings.api_servers,
-            log_level=settings.log_level,
-            generate_client_file=False,
-            # Outlive clients' and load balancers' idle timeouts (httpx 5 s, cloud LBs 60 s): a server closing
-            # an idle connection just as a client reuses it makes that request fail with a connection reset.
-            timeout_keep_alive=75,
-            log_config=logs.uvicorn_log_config(settings),
-            access_log=False,  # our middleware writes the access log, with request ids
-        )
+        port = hold_port(settings.host, settings.port)
+    except OSError as exc:
+        logger.error("cannot listen on %s port %d: %s", settings.host, settings.port, exc)
+        raise SystemExit(2) from None
+
+    # the store, the models it serves, the routes of their tasks
+    assembled = build_server(settings, drain_flag, socket_folder())
+    server = assembled.litserver
+    internals = ServerInternals(server)
+    _stop_signals_drain(server, drain_flag, assembled.in_flight, settings)
+    # the drain flag doubles as the supervisor's verdict: /health answers 503 once it gives up
+    supervisor = WorkerSupervisor(server, verdict_file=drain_flag)
+    manager, http_processes = internals.start_status_manager(), {}
+    try:
+        # the inference processes load every model, each binding its slot's socket before it reports ready
+        internals.launch_inference_processes()
+        supervisor.start()  # restarts one that dies, in its setup (with back-off) or later
+        for encoders in assembled.encoders:
+            encoders.load()  # meanwhile: the HTTP processes are forked with the tokenizers loaded
+        while not internals.any_ready():
+            if drain_flag.exists() or internals.stopping():  # stopped, or the supervisor gave up
+                break
+            time.sleep(0.05)
+        if drain_flag.exists() or internals.stopping():
+            logger.info("stopped during start-up: not starting the HTTP servers")
+        else:
+            # the HTTP processes, each with a listening socket of its own on the port
+            http_processes = internals.start_http_processes(
+                port,
+                settings.api_servers,
+                log_level=settings.log_level,
+                # Outlive clients' and load balancers' idle timeouts (httpx 5 s, cloud LBs 60 s): a server
+                # closing an idle connection just as a client reuses it fails that request with a reset.
+                timeout_keep_alive=75,
+                log_config=logs.uvicorn_log_config(settings),
+                access_log=False,  # our middleware writes the access log, with request ids
+            )
+            logger.info("serving on http://%s:%d", settings.host, settings.port)
+            internals.wait_until_stopped()
     finally:
-        if os.getpid() == main_process:
-            shutil.rmtree(assembled.socket_dir, ignore_errors=True)
+        port.close()
+        internals.shut_down(manager, http_processes)
+        shutil.rmtree(assembled.socket_dir, ignore_errors=True)
     if supervisor.failed:  # logged, not printed: a bare line on stderr would break the JSON log
         logger.error("an inference worker failed its setup; exiting for the orchestrator to restart us")
         raise SystemExit(1)

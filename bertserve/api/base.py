@@ -159,12 +159,13 @@ class TaskAPI:
 
     # ---- per batch -------------------------------------------------------------------------------
 
-    def observe_queue(self, waiting: Sequence[tuple]) -> None:
+    def observe_queue(self, waiting: Sequence) -> None:
+        """How long each request of a batch waited (engine.worker.Waiting records)."""
         now = time.monotonic()
-        for prepared, submitted_at in waiting:
-            model = prepared.model
+        for item in waiting:
+            model = item.prepared.model
             metrics.QUEUE_DURATION.labels(self.endpoint, model.name, model.version).observe(
-                now - submitted_at
+                now - item.arrived
             )
 
     def predict(self, batch: list) -> list:

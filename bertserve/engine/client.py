@@ -21,7 +21,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from bertserve.engine import wire
 from bertserve.engine.admission import Ticket
@@ -42,6 +42,13 @@ class Answer:
     headers: dict[str, str] | None = None
 
 
+class Outstanding(NamedTuple):
+    """A request sent on a stream and not answered yet: what answers it, and the load it adds."""
+
+    answer: asyncio.Future
+    sequences: int
+
+
 WORKER_LOST = Answer(
     503,
     b"",
@@ -57,7 +64,7 @@ class _Stream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.outbox: list[bytes] = []  # frames written in this pass of the event loop, sent at its end
         self.inbox = bytearray()
-        self.waiting: dict[int, tuple[asyncio.Future, int]] = {}  # id -> (its answer, its sequences)
+        self.waiting: dict[int, Outstanding] = {}  # by request id
         self.load = 0  # sequences outstanding
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -76,8 +83,8 @@ class _Stream(asyncio.Protocol):
             entry = self.waiting.pop(header["id"], None)
             if entry is None:
                 continue  # cancelled meanwhile: nobody waits for it
-            future, sequences = entry
-            self.load -= sequences
+            future = entry.answer
+            self.load -= entry.sequences
             if not future.done():
                 headers = header.get("headers")
                 future.set_result(
@@ -99,9 +106,9 @@ class _Stream(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         waiting, self.waiting, self.load = self.waiting, {}, 0
-        for future, _ in waiting.values():
-            if not future.done():
-                future.set_result(WORKER_LOST)
+        for entry in waiting.values():
+            if not entry.answer.done():
+                entry.answer.set_result(WORKER_LOST)
         if waiting:
             logger.error("an inference process is gone: %d requests answered 503", len(waiting))
 
@@ -129,7 +136,7 @@ class EngineClient:
         header = {"id": request_id, "task": task, "arrived": ticket.arrived, **header}
         data = wire.frame(wire.REQUEST, header, body)
         future = asyncio.get_running_loop().create_future()
-        stream.waiting[request_id] = (future, sequences)
+        stream.waiting[request_id] = Outstanding(future, sequences)
         stream.load += sequences
         stream.write(data)
         ticket.queued = True

@@ -2,11 +2,12 @@
 
 bertserve keeps LitServe as the server: it spawns the inference processes (one LitAPI, InferenceProcess,
 with `workers_per_device` set to the slots), forks the uvicorn HTTP processes, owns the start-up status in
-its Manager and the shutdown. Requests never go through LitServe: each HTTP process streams them straight to
-the inference processes (engine/client.py, engine/worker.py). What that needs of LitServe reaches into names
-it does not promise to keep. They are all here, each with why it is needed and what breaks without it, so an
-upgrade is one file to read, and `check_litserve()` (run by a unit test and at start-up) names whatever no
-longer matches.
+its Manager and the shutdown. bertserve does not call `LitServer.run`: server.py's run_server takes its
+steps one by one (store, models, inference processes, HTTP processes), each a method of ServerInternals.
+Requests never go through LitServe: each HTTP process streams them straight to the inference processes
+(engine/client.py, engine/worker.py). What that needs of LitServe reaches into names it does not promise to
+keep. They are all here, each with why it is needed and what breaks without it, so an upgrade is one file to
+read, and `check_litserve()` (run by a unit test and at start-up) names whatever no longer matches.
 
 Each LitServe name used: why bertserve needs it / what breaks without it.
 
@@ -17,33 +18,33 @@ Each LitServe name used: why bertserve needs it / what breaks without it.
   reports ready / HTTP processes could be forked before a slot listens.
 - `LitServer._init_manager`, `transport_config`, `_transport`, `transport.areceive` (what LitServe's
   response reader awaits in each HTTP process): the Manager keeps the start-up status; the answer transport
-  becomes one that carries nothing (LitServe's ZeroMQ one starts a broker process and leaves
-  `/tmp/zmq-*.ipc` files behind) / a broker process on the side and socket files after a stop.
-- `LitServer._start_server`, `verify_worker_status`: start the supervisor, and load the HTTP processes'
-  tokenizers before uvicorn forks them / every HTTP process loads them after the fork; no supervision.
-- `launch_inference_worker`, `launch_single_inference_worker`, `inference_workers`: spawn workers with
-  SIGINT blocked; the supervisor replaces a dead one / a Ctrl-C during start-up leaves the server waiting
-  forever; no restarts.
-- `_inference_workers_config_for_api`, the `workers_setup_status` key `"{endpoint}_{worker_id}"`,
-  `WorkerSetupStatus`: which slot died, and whether it had finished its setup / a crash loop cannot be told
-  from a death in service.
-- `_monitor_workers`, `_shutdown_event`: our supervisor replaces LitServe's monitor; stopping the server /
-  two monitors race to restart a worker; nothing can stop the server.
+  becomes one that carries nothing / a ZeroMQ broker process on the side and socket files after a stop.
+- `launch_inference_worker`, `launch_single_inference_worker`, `inference_workers`: spawn the inference
+  processes (with SIGINT blocked); the supervisor replaces a dead one / no engine, no restarts.
+- `_inference_workers_config_for_api`, `workers_setup_status` and its key `"{endpoint}_{worker_id}"`,
+  `WorkerSetupStatus`: when a slot is ready, which slot died, and whether it had finished its setup / no
+  readiness, and a crash loop cannot be told from a death in service.
+- `_start_server(port, num_servers, log_level, sockets, worker_type, **uvicorn)` and `_Server.run(worker_id,
+  sockets)`: fork the HTTP processes with the app LitServe assembled, each on a listening socket of its own
+  (SO_REUSEPORT) / no HTTP processes; one shared socket, and one HTTP process takes every connection of a
+  burst while the others idle.
+- `_shutdown_event`, `_perform_graceful_shutdown(manager, http_processes)`: what the server waits on, and
+  the stop in LitServe's order / nothing can stop the server.
 - `middlewares`, `app.user_middleware`: LitServe's middlewares give way to ours / its request counter costs
   a Manager round trip per request.
-- `_start_server(port, num_servers, log_level, sockets, ...)` and `_Server.run(worker_id, sockets)`: each
-  forked HTTP process listens on a socket of its own (SO_REUSEPORT) / one shared socket, and one HTTP
-  process takes every connection of a burst while the others idle.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.metadata
 import inspect
 import os
+import signal
 import socket
 from collections.abc import Callable
+from multiprocessing import resource_tracker
 from typing import Any
 
 import litserve as ls
@@ -58,11 +59,10 @@ _EXPECTED_ATTRIBUTES: dict[Any, tuple[str, ...]] = {
     ls.LitServer: (
         "_init_manager",
         "_start_server",
+        "_perform_graceful_shutdown",
         "_inference_workers_config_for_api",
         "launch_inference_worker",
         "launch_single_inference_worker",
-        "verify_worker_status",
-        "run",
     ),
     WorkerSetupStatus: ("STARTING", "READY", "ERROR"),
     litserve.server._Server: ("run",),
@@ -70,7 +70,6 @@ _EXPECTED_ATTRIBUTES: dict[Any, tuple[str, ...]] = {
 # Set by LitServer.__init__: checked on each server instance (check_server). workers_setup_status and the
 # Manager-backed fields come later, from _init_manager.
 _EXPECTED_SERVER_FIELDS = (
-    "_monitor_workers",
     "_shutdown_event",
     "transport_config",
     "litapi_connector",
@@ -151,6 +150,7 @@ def _run_on_a_socket_of_its_own(run: Callable) -> Callable:
             sockets = [_reuse_port_twin(sock) for sock in sockets]
         return run(self, worker_id, sockets)
 
+    run_on_own._own_socket = True  # type: ignore[attr-defined]
     return run_on_own
 
 
@@ -168,12 +168,65 @@ class _NoTransport:
 # ---- the main process ----------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _deaf_to_ctrl_c():
+    """Inference processes are spawned (fork + exec) with SIGINT blocked, a mask that survives both: a Ctrl-C
+    during their imports would otherwise kill them before they report ready. The main process stops them;
+    in the launching thread the signal only waits for the launch to finish."""
+    # the first spawn starts multiprocessing's resource tracker, which unblocks SIGINT when launched
+    resource_tracker.ensure_running()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 class ServerInternals:
-    """What the supervisor and server.py need of a LitServer beyond its public API."""
+    """The steps of start-up and shutdown (what LitServer.run does, one method each, so that server.py's
+    run_server reads top to bottom), and what the supervisor needs of a LitServer beyond its public API."""
 
     def __init__(self, server: ls.LitServer) -> None:
         check_server(server)
         self.server = server
+
+    # ---- start-up, in order ----
+
+    def start_status_manager(self) -> Any:
+        """LitServe's Manager: it holds each inference process's start-up status and the stop event, and
+        carries no request. Its answer transport becomes one that carries nothing (LitServe's ZeroMQ one
+        starts a broker process and leaves /tmp/zmq-*.ipc files behind)."""
+        server = self.server
+        server.transport_config.transport_type = "mp"
+        manager = server._init_manager(1)  # one unused queue, whatever the number of HTTP processes
+        server._transport = _NoTransport()
+        server.inference_workers = []
+        return manager
+
+    def launch_inference_processes(self) -> None:
+        with _deaf_to_ctrl_c():
+            for api in self.server.litapi_connector:
+                self.server.inference_workers.extend(self.server.launch_inference_worker(api))
+
+    def any_ready(self) -> bool:
+        return any(v == WorkerSetupStatus.READY for v in self.server.workers_setup_status.values())
+
+    def start_http_processes(self, port: socket.socket, count: int, log_level: str, **uvicorn: Any) -> dict:
+        """Fork `count` uvicorn processes, each listening on a twin of `port` (bound with SO_REUSEPORT, not
+        listening) of its own."""
+        if not getattr(litserve.server._Server.run, "_own_socket", False):
+            litserve.server._Server.run = _run_on_a_socket_of_its_own(litserve.server._Server.run)
+        number = port.getsockname()[1]
+        return self.server._start_server(number, count, log_level, [port], "process", **uvicorn)
+
+    def wait_until_stopped(self) -> None:
+        self.server._shutdown_event.wait()
+
+    def shut_down(self, manager: Any, http_processes: dict) -> None:
+        """Stop the HTTP processes, then the inference processes, then the Manager (LitServe's order)."""
+        self.server._perform_graceful_shutdown(manager, http_processes)
+
+    # ---- for the supervisor ----
 
     def worker_slots(self) -> list[tuple[Any, int]]:
         """(api, worker id) for each inference worker, in LitServe's launch order (API by API)."""
@@ -187,7 +240,8 @@ class ServerInternals:
         return self.server.inference_workers
 
     def relaunch(self, index: int, api, worker_id: int) -> None:
-        self.server.inference_workers[index] = self.server.launch_single_inference_worker(api, worker_id)
+        with _deaf_to_ctrl_c():
+            self.server.inference_workers[index] = self.server.launch_single_inference_worker(api, worker_id)
 
     def _setup_status(self, api, worker_id: int):
         endpoint = api.api_path.rsplit("/", 1)[-1]
@@ -199,16 +253,15 @@ class ServerInternals:
     def setup_done(self, api, worker_id: int) -> bool:
         return self._setup_status(api, worker_id) == WorkerSetupStatus.READY
 
-    def disable_litserve_monitor(self) -> None:
-        self.server._monitor_workers = False
-
     def stopping(self) -> bool:
-        event = self.server._shutdown_event
+        event = self.server._shutdown_event  # None until the Manager starts
         return event is not None and event.is_set()
 
     def stop(self) -> None:
         if self.server._shutdown_event is not None:
             self.server._shutdown_event.set()
+
+    # ---- assembling the app ----
 
     def replace_middlewares(self, add: Callable[[Any], None]) -> None:
         """Drop LitServe's middlewares (its request counter costs a Manager round trip per request); `add`
@@ -216,62 +269,3 @@ class ServerInternals:
         self.server.middlewares = []
         self.server.app.user_middleware.clear()
         add(self.server.app)
-
-    def drop_answer_transport(self) -> None:
-        """No ZeroMQ broker: LitServe's answer transport becomes an unused Manager queue, then nothing."""
-        server = self.server
-        init_manager = server._init_manager
-        server.transport_config.transport_type = "mp"
-
-        def init_manager_without_transport(num_api_servers: int):
-            manager = init_manager(1)  # one unused queue, whatever the number of HTTP processes
-            server._transport = _NoTransport()
-            return manager
-
-        server._init_manager = init_manager_without_transport
-
-    def install_lifecycle(
-        self,
-        *,
-        before_manager: Callable[[], None],
-        while_workers_load: Callable[[], None],
-        before_http: Callable[[], bool],
-        wrap_launch: Callable[[Callable], Callable],
-    ) -> None:
-        """Hook the engine into LitServer.run:
-        - `before_manager()` runs just before the Manager starts (after LitServe set up its own logging);
-        - `while_workers_load()` runs once the workers are launched, before LitServe waits for them;
-        - `before_http()` runs before uvicorn forks the HTTP processes; False: stop instead of serving;
-        - `wrap_launch` wraps both worker launchers (the first start and the supervisor's restarts).
-        """
-        server = self.server
-        init_manager, start_server = server._init_manager, server._start_server
-        verify = server.verify_worker_status
-
-        def init_manager_after(*args, **kwargs):
-            before_manager()
-            return init_manager(*args, **kwargs)
-
-        def verify_while_loading() -> None:
-            while_workers_load()
-            verify()
-
-        def start_http(port, num_servers, log_level, sockets, *args, **kwargs):
-            if not before_http():
-                self.stop()  # the drain may have run before LitServe created the event
-                return {}
-            # every HTTP process listens on a socket of its own (SO_REUSEPORT: the kernel spreads the
-            # connections); this one only holds the port until they do, and never listens
-            placeholders = [_reuse_port_twin(sock) for sock in sockets]
-            try:
-                return start_server(port, num_servers, log_level, placeholders, *args, **kwargs)
-            finally:
-                for sock in placeholders:
-                    sock.close()
-
-        litserve.server._Server.run = _run_on_a_socket_of_its_own(litserve.server._Server.run)
-        server._init_manager = init_manager_after
-        server.verify_worker_status = verify_while_loading
-        server._start_server = start_http
-        server.launch_inference_worker = wrap_launch(server.launch_inference_worker)
-        server.launch_single_inference_worker = wrap_launch(server.launch_single_inference_worker)

@@ -49,7 +49,6 @@ class WorkerSupervisor:
         self.slots = [Slot(api, worker_id) for api, worker_id in self.internals.worker_slots()]
 
     def start(self) -> None:
-        self.internals.disable_litserve_monitor()  # ours replaces LitServe's monitor thread
         threading.Thread(target=self._watch, daemon=True, name="bertserve-supervisor").start()
 
     def _watch(self) -> None:

@@ -33,7 +33,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from bertserve import metrics
 from bertserve.engine import wire
@@ -53,7 +53,7 @@ class Task(Protocol):
 
     def refresh(self) -> None: ...
 
-    def observe_queue(self, waiting: list[tuple[Any, float]]) -> None: ...
+    def observe_queue(self, waiting: list[Waiting]) -> None: ...
 
     def predict(self, batch: list) -> list: ...
 
@@ -79,6 +79,14 @@ class Waiting:
     prepared: Any = None
     cancelled: bool = False
     queue: ModelQueue | None = None  # where it waits for a batch (None: the explainer's)
+
+
+class FromThread(NamedTuple):
+    """An answer the explainer thread hands to the loop's thread, which alone writes to the sockets."""
+
+    conn: Connection
+    id: int
+    data: bytes
 
 
 def answer_frame(request_id: int, status: int, body: bytes, ref: str | None = None, **extra: Any) -> bytes:
@@ -167,7 +175,7 @@ class EngineLoop:
         self.selector.register(self.wake_read, selectors.EVENT_READ, "wake")
         if explainer is not None:
             explainer.start(self.deliver_from_thread)
-        self._from_thread: deque[tuple[Connection, int, bytes]] = deque()
+        self._from_thread: deque[FromThread] = deque()
 
     # ---- the loop ----------------------------------------------------------------------------------
 
@@ -347,7 +355,7 @@ class EngineLoop:
 
     def deliver_from_thread(self, conn: Connection, request_id: int, data: bytes) -> None:
         """The explainer's answers: handed to this thread, which alone writes to the sockets."""
-        self._from_thread.append((conn, request_id, data))
+        self._from_thread.append(FromThread(conn, request_id, data))
         with contextlib.suppress(BlockingIOError):
             os.write(self.wake_write, b"x")
 
@@ -356,9 +364,9 @@ class EngineLoop:
             while os.read(self.wake_read, 4096):
                 pass
         while self._from_thread:
-            conn, request_id, data = self._from_thread.popleft()
-            self.index.pop((id(conn), request_id), None)
-            self.send(conn, data)
+            answer = self._from_thread.popleft()
+            self.index.pop((id(answer.conn), answer.id), None)
+            self.send(answer.conn, answer.data)
 
     # ---- batches -----------------------------------------------------------------------------------
 
@@ -381,7 +389,7 @@ class EngineLoop:
                 batch.append(item)
         if not batch:
             return
-        task.observe_queue([(item.prepared, item.arrived) for item in batch])
+        task.observe_queue(batch)
         prepared = [item.prepared for item in batch]
         self.threads_for(prepared)
         by_stream: dict[Connection, list[bytes]] = {}  # one send per stream for the whole batch
@@ -459,7 +467,8 @@ class Explainer:
         except ClientError as exc:
             self._reply(item, client_error_frame(item.id, exc))
             return
-        task.observe_queue([(prepared, item.arrived)])
+        item.prepared = prepared
+        task.observe_queue([item])
         (output,) = task.predict([prepared])
         answer, ref = task.render(output)
         self._reply(item, answer_frame(item.id, 200, answer, ref))

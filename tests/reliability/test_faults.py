@@ -8,6 +8,9 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -141,8 +144,8 @@ def _sigterm_under_load(store, sent: int) -> tuple[list, list, list, int]:
                         break
                     await asyncio.sleep(0.02)
                 base.process.send_signal(signal.SIGTERM)
-                # New requests are sent without waiting for their answers: one admitted while the signal was on
-                # its way joins the batch in flight and comes back with it, and awaiting it took the whole drain.
+                # New requests are sent without awaiting their answers: one admitted while the signal was
+                # on its way joins the batch in flight and comes back with it (awaiting it took the drain).
                 posts = []
                 while not in_flight.done():
                     posts.append(asyncio.create_task(client.post(url, json=LIGHT)))
@@ -258,6 +261,30 @@ def test_a_stop_during_start_up_ends_without_opening_the_port(tmp_path, stop):
     assert "stopped during start-up: not starting the HTTP servers" in messages, messages[-10:]
     assert not [message for message in messages if message.startswith("Started server process")]
     assert not [message for message in messages if "Did not terminate gracefully" in message]
+
+
+def test_a_port_in_use_fails_start_up_before_any_model_loads(tmp_path):
+    """The port is taken first: a second server on it says so in one line and exits 2 at once, instead of
+    loading every model and failing when the HTTP processes start. The port is held as a running bertserve
+    holds it (SO_REUSEPORT): a second server must not share it."""
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BERTSERVE_")}
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "bertserve.cli", "serve", "--store", str(tmp_path), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            env={**env, "BERTSERVE_DEVICE": "cpu"},
+            timeout=60,
+        )
+    assert done.returncode == 2, done
+    assert f"cannot listen on 127.0.0.1 port {port}" in done.stderr + done.stdout, done
+    assert "Traceback" not in done.stderr, done.stderr
+    print(f"\nrefused in {time.monotonic() - started:.1f} s")
 
 
 def test_a_worker_that_cannot_come_back_makes_the_server_exit_non_zero(tmp_path, classifier_dirs):
