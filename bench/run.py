@@ -495,15 +495,37 @@ def describe_process(pid: int, root: int) -> dict | None:
     }
 
 
+def _tcp_listeners() -> set[str]:
+    """The inodes of the machine's listening TCP sockets."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A":  # LISTEN
+                    inodes.add(fields[9])
+    return inodes
+
+
+def _listens(pid: int, listeners: set[str]) -> bool:
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:[") and target[8:-1] in listeners:
+                    return True
+    return False
+
+
 def snapshot(root: int) -> list[dict]:
-    """The server's processes. LitServe forks its mp.Manager (the start-up status; before the rebuilt
-    engine it carried every request) before the uvicorn servers: same command line, so the earliest forked
-    one is it."""
+    """The server's processes. A forked child with the main process's command line is an HTTP process when
+    it listens on TCP; else it is LitServe's mp.Manager (the start-up status, in checkouts that still start
+    one; before the rebuilt engine it carried every request)."""
     processes = [p for p in (describe_process(pid, root) for pid in process_tree(root)) if p]
-    forked = [p for p in processes if p["role"] == "http server (uvicorn)"]
-    forked.sort(key=lambda p: p["started"])
-    if len(forked) > 1:
-        forked[0]["role"] = "LitServe's mp.Manager"
+    listeners = _tcp_listeners()
+    for process in processes:
+        if process["role"] == "http server (uvicorn)" and not _listens(process["pid"], listeners):
+            process["role"] = "LitServe's mp.Manager"
     return processes
 
 

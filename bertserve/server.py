@@ -371,7 +371,8 @@ def run_server(settings: Settings) -> None:
     _stop_signals_drain(server, drain_flag, assembled.in_flight, settings)
     # the drain flag doubles as the supervisor's verdict: /health answers 503 once it gives up
     supervisor = WorkerSupervisor(server, verdict_file=drain_flag)
-    manager, http_processes = internals.start_status_manager(), {}
+    internals.prepare_start_up()
+    http_processes: dict = {}
     try:
         # the inference processes load every model, each binding its slot's socket before it reports ready
         internals.launch_inference_processes()
@@ -400,7 +401,7 @@ def run_server(settings: Settings) -> None:
             internals.wait_until_stopped()
     finally:
         port.close()
-        internals.shut_down(manager, http_processes)
+        internals.shut_down(http_processes)
         shutil.rmtree(assembled.socket_dir, ignore_errors=True)
     if supervisor.failed:  # logged, not printed: a bare line on stderr would break the JSON log
         logger.error("an inference worker failed its setup; exiting for the orchestrator to restart us")

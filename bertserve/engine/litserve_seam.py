@@ -1,8 +1,8 @@
 """The one module that touches LitServe's internals (written against litserve 0.2.19).
 
 bertserve keeps LitServe as the server: it spawns the inference processes (one LitAPI, InferenceProcess,
-with `workers_per_device` set to the slots), forks the uvicorn HTTP processes, owns the start-up status in
-its Manager and the shutdown. bertserve does not call `LitServer.run`: server.py's run_server takes its
+with `workers_per_device` set to the slots), forks the uvicorn HTTP processes, owns the start-up status
+and the shutdown. bertserve does not call `LitServer.run`: server.py's run_server takes its
 steps one by one (store, models, inference processes, HTTP processes), each a method of ServerInternals.
 Requests never go through LitServe: each HTTP process streams them straight to the inference processes
 (engine/client.py, engine/worker.py). What that needs of LitServe reaches into names it does not promise to
@@ -16,9 +16,11 @@ Each LitServe name used: why bertserve needs it / what breaks without it.
   LitServe's own loop would wait on its Manager queue for requests that never come.
 - the `LITSERVE_WORKER_ID` variable set before `setup()`: which slot's socket to bind before the process
   reports ready / HTTP processes could be forked before a slot listens.
-- `LitServer._init_manager`, `transport_config`, `_transport`, `transport.areceive` (what LitServe's
-  response reader awaits in each HTTP process): the Manager keeps the start-up status; the answer transport
-  becomes one that carries nothing / a ZeroMQ broker process on the side and socket files after a stop.
+- `workers_setup_status` (what `inference_worker`, `launch_*_inference_worker` and LitServe's /health read
+  and write), `_shutdown_event`, `litapi_request_queues`, `_transport`, `transport.areceive` (what
+  LitServe's response reader awaits in each HTTP process): set up as `_init_manager` would, without its
+  Manager process: the status in shared memory, no request queue, an answer transport that carries nothing
+  / a Manager process of ~90 MB, a ZeroMQ broker process on the side and socket files after a stop.
 - `launch_inference_worker`, `launch_single_inference_worker`, `inference_workers`: spawn the inference
   processes (with SIGINT blocked); the supervisor replaces a dead one / no engine, no restarts.
 - `_inference_workers_config_for_api`, `workers_setup_status` and its key `"{endpoint}_{worker_id}"`,
@@ -28,8 +30,8 @@ Each LitServe name used: why bertserve needs it / what breaks without it.
   sockets)`: fork the HTTP processes with the app LitServe assembled, each on a listening socket of its own
   (SO_REUSEPORT) / no HTTP processes; one shared socket, and one HTTP process takes every connection of a
   burst while the others idle.
-- `_shutdown_event`, `_perform_graceful_shutdown(manager, http_processes)`: what the server waits on, and
-  the stop in LitServe's order / nothing can stop the server.
+- `_perform_graceful_shutdown(manager, http_processes)`: the stop in LitServe's order, with no Manager to
+  stop / processes left running.
 - `middlewares`, `app.user_middleware`: LitServe's middlewares give way to ours / its request counter costs
   a Manager round trip per request.
 """
@@ -40,9 +42,11 @@ import asyncio
 import contextlib
 import importlib.metadata
 import inspect
+import multiprocessing
 import os
 import signal
 import socket
+import threading
 from collections.abc import Callable
 from multiprocessing import resource_tracker
 from typing import Any
@@ -57,7 +61,6 @@ TESTED_LITSERVE = "0.2.19"
 # The attributes this module relies on, by owner, checked by check_litserve().
 _EXPECTED_ATTRIBUTES: dict[Any, tuple[str, ...]] = {
     ls.LitServer: (
-        "_init_manager",
         "_start_server",
         "_perform_graceful_shutdown",
         "_inference_workers_config_for_api",
@@ -67,10 +70,10 @@ _EXPECTED_ATTRIBUTES: dict[Any, tuple[str, ...]] = {
     WorkerSetupStatus: ("STARTING", "READY", "ERROR"),
     litserve.server._Server: ("run",),
 }
-# Set by LitServer.__init__: checked on each server instance (check_server). workers_setup_status and the
-# Manager-backed fields come later, from _init_manager.
+# Set by LitServer.__init__: checked on each server instance (check_server); prepare_start_up() replaces them.
 _EXPECTED_SERVER_FIELDS = (
     "_shutdown_event",
+    "litapi_request_queues",
     "transport_config",
     "litapi_connector",
     "middlewares",
@@ -165,6 +168,38 @@ class _NoTransport:
         return None
 
 
+class _SetupStatus:
+    """LitServe's `workers_setup_status` (a Manager dict) in shared memory: one byte per inference process,
+    written by the main process (starting) and by each inference process (ready or failed), read by the
+    supervisor and by LitServe's /health in every forked HTTP process. Passed to a spawned process as an
+    argument of its start, as multiprocessing allows for shared memory."""
+
+    _STATES = (None, WorkerSetupStatus.STARTING, WorkerSetupStatus.READY, WorkerSetupStatus.ERROR)
+
+    def __init__(self, keys: list[str]) -> None:
+        self._index = {key: index for index, key in enumerate(keys)}
+        self._codes = multiprocessing.get_context("spawn").RawArray("b", len(keys))
+
+    def __setitem__(self, key: str, state: str) -> None:
+        self._codes[self._index[key]] = self._STATES.index(state)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._STATES[self._codes[self._index[key]]] or default
+
+    def values(self) -> list[str]:
+        return [self._STATES[code] for code in self._codes if code]
+
+    def __bool__(self) -> bool:  # LitServe: "if workers_setup_status:" before it writes READY
+        return any(self._codes)
+
+
+class _NoManager:
+    """What LitServe's shutdown calls `shutdown()` on: there is no Manager process to stop."""
+
+    def shutdown(self) -> None:
+        return None
+
+
 # ---- the main process ----------------------------------------------------------------------------------
 
 
@@ -192,16 +227,18 @@ class ServerInternals:
 
     # ---- start-up, in order ----
 
-    def start_status_manager(self) -> Any:
-        """LitServe's Manager: it holds each inference process's start-up status and the stop event, and
-        carries no request. Its answer transport becomes one that carries nothing (LitServe's ZeroMQ one
-        starts a broker process and leaves /tmp/zmq-*.ipc files behind)."""
+    def prepare_start_up(self) -> None:
+        """What LitServe's `_init_manager` would set up, without its Manager process (~90 MB PSS and a
+        proxy round trip per /health): the start-up status in shared memory, a stop event of the main
+        process, no request queue, an answer transport that carries nothing (LitServe's ZeroMQ one starts a
+        broker process and leaves /tmp/zmq-*.ipc files behind)."""
         server = self.server
-        server.transport_config.transport_type = "mp"
-        manager = server._init_manager(1)  # one unused queue, whatever the number of HTTP processes
+        keys = [f"{api.api_path.rsplit('/', 1)[-1]}_{worker_id}" for api, worker_id in self.worker_slots()]
+        server.workers_setup_status = _SetupStatus(keys)
+        server._shutdown_event = threading.Event()
+        server.litapi_request_queues = {api.api_path: None for api in server.litapi_connector}
         server._transport = _NoTransport()
         server.inference_workers = []
-        return manager
 
     def launch_inference_processes(self) -> None:
         with _deaf_to_ctrl_c():
@@ -222,9 +259,9 @@ class ServerInternals:
     def wait_until_stopped(self) -> None:
         self.server._shutdown_event.wait()
 
-    def shut_down(self, manager: Any, http_processes: dict) -> None:
-        """Stop the HTTP processes, then the inference processes, then the Manager (LitServe's order)."""
-        self.server._perform_graceful_shutdown(manager, http_processes)
+    def shut_down(self, http_processes: dict) -> None:
+        """Stop the HTTP processes, then the inference processes (LitServe's order and grace periods)."""
+        self.server._perform_graceful_shutdown(_NoManager(), http_processes)
 
     # ---- for the supervisor ----
 
@@ -254,7 +291,7 @@ class ServerInternals:
         return self._setup_status(api, worker_id) == WorkerSetupStatus.READY
 
     def stopping(self) -> bool:
-        event = self.server._shutdown_event  # None until the Manager starts
+        event = self.server._shutdown_event  # None until prepare_start_up()
         return event is not None and event.is_set()
 
     def stop(self) -> None:

@@ -158,6 +158,7 @@ def test_memory_bench_reports_every_process_of_a_served_store(tmp_path):
     assert results["answered"] == {"/v1/classify": 200, "/v1/fill-mask": 200, "/v1/explain": 200}
     roles = {process["role"] for process in results["processes"]}
     assert {"main (supervisor)", "inference worker", "http server (uvicorn)"} <= roles
+    assert "LitServe's mp.Manager" not in roles, "the start-up status needs no Manager process"
     assert all(process["pss_mb"] > 0 for process in results["processes"])
     assert "**all**" in (folder / "results.md").read_text()
 
