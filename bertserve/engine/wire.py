@@ -73,12 +73,31 @@ def read_frames(buffer: bytearray) -> list[tuple[bytes, dict[str, Any], memoryvi
             header = orjson.loads(memoryview(buffer)[start : start + header_len])
         except orjson.JSONDecodeError as exc:
             raise FrameError(f"a frame's header is not JSON: {exc}") from None
+        _check_header(kind, header)
         body = bytes(buffer[start + header_len : end])
         frames.append((kind, header, memoryview(body)))
         offset = end
     if offset:
         del buffer[:offset]
     return frames
+
+
+# What each kind's header must hold for the loop that reads it (the rest is the task's to check, and a
+# task answers what it cannot read with an error frame): a frame without them could not even be answered.
+_REQUIRED: dict[bytes, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
+    REQUEST: (("id", int), ("task", str), ("arrived", (int, float))),
+    CANCEL: (("id", int),),
+    ANSWER: (("id", int), ("status", int)),
+}
+
+
+def _check_header(kind: bytes, header: Any) -> None:
+    if not isinstance(header, dict):
+        raise FrameError(f"a frame's header is a {type(header).__name__}, not an object")
+    for name, kinds in _REQUIRED[kind]:
+        value = header.get(name)
+        if not isinstance(value, kinds) or isinstance(value, bool):
+            raise FrameError(f"a {kind.decode()} frame's header lacks {name!r} of the right type")
 
 
 def token_arrays(inputs: list) -> tuple[list[int], bytes]:
