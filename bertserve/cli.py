@@ -126,14 +126,13 @@ def serve(
 def _refuse_unserved_default(settings) -> None:
     """A default model the server will not serve (say, your own model imported, `sentiment` still the
     default) would answer every request that names no model 404: say so at start, in one line."""
-    from bertserve.runtime.selection import model_tasks, served_versions, unserved_default
+    from bertserve.runtime.selection import served_models, unserved_default
     from bertserve.store.errors import StoreError
     from bertserve.store.layout import ModelStore
 
     store = ModelStore(settings.store)
     try:
-        served = served_versions(store, settings.models)
-        tasks = model_tasks(store, served)
+        served, tasks = served_models(store, settings.models)
     except (StoreError, OSError, ValueError) as exc:
         _refuse(str(exc))
     defaults = {task: settings.default_model(task) for task in set(tasks.values())}

@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bertserve.runtime.device import GpuProbe, check_device, pick_sizing, resolve_device, usable_cpus
+from bertserve.store.layout import check_name
 
 Backend = Literal["auto", "fp32", "fp16", "bf16", "int8", "onnx", "onnx-int8"]
 
@@ -152,6 +153,11 @@ class Settings(BaseSettings):
     @classmethod
     def _check_device(cls, value: str) -> str:
         return check_device(value)
+
+    @field_validator("model_name")
+    @classmethod
+    def _check_model_name(cls, value: str) -> str:
+        return check_name("model name", value)
 
     @field_validator("model_backends")
     @classmethod

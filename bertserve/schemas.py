@@ -137,6 +137,11 @@ class ModelVersionInfo(BaseModel):
         "answering the most frequent label, and promotion refuses it. None: no holdout recorded.",
     )
     created_at: str | None = None
+    problem: str | None = Field(
+        None,
+        description="Why the version cannot be served at all (its manifest.json does not read); "
+        "`bertserve store verify` names the same. None for every readable version.",
+    )
 
 
 class ModelInfo(BaseModel):

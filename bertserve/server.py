@@ -45,10 +45,11 @@ from bertserve.engine.process import InferenceProcess
 from bertserve.engine.supervisor import WorkerSupervisor
 from bertserve.errors import ClientError, document_error_shape, install_error_handlers
 from bertserve.runtime.device import resolve_device
-from bertserve.runtime.selection import model_tasks, served_versions
+from bertserve.runtime.selection import served_models
 from bertserve.schemas import ModelInfo, ModelsResponse, ModelVersionInfo
 from bertserve.store.errors import StoreError
 from bertserve.store.layout import ModelStore
+from bertserve.store.manifest import Manifest
 
 logger = logging.getLogger("bertserve")
 
@@ -77,44 +78,53 @@ def describe_models(store: ModelStore, settings: Settings) -> ModelsResponse:
     defaults = {endpoint: settings.default_model(task) for endpoint, task in endpoint_tasks.items()}
     models = []
     for name in store.models():
-        manifests = [store.read_manifest(name, v) for v in store.versions(name)]
-        aliases = store.aliases(name)
+        versions, task = [], None
+        for version in store.versions(name):
+            try:
+                manifest = store.read_manifest(name, version)
+            except StoreError as exc:  # refused alone, like damaged weights: listed with why, never served
+                versions.append(ModelVersionInfo(version=version, served=False, problem=str(exc)))
+                continue
+            versions.append(_version_info(manifest, loaded))
+            task = manifest.task
+        if task is None:  # no version, or none whose manifest reads: `store verify` names it
+            continue
         try:
             from bertserve.store.resolve import resolve
 
             default_version = resolve(store, name)[1]
         except StoreError:
             default_version = None
-        versions = [
-            ModelVersionInfo(
-                version=m.version,
-                served=(name, m.version) in loaded,
-                **loaded.get((name, m.version), metrics.Loaded())._asdict(),
-                encoder=m.encoder,
-                base_model=m.base_model,
-                labels=m.labels,
-                problem_type=m.problem_type,
-                max_length=m.max_length,
-                pooling=m.pooling,
-                normalize=m.normalize,
-                dimensions=m.dimensions,
-                metrics=m.metrics,
-                below_baseline=m.metrics.get("holdout", {}).get("below_baseline"),
-                created_at=m.created_at,
-            )
-            for m in manifests
-        ]
         models.append(
             ModelInfo(
                 name=name,
-                task=manifests[-1].task,
+                task=task,
                 versions=versions,
-                aliases=aliases,
+                aliases=store.aliases(name),
                 default_version=default_version,
                 default_for=[ep for ep, ref in defaults.items() if ref.split("@")[0].split(":")[0] == name],
             )
         )
     return ModelsResponse(models=models)
+
+
+def _version_info(m: Manifest, loaded: dict) -> ModelVersionInfo:
+    return ModelVersionInfo(
+        version=m.version,
+        served=(m.name, m.version) in loaded,
+        **loaded.get((m.name, m.version), metrics.Loaded())._asdict(),
+        encoder=m.encoder,
+        base_model=m.base_model,
+        labels=m.labels,
+        problem_type=m.problem_type,
+        max_length=m.max_length,
+        pooling=m.pooling,
+        normalize=m.normalize,
+        dimensions=m.dimensions,
+        metrics=m.metrics,
+        below_baseline=m.metrics.get("holdout", {}).get("below_baseline"),
+        created_at=m.created_at,
+    )
 
 
 def _add_task_routes(app: FastAPI, apis: list[TaskAPI], client: EngineClient) -> list[HttpEncoders]:
@@ -225,12 +235,14 @@ def build_server(settings: Settings, drain_flag: Path, socket_dir: Path) -> Asse
     settings = settings.resolved()  # a no-op when run_server already did it
     gpus = resolve_device(settings.device).gpus
     store = ModelStore(settings.store)
-    served = served_versions(store, settings.models)
+    served, task_of = served_models(store, settings.models)
     if not served:
         raise StoreError(
             f"no model to serve in {store.root}: run `bertserve bootstrap` or `bertserve store import`"
         )
-    tasks = set(model_tasks(store, served).values())
+    for problem in store.problems(store.models()):  # once, here in the main process: not served
+        logger.warning("store: %s (`bertserve store verify` lists every problem)", problem)
+    tasks = set(task_of.values())
     hosted: list[TaskAPI] = [
         api(settings) for api in (ClassifyAPI, FillMaskAPI, EmbeddingsAPI) if tasks & {api.task, *api.serves}
     ]

@@ -24,6 +24,7 @@ from bertserve.config import Settings
 from bertserve.runtime.encoding import Encoded, TextEncoder
 from bertserve.runtime.registry import Key, Plan, store_fingerprint
 from bertserve.runtime.selection import pick_version
+from bertserve.store.errors import StoreError
 from bertserve.store.layout import ModelStore
 
 logger = logging.getLogger(__name__)
@@ -91,7 +92,11 @@ class HttpEncoders:
 
     def _build(self, key: Key) -> TextEncoder | None:
         try:
-            return TextEncoder(self.store.read_manifest(*key), self.store.version_dir(*key))
+            manifest = self.store.read_manifest(*key)
+        except StoreError:  # a damaged manifest: the workers refuse the version and log why, once
+            return None
+        try:
+            return TextEncoder(manifest, self.store.version_dir(*key))
         except Exception as exc:  # e.g. a damaged version, which the workers refuse too
             logger.warning("%s@%s: not tokenizing in the HTTP processes: %s", *key, exc)
             return None

@@ -146,10 +146,10 @@ def _openai_routes(app: FastAPI, served: ServedModels) -> None:
     def retrieve_model(model_id: str) -> OpenAIModel:
         """OpenAI's `client.models.retrieve(id)`: one entry of GET /v1/models' `data`."""
         store = served.store
-        if model_id not in store.models():
+        manifests = store.manifests(model_id) if model_id in store.models() else []
+        if not manifests:  # a folder with no version or no readable manifest is no model
             raise ClientError(404, f"model {model_id!r} is not in the store", "unknown_model").to_http()
-        manifest = store.read_manifest(model_id, store.versions(model_id)[-1])
-        created = int(datetime.fromisoformat(manifest.created_at).timestamp())
+        created = int(datetime.fromisoformat(manifests[-1].created_at).timestamp())
         return OpenAIModel(id=model_id, created=created)
 
 
@@ -157,13 +157,13 @@ def _kserve_routes(app: FastAPI, served: ServedModels, drain_flag: Path | None) 
     def model_metadata(name: str, version: str | None) -> dict:
         try:
             task = served.task_of(name)
-            name, version = served.resolve(f"{name}@{version}" if version else name)
+            manifest = served.manifest(f"{name}@{version}" if version else name)
         except ClientError as exc:
             raise ClientError(
                 404, f"model {name!r} not found: {exc.message}", "unknown_model"
             ).to_http() from None
-        manifest = served.store.read_manifest(name, version)
-        return kserve.metadata(name, served.plan().served[name], task or manifest.task, manifest)
+        served_versions = served.plan().served[manifest.name]
+        return kserve.metadata(manifest.name, served_versions, task or manifest.task, manifest)
 
     @app.get(kserve.PREFIX, tags=["kserve"])
     def server_metadata() -> dict:

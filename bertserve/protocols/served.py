@@ -6,8 +6,10 @@ from __future__ import annotations
 import time
 
 from bertserve.config import Settings
+from bertserve.errors import ClientError
 from bertserve.runtime.registry import Plan, store_fingerprint
 from bertserve.runtime.selection import pick_version
+from bertserve.store.errors import StoreError
 from bertserve.store.layout import ModelStore
 from bertserve.store.manifest import Manifest
 
@@ -43,7 +45,13 @@ class ServedModels:
         return pick_version(plan.snapshot, plan.served, plan.tasks, ref, tuple(set(plan.tasks.values())))
 
     def manifest(self, ref: str) -> Manifest:
-        return self.store.read_manifest(*self.resolve(ref))
+        """The manifest of the served version `ref` names; ClientError 404 when it does not read (the workers
+        refuse that version too)."""
+        name, version = self.resolve(ref)
+        try:
+            return self.store.read_manifest(name, version)
+        except StoreError as exc:
+            raise ClientError(404, f"{name}@{version} is not served: {exc}", "unknown_model") from None
 
     def root_ref(self) -> str | None:
         """The model TEI's POST / and /info speak of: the default embedding model when an embedding model is

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from bertserve import metrics
 from bertserve.config import Settings
 from bertserve.runtime.cpu import release_freed_memory
-from bertserve.runtime.selection import Served, model_tasks, pick_version, served_versions
+from bertserve.runtime.selection import Served, pick_version, served_models
 from bertserve.store.layout import ALIASES_NAME, ModelStore
 
 if TYPE_CHECKING:
@@ -87,8 +87,8 @@ class Plan:
 
     @classmethod
     def read(cls, store: ModelStore, refs: str) -> Plan:
-        served = served_versions(store, refs)
-        return cls(served, model_tasks(store, served), StoreSnapshot.read(store, list(served)))
+        served, tasks = served_models(store, refs)
+        return cls(served, tasks, StoreSnapshot.read(store, list(served)))
 
     def keys(self, task: str | tuple[str, ...]) -> list[Key]:
         """The served versions of `task` (or of any of several tasks)."""

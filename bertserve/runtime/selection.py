@@ -16,8 +16,28 @@ if TYPE_CHECKING:
 Served = dict[str, list[str]]
 
 
-def served_versions(store: ModelStore, spec: str) -> Served:
-    """'*' loads every published version; otherwise a comma list of refs, each loading one version."""
+def served_models(store: ModelStore, spec: str) -> tuple[Served, dict[str, str]]:
+    """The versions `spec` names, and each name's task (a model name has one: read once per store change,
+    not per request). '*' serves every published version of every name that has a readable manifest and
+    skips the rest (a folder with no version, every manifest damaged: `store verify` names them); a name
+    `spec` asks for by name must have one. A damaged version of a served name stays listed: the workers
+    refuse it alone, as they refuse damaged weights."""
+    every = spec.strip() == "*"
+    served = _named_versions(store, spec)
+    tasks = {}
+    for name in list(served):
+        manifests = store.manifests(name)
+        if manifests:
+            tasks[name] = manifests[-1].task
+        elif every:
+            del served[name]
+        else:
+            raise StoreError(f"model {name!r} has no version with a readable manifest in {store.root}")
+    return served, tasks
+
+
+def _named_versions(store: ModelStore, spec: str) -> Served:
+    """'*' names every published version; otherwise a comma list of refs, each naming one version."""
     served: Served = {}
     if spec.strip() == "*":
         for name in store.models():
@@ -34,11 +54,6 @@ def served_versions(store: ModelStore, spec: str) -> Served:
             name, version = resolve(store, parsed)
             served.setdefault(name, []).append(version)
     return {name: sorted(set(versions), key=int) for name, versions in served.items()}
-
-
-def model_tasks(store: ModelStore, served: Served) -> dict[str, str]:
-    """A model name has one task; read it once at start-up instead of per request."""
-    return {name: store.read_manifest(name, versions[-1]).task for name, versions in served.items()}
 
 
 def pick_version(

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 
 from bertserve.store.errors import StoreError
 from bertserve.store.gate import DEFAULT_MARGIN
-from bertserve.store.layout import ModelStore
+from bertserve.store.layout import ModelStore, check_name
 from bertserve.store.resolve import parse_ref, resolve
 
 store_app = typer.Typer(no_args_is_help=True, context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,9 +19,30 @@ store_app = typer.Typer(no_args_is_help=True, context_settings={"help_option_nam
 StoreOption = typer.Option("model_store", "--store", envvar="BERTSERVE_STORE", help="Model store root.")
 
 
-def _fail(error: Exception) -> None:
+def _fail(error: Exception) -> NoReturn:
     typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
     raise typer.Exit(1)
+
+
+def checked(check: Callable[[str], object]) -> Callable[[str | None], str | None]:
+    """A parameter callback: a value `check` refuses (a name that would be a path, a malformed ref) exits 2
+    with one line, before the command touches the store or starts any work."""
+
+    def callback(value: str | None) -> str | None:
+        if value is not None:
+            try:
+                check(value)
+            except ValueError as error:  # InvalidNameError is one too
+                typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+                raise typer.Exit(2) from None
+        return value
+
+    return callback
+
+
+MODEL_NAME = checked(lambda value: check_name("model name", value))
+ALIAS_NAME = checked(lambda value: check_name("alias", value))
+MODEL_REF = checked(lambda value: check_name("model name", parse_ref(value).name))
 
 
 def _resolve(store: ModelStore, ref: str) -> tuple[str, str]:
@@ -27,19 +50,18 @@ def _resolve(store: ModelStore, ref: str) -> tuple[str, str]:
         return resolve(store, ref)
     except (StoreError, ValueError) as error:
         _fail(error)
-        raise  # unreachable: _fail exits
 
 
 @store_app.command("import")
 def import_(
     path: Path = typer.Argument(..., help="Local Hugging Face folder (config.json, weights, tokenizer)."),
-    name: str = typer.Option(..., "--name", help="Model name in the store."),
+    name: str = typer.Option(..., "--name", help="Model name in the store.", callback=MODEL_NAME),
     task: str = typer.Option(
         None,
         help="classification | fill-mask | embedding | rerank (default: embedding for a sentence-transformers"
         " folder, rerank for a one-output sequence classifier, else from config.architectures).",
     ),
-    alias: str = typer.Option(None, help="Also point this alias at the new version."),
+    alias: str = typer.Option(None, help="Also point this alias at the new version.", callback=ALIAS_NAME),
     store: Path = StoreOption,
 ) -> None:
     """Publish a Hugging Face BERT-family folder as the next version of NAME (pickle weights converted)."""
@@ -65,7 +87,11 @@ def list_(store: Path = StoreOption) -> None:
     for name in names:
         aliases = model_store.aliases(name)
         for version in model_store.versions(name):
-            manifest = model_store.read_manifest(name, version)
+            try:
+                manifest = model_store.read_manifest(name, version)
+            except StoreError as error:
+                typer.secho(f"{name}@{version}\tFAILED  {error}", fg=typer.colors.RED)
+                continue
             tags = ",".join(a for a, v in sorted(aliases.items()) if v == version)
             typer.echo(
                 f"{name}@{version}\t{manifest.task}\t{manifest.encoder or '-'}\t"
@@ -85,13 +111,16 @@ def _headline(metrics: dict) -> str:
 
 @store_app.command()
 def show(
-    ref: str = typer.Argument(..., help="name, name@version or name:alias."),
+    ref: str = typer.Argument(..., help="name, name@version or name:alias.", callback=MODEL_REF),
     store: Path = StoreOption,
 ) -> None:
     """Print a version's manifest: task, labels, base, training, metrics (files summarised)."""
     model_store = ModelStore(store)
     name, version = _resolve(model_store, ref)
-    manifest = model_store.read_manifest(name, version)
+    try:
+        manifest = model_store.read_manifest(name, version)
+    except StoreError as error:
+        _fail(error)
     data = manifest.model_dump()
     files = data.pop("files")
     data["files"] = {path: entry["size"] for path, entry in files.items()}
@@ -101,12 +130,14 @@ def show(
 
 @store_app.command()
 def verify(
-    ref: str = typer.Argument(None, help="name, name@version or name:alias; default: every version."),
+    ref: str = typer.Argument(
+        None, help="name, name@version or name:alias; default: every version.", callback=MODEL_REF
+    ),
     store: Path = StoreOption,
 ) -> None:
     """Check file hashes against the manifests, and that every model has versions and its aliases exist.
     Exit 1 naming each problem; an empty store fails too: a server started on it has nothing to serve."""
-    from bertserve.store.publish import model_problems, verify_version
+    from bertserve.store.publish import verify_version
 
     model_store = ModelStore(store)
     if ref is None:
@@ -125,7 +156,7 @@ def verify(
     else:
         targets = [(ref, v) for v in model_store.versions(ref)] or [_resolve(model_store, ref)]
         names = [ref]
-    problems = model_problems(model_store, names)
+    problems = model_store.problems(names)
     for problem in problems:
         typer.secho(f"FAILED  {problem}", fg=typer.colors.RED)
     failures = len(problems)
@@ -142,8 +173,10 @@ def verify(
 
 @store_app.command()
 def alias(
-    name: str = typer.Argument(..., help="Model name."),
-    alias_name: str = typer.Argument(..., metavar="ALIAS", help="Alias, e.g. production or staging."),
+    name: str = typer.Argument(..., help="Model name.", callback=MODEL_NAME),
+    alias_name: str = typer.Argument(
+        ..., metavar="ALIAS", help="Alias, e.g. production or staging.", callback=ALIAS_NAME
+    ),
     version: str = typer.Argument(..., help="Version number the alias should point to."),
     store: Path = StoreOption,
 ) -> None:
@@ -159,9 +192,9 @@ def alias(
 
 @store_app.command()
 def promote(
-    name: str = typer.Argument(..., help="Model name."),
+    name: str = typer.Argument(..., help="Model name.", callback=MODEL_NAME),
     version: str = typer.Argument(..., help="Candidate version."),
-    alias_name: str = typer.Option("production", "--alias", help="Alias to move."),
+    alias_name: str = typer.Option("production", "--alias", help="Alias to move.", callback=ALIAS_NAME),
     metric: str = typer.Option(
         "macro_f1", help="What the gate compares on the holdout: macro_f1 or accuracy."
     ),
@@ -188,8 +221,10 @@ def promote(
 
 @store_app.command()
 def rollback(
-    name: str = typer.Argument(..., help="Model name."),
-    alias_name: str = typer.Argument("production", metavar="[ALIAS]", help="Alias to move back."),
+    name: str = typer.Argument(..., help="Model name.", callback=MODEL_NAME),
+    alias_name: str = typer.Argument(
+        "production", metavar="[ALIAS]", help="Alias to move back.", callback=ALIAS_NAME
+    ),
     store: Path = StoreOption,
 ) -> None:
     """Move ALIAS back to the version it pointed to before its last move."""

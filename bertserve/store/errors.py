@@ -9,8 +9,14 @@ class UnknownModelError(StoreError):
     """A model, version or alias that the store does not have."""
 
 
+class InvalidNameError(StoreError, ValueError):
+    """A model or alias name the store cannot hold (it would be a path, or not a plain folder name). A
+    ValueError too, so a settings field that checks one reports it like any other bad value."""
+
+
 class IntegrityError(StoreError):
-    """A version folder whose files do not match its manifest (names the file)."""
+    """A version folder whose files do not match its manifest (names the file), or whose manifest cannot be
+    read: that version is refused alone."""
 
 
 class PromotionRefused(StoreError):

@@ -55,10 +55,9 @@ def serve_mounted(settings: Settings) -> Settings:
     if not (folder / "config.json").is_file():
         raise StoreError(f"{folder} is not a Hugging Face model folder: config.json is missing")
     store, name, digest = ModelStore(settings.store), settings.model_name, folder_digest(folder)
-    published = store.versions(name) if name in store.models() else []
-    same = [v for v in published if store.read_manifest(name, v).training.get("mounted") == digest]
+    same = [m for m in store.manifests(name) if m.training.get("mounted") == digest]  # damaged ones skipped
     if same:
-        task = store.read_manifest(name, same[-1]).task
+        task = same[-1].task
     else:
         architectures = json.loads((folder / "config.json").read_text()).get("architectures") or []
         bare = bool(architectures) and all(a.endswith("Model") for a in architectures)  # e.g. BertModel

@@ -28,8 +28,8 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 @contextlib.contextmanager
 def locked(folder: Path) -> Iterator[None]:
-    """An exclusive advisory lock on a model folder, held while version numbers or aliases change."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """An exclusive advisory lock on an existing model folder, held while version numbers or aliases change.
+    It never creates the folder: a command that fails must not leave a model with no version behind."""
     with open(folder / LOCK_NAME, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -80,6 +80,7 @@ def publish_version(
     model_dir = store.model_dir(name)
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = model_dir / f".publish-{uuid.uuid4().hex}"
+    published = False
     try:
         if move:
             shutil.move(str(source), staging)
@@ -95,10 +96,31 @@ def publish_version(
             manifest = Manifest(name=name, version=version, files=files, created_by=created_by, **fields)
             write_atomic(staging / MANIFEST_NAME, manifest.dump())
             os.rename(staging, store.version_dir(name, version))
+            published = True
         return manifest
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+        if not published:
+            _remove_if_unpublished(model_dir)
+
+
+def _remove_if_unpublished(model_dir: Path) -> None:
+    """After a failed first publish: the model folder goes too, unless something else is in it (a version,
+    another publish's staging folder, an alias file). Checked and removed under the lock, so a concurrent
+    publish either sees the folder gone before it starts or keeps it by being in it."""
+    with contextlib.suppress(OSError), locked(model_dir):
+        if {entry.name for entry in model_dir.iterdir()} == {LOCK_NAME}:
+            (model_dir / LOCK_NAME).unlink()
+            model_dir.rmdir()
+
+
+def _existing_model_dir(store: ModelStore, name: str) -> Path:
+    """The folder of a model that has a published version; raises InvalidNameError / UnknownModelError
+    before anything is created, so an alias or a rollback aimed at a typo leaves nothing behind."""
+    check_name("model name", name)
+    store.latest_version(name)
+    return store.model_dir(name)
 
 
 def verify_version(store: ModelStore, name: str, version: str | int) -> Manifest:
@@ -129,26 +151,13 @@ def verify_version(store: ModelStore, name: str, version: str | int) -> Manifest
     return manifest
 
 
-def model_problems(store: ModelStore, names: list[str]) -> list[str]:
-    """What leaves a model unservable beyond its files: no published version, or an alias to none."""
-    problems = []
-    for name in names:
-        versions = store.versions(name)
-        if not versions:
-            problems.append(f"{name}: no published versions")
-        for alias, version in sorted(store.aliases(name).items()):
-            if version not in versions:
-                problems.append(f"{name}:{alias} points to version {version}, which the store does not have")
-    return problems
-
-
 def set_alias(store: ModelStore, name: str, alias: str, version: str | int) -> None:
     """Point `alias` at an existing version; the move is recorded so `rollback` can undo it."""
     check_name("alias", alias)
+    model_dir = _existing_model_dir(store, name)
     version = str(int(version))
     if version not in store.versions(name):
         raise UnknownModelError(f"unknown version {name}@{version} (versions: {store.versions(name)})")
-    model_dir = store.model_dir(name)
     with locked(model_dir):
         aliases = store.aliases(name)
         history = store.alias_history(name)
@@ -164,7 +173,7 @@ def set_alias(store: ModelStore, name: str, alias: str, version: str | int) -> N
 
 def rollback(store: ModelStore, name: str, alias: str = "production") -> tuple[str, str]:
     """Move `alias` back to the version it pointed to before its last move. Returns (from, to)."""
-    model_dir = store.model_dir(name)
+    model_dir = _existing_model_dir(store, name)
     with locked(model_dir):
         aliases = store.aliases(name)
         history = store.alias_history(name)
@@ -252,6 +261,7 @@ def promote(
 ) -> str:
     """Move `alias` to `version` if the gate passes, or anyway with `force`; returns the gate's reasons.
     Raises PromotionRefused naming the numbers, rows, interval and margin when it does not pass."""
+    _existing_model_dir(store, name)
     version = str(int(version))
     store.read_manifest(name, version)  # an unknown version fails here, before the gate reads anything
     passes, why = gate(store, name, version, alias, metric, margin)

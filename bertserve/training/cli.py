@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from bertserve.runtime.device import DeviceUnavailable
+from bertserve.store.cli import MODEL_NAME
 
 
 def _store_default() -> Path:
@@ -82,7 +83,9 @@ def train(
     data: Path = typer.Argument(
         ..., exists=True, dir_okay=False, help="Training data: .csv, .tsv or .jsonl."
     ),
-    name: str = typer.Option(..., "--name", help="Store model name to publish the next version of."),
+    name: str = typer.Option(
+        ..., "--name", help="Store model name to publish the next version of.", callback=MODEL_NAME
+    ),
     base: str = typer.Option(..., help="Base: store ref (name, name@V, name:alias) or a local HF folder."),
     store: Path = STORE,
     text_column: str = typer.Option("text", help="Column with the text."),
@@ -184,7 +187,9 @@ def train(
 
 def pretrain(
     corpus: list[Path] = typer.Argument(None, help="Text files (paragraphs) or .csv/.tsv/.jsonl files."),
-    name: str = typer.Option(..., "--name", help="Store model name to publish the next version of."),
+    name: str = typer.Option(
+        ..., "--name", help="Store model name to publish the next version of.", callback=MODEL_NAME
+    ),
     base: str = typer.Option(..., help="Base: store ref or local HF folder (an MLM head is optional)."),
     store: Path = STORE,
     text_column: str = typer.Option("text", help="Column with the text in tabular corpus files."),

@@ -1,5 +1,6 @@
-"""A damaged store: a corrupt or missing weight file refuses that version alone (with a log line naming the
-file) while the rest serve; a publish killed mid-way (SIGKILL, a real process) leaves no visible version."""
+"""A damaged store: a corrupt or missing weight file, a damaged manifest or a name folder with no version
+refuses that version (or name) alone (with a log line naming why) while the rest serve; a publish killed
+mid-way (SIGKILL, a real process) leaves no visible version."""
 
 from __future__ import annotations
 
@@ -82,6 +83,90 @@ def test_damaged_versions_are_refused_and_the_rest_serve(tmp_path, tiny_classifi
         "sentiment@4"
     )
     assert not [m for m in errors if "sentiment@1" in m or "mlm@1" in m]
+
+
+def truncate_manifest(folder: Path) -> None:
+    manifest = folder / "manifest.json"
+    manifest.write_text(manifest.read_text()[:100])
+
+
+def test_names_without_versions_and_damaged_manifests_are_refused_alone(tmp_path, tiny_classifier_dir):
+    """What a failed or killed command, or a damaged disk, leaves in a store: a name folder holding only a
+    `.lock` or a killed first publish's staging folder, a truncated manifest on a model's newest version or
+    on a model's only one. Each is refused alone, at start and when it appears while serving: logged once,
+    skipped, never a 500 on any route."""
+    store = build_tiny_store(tmp_path / "model_store", tmp_path / "hf")
+    (store.root / "typo").mkdir()
+    (store.root / "typo" / ".lock").touch()
+    shutil.copytree(tiny_classifier_dir, store.root / "ghost" / ".publish-0123")
+    import_hf_folder(store, tiny_classifier_dir, "sentiment")  # sentiment@3, its newest version
+    truncate_manifest(store.version_dir("sentiment", "3"))
+    import_hf_folder(store, tiny_classifier_dir, "broken")
+    truncate_manifest(store.version_dir("broken", "1"))
+
+    def routes_answer(base: str, damaged: list[str]) -> None:
+        models = httpx.get(f"{base}/v1/models", timeout=30)
+        assert models.status_code == 200, models.text
+        listed = {m["name"]: m for m in models.json()["models"]}
+        assert sorted(listed) == ["mlm", "sentiment", "topics"]
+        versions = {v["version"]: v for v in listed["sentiment"]["versions"]}
+        assert listed["sentiment"]["task"] == "classification" and versions["1"]["served"]
+        for version in damaged:
+            assert not versions[version]["served"]
+            assert "manifest.json is not a valid manifest" in versions[version]["problem"]
+        assert versions["1"]["problem"] is None
+        ok = [
+            httpx.post(f"{base}/v1/classify", json={"inputs": "the drug worked"}, timeout=30),
+            httpx.post(f"{base}/", json={"inputs": "the drug worked"}, timeout=30),
+            httpx.get(f"{base}/info", timeout=30),
+            httpx.post(f"{base}/tokenize", json={"inputs": "the drug worked"}, timeout=30),
+            httpx.get(f"{base}/v1/models/sentiment", timeout=30),
+            httpx.get(f"{base}/v2/models/sentiment", timeout=30),
+            httpx.get(f"{base}/v2/models/sentiment/versions/1/ready", timeout=30),
+        ]
+        assert [r.status_code for r in ok] == [200] * len(ok), [r.text for r in ok]
+        missing = [
+            *(
+                httpx.post(f"{base}/v1/classify", json={"inputs": "x", "model": f"sentiment@{v}"}, timeout=30)
+                for v in damaged
+            ),
+            *(httpx.get(f"{base}/v2/models/sentiment/versions/{v}", timeout=30) for v in damaged),
+            *(httpx.get(f"{base}/v1/models/{name}", timeout=30) for name in ("typo", "ghost", "broken")),
+            *(httpx.get(f"{base}/v2/models/{name}", timeout=30) for name in ("typo", "ghost", "broken")),
+            httpx.post(f"{base}/v1/classify", json={"inputs": "x", "model": "broken"}, timeout=30),
+        ]
+        assert [r.status_code for r in missing] == [404] * len(missing), [r.text for r in missing]
+
+    with running_server(store.root, "--reload-interval", "0") as base:
+        routes_answer(base, ["3"])
+        # while serving: the leftovers of a failed `store rollback late` and a new damaged version appear
+        (store.root / "late").mkdir()
+        (store.root / "late" / ".lock").touch()
+        staged = store.model_dir("sentiment") / ".publish-4"
+        shutil.copytree(store.version_dir("sentiment", "2"), staged)
+        truncate_manifest(staged)
+        staged.rename(store.version_dir("sentiment", "4"))
+        deadline = time.monotonic() + 60
+        while not [m for m in log_errors(base.log) if "refusing sentiment@4" in m]:
+            assert time.monotonic() < deadline, "the workers never looked at sentiment@4"
+            time.sleep(0.2)
+        routes_answer(base, ["3", "4"])
+        entries = log_entries(base.log)
+
+    said = [e for e in entries if e["logger"] != "bertserve.access"]
+    for ref in ("sentiment@3", "sentiment@4"):
+        lines = [e for e in said if ref in e["message"]]
+        assert [e["level"] for e in lines] == ["error"], lines
+        refusal = f"refusing {ref}, it cannot be loaded: {ref}: manifest.json is not a valid manifest"
+        assert refusal in lines[0]["message"]
+    for name, why in [
+        ("typo", "no published versions"),
+        ("ghost", "no published versions"),
+        ("broken", "no version has a readable manifest"),
+    ]:
+        lines = [(e["level"], e["message"]) for e in said if name in e["message"]]
+        assert lines == [("warning", f"store: {name}: {why} (`bertserve store verify` lists every problem)")]
+    assert not [e for e in said if e["level"] == "error" and "refusing" not in e["message"]], said
 
 
 # ---- a publish killed in the middle --------------------------------------------------------------------

@@ -116,6 +116,21 @@ def test_crash_before_rename_leaves_no_version(store_root, tiny_classifier_dir):
     assert _publish(str(store_root), str(tiny_classifier_dir)) == "1"
 
 
+def test_a_failed_first_publish_leaves_no_model_folder(store_root, tiny_classifier_dir, tmp_path):
+    """A folder with no version in it is a model with no version: a publish that fails must not leave one."""
+    source = tmp_path / "broken-checkout"
+    shutil.copytree(tiny_classifier_dir, source)
+    (source / "added.txt").symlink_to(tmp_path / "gone")  # copying it fails, after the model folder exists
+    store = ModelStore(store_root)
+    with pytest.raises(shutil.Error):
+        publish_version(store, "m", source, {"task": "classification"}, created_by="test")
+    assert list(store_root.iterdir()) == []
+    _publish(str(store_root), str(tiny_classifier_dir))
+    with pytest.raises(shutil.Error):  # a later version's failure keeps the model and its versions
+        publish_version(store, "m", source, {"task": "classification"}, created_by="test")
+    assert store.versions("m") == ["1"] and not list(store.model_dir("m").glob(".publish-*"))
+
+
 def test_tampered_missing_and_extra_files_are_named(store_root, tiny_classifier_dir):
     store = ModelStore(store_root)
     for _ in range(3):
@@ -316,15 +331,90 @@ def test_verify_fails_an_empty_store_and_aliases_to_nothing(store_root, tiny_cla
     assert verify().returncode == 0
 
 
-def _store_cli(store_root: Path, *args: str, ok: bool = True) -> str:
-    run = subprocess.run(
-        [sys.executable, "-m", "bertserve.cli", "store", *args, "--store", str(store_root)],
+def _bertserve(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "bertserve.cli", *args],
         capture_output=True,
         text=True,
         cwd=Path(__file__).parents[2],
     )
+
+
+def _store_cli(store_root: Path, *args: str, ok: bool = True) -> str:
+    run = _bertserve("store", *args, "--store", str(store_root))
     assert (run.returncode == 0) == ok, run.stdout + run.stderr
     return run.stdout + run.stderr
+
+
+def test_a_damaged_manifest_is_named_and_the_rest_checked(store_root, tiny_classifier_dir):
+    store = ModelStore(store_root)
+    for _ in range(3):
+        import_hf_folder(store, tiny_classifier_dir, "s")
+    truncated = store.version_dir("s", "1") / "manifest.json"
+    truncated.write_text(truncated.read_text()[:200])
+    shutil.copyfile(
+        store.version_dir("s", "3") / "manifest.json", store.version_dir("s", "2") / "manifest.json"
+    )
+
+    verified = _bertserve("store", "verify", "--store", str(store_root))
+    assert verified.returncode == 1, verified.stdout + verified.stderr
+    lines = verified.stdout.splitlines()
+    assert len(lines) == 3 and lines[0].startswith(
+        "FAILED  s@1: manifest.json is not a valid manifest: Invalid JSON"
+    )
+    assert lines[1:] == ["FAILED  s@2: manifest.json is the manifest of s@3", "ok      s@3"]
+    assert verified.stderr == ""
+    listing = _store_cli(store_root, "list").splitlines()
+    assert listing[0].startswith("s@1\tFAILED  s@1: manifest.json is not a valid manifest")
+    assert listing[2].startswith("s@3\tclassification")
+    shown = _bertserve("store", "show", "s@1", "--store", str(store_root))
+    assert shown.returncode == 1 and shown.stderr.startswith("error: s@1: manifest.json is not a valid")
+    assert len(shown.stderr.splitlines()) == 1
+
+
+def test_commands_refuse_names_that_are_paths_and_leave_nothing_behind(
+    store_root, tiny_classifier_dir, tmp_path
+):
+    """A name becomes a folder: `../x` would write outside the store. Every command taking a name or a ref
+    refuses a bad one in one line with exit 2 before touching anything; an unknown model creates nothing."""
+    store = ModelStore(store_root)
+    import_hf_folder(store, tiny_classifier_dir, "s")
+    data = tmp_path / "train.csv"
+    data.write_text("text,label\ngood,positive\nbad,negative\n")
+
+    def tree() -> list[str]:
+        return sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+
+    before = tree()
+    refused = [
+        ("store", "alias", "../x", "production", "1"),
+        ("store", "alias", "s", "../x", "1"),
+        ("store", "rollback", "../x"),
+        ("store", "rollback", "s", "../x"),
+        ("store", "promote", "../x", "1"),
+        ("store", "promote", "s", "1", "--alias", "../x"),
+        ("store", "import", str(tiny_classifier_dir), "--name", "../x"),
+        ("store", "import", str(tiny_classifier_dir), "--name", "s", "--alias", "../x"),
+        ("store", "show", "../x"),
+        ("store", "verify", "../x"),
+        ("store", "verify", "123"),
+        ("train", str(data), "--name", "../x", "--base", "s"),
+        ("pretrain", str(data), "--name", "../x", "--base", "s"),
+    ]
+    for args in refused:
+        run = _bertserve(*args, "--store", str(store_root))
+        assert run.returncode == 2, (args, run.stdout, run.stderr)
+        assert run.stdout == "" and len(run.stderr.splitlines()) == 1, (args, run.stderr)
+        assert re.match(
+            r"error: (invalid (model name|alias) '(\.\./x|123)'|malformed model reference)", run.stderr
+        )
+    for args in (("rollback", "typo"), ("alias", "typo", "production", "1"), ("promote", "typo", "1")):
+        run = _bertserve("store", *args, "--store", str(store_root))
+        assert run.returncode == 1 and run.stderr.startswith("error: unknown model 'typo'"), (
+            args,
+            run.stderr,
+        )
+    assert tree() == before
 
 
 def test_promote_and_list_show_the_gate_at_the_command_line(store_root, tiny_classifier_dir, tmp_path):
