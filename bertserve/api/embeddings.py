@@ -15,12 +15,15 @@ import torch
 from bertserve.api.base import TaskAPI
 from bertserve.api.encoders import Tokens
 from bertserve.errors import ClientError
+from bertserve.limits import BASE64_FLOAT_BYTES, JSON_FLOAT_BYTES, check_answer
 from bertserve.protocols import kserve, rerank, tei
 from bertserve.runtime.embed import normalize, shorten
 from bertserve.runtime.encoding import TextEncoder
 from bertserve.schemas import EmbeddingsRequest, EmbeddingsResponse, EmbedJob, EmbedRequest
 
 OPENAI_PATH, OWN_TEI_PATH = "/v1/embeddings", "/v1/embed"
+# an answer's bytes per input besides its numbers: OpenAI's {"object": "embedding", "index": ...} item
+INPUT_BYTES = 64
 
 
 class EmbeddingsAPI(TaskAPI):
@@ -93,6 +96,18 @@ class EmbeddingsAPI(TaskAPI):
                 "bad_dimensions",
             )
         return Prepared(model, tokens.inputs, options=request)
+
+    def check_answer(self, prepared, job: EmbedJob) -> None:
+        """A vector per input (per token on /embed_all) of the model's dimensions, or of `dimensions`: from a
+        few token ids, thousands of numbers. A score per input (similarity, rerank) never outgrows the
+        request."""
+        if job.kind in ("similarity", "rerank"):
+            return
+        dimensions = min(job.dimensions or prepared.model.dimensions, prepared.model.dimensions)
+        vectors = prepared.tokens if job.kind == "embed_all" else prepared.sequences
+        number = BASE64_FLOAT_BYTES if job.encoding_format == "base64" else JSON_FLOAT_BYTES
+        size = vectors * dimensions * number + prepared.sequences * INPUT_BYTES
+        check_answer(size, self.settings, f"{vectors} vectors of {dimensions} numbers")
 
     def run_model(self, model, requests: list) -> list:
         sizes = self.settings.max_batch_size, self.settings.max_batch_tokens
