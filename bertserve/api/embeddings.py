@@ -15,7 +15,7 @@ import torch
 from bertserve.api.base import TaskAPI
 from bertserve.api.encoders import Tokens
 from bertserve.errors import ClientError
-from bertserve.limits import BASE64_FLOAT_BYTES, JSON_FLOAT_BYTES, check_answer
+from bertserve.limits import BASE64_FLOAT_BYTES, JSON_FLOAT_BYTES, check_answer, check_input_count
 from bertserve.protocols import kserve, rerank, tei
 from bertserve.runtime.embed import normalize, shorten
 from bertserve.runtime.encoding import TextEncoder
@@ -60,11 +60,7 @@ class EmbeddingsAPI(TaskAPI):
 
     def tokenize(self, encoder: TextEncoder, job: EmbedJob) -> Tokens:
         if job.ids is not None:
-            if len(job.ids) > self.settings.max_embedding_inputs:
-                message = (
-                    f"{len(job.ids)} inputs in one request; the limit is {self.settings.max_embedding_inputs}"
-                )
-                raise ClientError(413, message, "too_many_inputs")
+            check_input_count(len(job.ids), self.settings.max_embedding_inputs)
             inputs = encoder.encode_ids(job.ids, job.truncate, job.truncation_direction)
         elif job.kind == "rerank" and encoder.task == "rerank":  # a cross-encoder reads (query, document)
             pairs = [(job.query, text) for text in job.texts]

@@ -178,6 +178,7 @@ def test_model_selection_follows_the_manifest_pooling(server, store):
         ("/v1/embeddings", {"input": "x", "model": "sentiment"}, 422, "wrong_task"),
         ("/v1/embed", {"inputs": ""}, 422, None),
         ("/v1/embed", {"inputs": ["x"] * (MAX_INPUTS + 1)}, 413, "too_many_inputs"),
+        ("/v1/embeddings", {"input": [[5]] * (MAX_INPUTS + 1)}, 413, "too_many_inputs"),  # token ids
         ("/v1/embed", {"inputs": "x", "model": "sentiment"}, 422, "wrong_task"),
         ("/v1/embed", {"inputs": "x", "pooling": "cls"}, 422, None),
     ],
