@@ -73,6 +73,9 @@ def serve(
     ),
     max_input_chars: int = typer.Option(None, help="Most characters per input [BERTSERVE_MAX_INPUT_CHARS]."),
     max_body_bytes: int = typer.Option(None, help="Largest body in bytes [BERTSERVE_MAX_BODY_BYTES]."),
+    max_answer_bytes: int = typer.Option(
+        None, help="Largest answer in bytes, estimated first [BERTSERVE_MAX_ANSWER_BYTES]."
+    ),
     max_queue: int = typer.Option(None, help="Most queued requests per endpoint [BERTSERVE_MAX_QUEUE]."),
     request_timeout: float = typer.Option(None, help="Seconds before 504 [BERTSERVE_REQUEST_TIMEOUT]."),
     drain_seconds: float = typer.Option(

@@ -115,6 +115,13 @@ class Settings(BaseSettings):
     )
     max_input_chars: int = Field(20000, ge=1, description="Most characters in one input text (413 above).")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body in bytes (413 above).")
+    max_answer_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        description="Largest answer in bytes, estimated before it is computed (vectors x dimensions, masks x "
+        "candidates, tokens): a request past it gets 413 (OpenAI's 400). 16 MiB holds 2,048 OpenAI vectors "
+        "of 384 numbers as JSON (~9.6 MB) or of 1,024 as base64 (~11 MB).",
+    )
     max_queue: int = Field(1024, ge=1, description="Most requests waiting per endpoint before 503.")
     request_timeout: float = Field(30.0, gt=0, description="Seconds before a request answers 504.")
     api_key: SecretStr | None = Field(

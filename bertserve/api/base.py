@@ -18,7 +18,7 @@ from bertserve import metrics
 from bertserve.api.encoders import HttpEncoders, Tokens
 from bertserve.config import Settings
 from bertserve.engine import wire
-from bertserve.errors import ClientError
+from bertserve.limits import check_inputs
 from bertserve.runtime.encoding import Encoded, TextEncoder
 
 # ~20 inputs of drug-review length: tokenizing takes about a millisecond on one core
@@ -81,7 +81,7 @@ class TaskAPI:
         ClientError for what the client must fix)."""
         job = as_job(request)
         inputs = job.as_list()
-        self.check_limits(inputs, self.input_limit(job))
+        check_inputs(self.settings, inputs, self.input_limit(job))
         encoder = encoders.find(job.model or self.default_for(job), self.accepts(job))
         dumped = job.model_dump(mode="json")
         if encoder is None:
@@ -111,21 +111,6 @@ class TaskAPI:
             LARGE_REQUEST_CHARS
         )
 
-    def check_limits(self, inputs: Sequence[str | tuple[str, str]], limit: int | None = None) -> None:
-        limit = limit or self.settings.max_inputs
-        if len(inputs) > limit:
-            raise ClientError(
-                413, f"{len(inputs)} inputs in one request; the limit is {limit}", "too_many_inputs"
-            )
-        for index, item in enumerate(inputs):
-            chars = len(item) if isinstance(item, str) else sum(map(len, item))
-            if chars > self.settings.max_input_chars:
-                raise ClientError(
-                    413,
-                    f"input {index} has {chars} characters; the limit is {self.settings.max_input_chars}",
-                    "input_too_large",
-                )
-
     # ---- per request, in the inference process ---------------------------------------------------
 
     def model_for(self, job):
@@ -147,15 +132,23 @@ class TaskAPI:
         if job is None or model.encoder.key != key:
             job = self.request_type.model_validate(header["job"])
             model = self.model_for(job)
-            return self.prepare(model, self.tokenize(model.encoder, job), job)
-        inputs = [Encoded(ids, types) for ids, types in wire.token_lists(header["lengths"], body)]
-        return self.prepare(model, Tokens(key, inputs, header["targets"]), job)
+            tokens = self.tokenize(model.encoder, job)
+        else:
+            inputs = [Encoded(ids, types) for ids, types in wire.token_lists(header["lengths"], body)]
+            tokens = Tokens(key, inputs, header["targets"])
+        prepared = self.prepare(model, tokens, job)
+        self.check_answer(prepared, job)
+        return prepared
 
     def prepare(self, model, tokens: Tokens, request):
         """The batch's view of one request: a Prepared with what the task's decode needs."""
         from bertserve.runtime.loaded import Prepared
 
         return Prepared(model, tokens.inputs, top_k=request.top_k, target_ids=tokens.target_ids)
+
+    def check_answer(self, prepared, job) -> None:
+        """Refuse, before its forward pass, a request whose answer would pass BERTSERVE_MAX_ANSWER_BYTES
+        (limits.py): the APIs whose answers grow with what a client asks for say how large it will be."""
 
     # ---- per batch -------------------------------------------------------------------------------
 

@@ -15,12 +15,15 @@ import torch
 from bertserve.api.base import TaskAPI
 from bertserve.api.encoders import Tokens
 from bertserve.errors import ClientError
+from bertserve.limits import BASE64_FLOAT_BYTES, JSON_FLOAT_BYTES, check_answer, check_input_count
 from bertserve.protocols import kserve, rerank, tei
 from bertserve.runtime.embed import normalize, shorten
 from bertserve.runtime.encoding import TextEncoder
 from bertserve.schemas import EmbeddingsRequest, EmbeddingsResponse, EmbedJob, EmbedRequest
 
 OPENAI_PATH, OWN_TEI_PATH = "/v1/embeddings", "/v1/embed"
+# an answer's bytes per input besides its numbers: OpenAI's {"object": "embedding", "index": ...} item
+INPUT_BYTES = 64
 
 
 class EmbeddingsAPI(TaskAPI):
@@ -57,11 +60,7 @@ class EmbeddingsAPI(TaskAPI):
 
     def tokenize(self, encoder: TextEncoder, job: EmbedJob) -> Tokens:
         if job.ids is not None:
-            if len(job.ids) > self.settings.max_embedding_inputs:
-                message = (
-                    f"{len(job.ids)} inputs in one request; the limit is {self.settings.max_embedding_inputs}"
-                )
-                raise ClientError(413, message, "too_many_inputs")
+            check_input_count(len(job.ids), self.settings.max_embedding_inputs)
             inputs = encoder.encode_ids(job.ids, job.truncate, job.truncation_direction)
         elif job.kind == "rerank" and encoder.task == "rerank":  # a cross-encoder reads (query, document)
             pairs = [(job.query, text) for text in job.texts]
@@ -93,6 +92,18 @@ class EmbeddingsAPI(TaskAPI):
                 "bad_dimensions",
             )
         return Prepared(model, tokens.inputs, options=request)
+
+    def check_answer(self, prepared, job: EmbedJob) -> None:
+        """A vector per input (per token on /embed_all) of the model's dimensions, or of `dimensions`: from a
+        few token ids, thousands of numbers. A score per input (similarity, rerank) never outgrows the
+        request."""
+        if job.kind in ("similarity", "rerank"):
+            return
+        dimensions = min(job.dimensions or prepared.model.dimensions, prepared.model.dimensions)
+        vectors = prepared.tokens if job.kind == "embed_all" else prepared.sequences
+        number = BASE64_FLOAT_BYTES if job.encoding_format == "base64" else JSON_FLOAT_BYTES
+        size = vectors * dimensions * number + prepared.sequences * INPUT_BYTES
+        check_answer(size, self.settings, f"{vectors} vectors of {dimensions} numbers")
 
     def run_model(self, model, requests: list) -> list:
         sizes = self.settings.max_batch_size, self.settings.max_batch_tokens

@@ -9,16 +9,18 @@ dispatches (protocols/middleware.py), and that middleware."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from bertserve import __version__
 from bertserve.config import Settings
 from bertserve.errors import ClientError
+from bertserve.limits import check_input_chars, check_input_count, check_inputs, render_bounded
 from bertserve.protocols import kserve, tei
 from bertserve.protocols.middleware import ProtocolMiddleware
 from bertserve.protocols.served import ServedModels
@@ -88,24 +90,36 @@ def _tei_routes(app: FastAPI, settings: Settings, served: ServedModels) -> None:
         or /predict, by the body (see protocols/tei.py). Reaching this handler means no served model fits."""
         raise ClientError(422, "no model served here answers this request", "no_model").to_http()
 
-    @app.post(tei.TOKENIZE_PATH, tags=["tei"])
-    def tokenize(request: tei.TokenizeRequest) -> list[list[tei.SimpleToken]]:
+    # /tokenize and /decode run in a thread and answer the bytes orjson rendered there: FastAPI would validate
+    # and encode the answer again, seconds for a large one, holding the event loop (and /live) meanwhile.
+    @app.post(tei.TOKENIZE_PATH, tags=["tei"], response_model=list[list[tei.SimpleToken]])
+    def tokenize(request: tei.TokenizeRequest) -> Response:
         """The default model's (or `model`'s) tokens, with character spans (TEI's /tokenize)."""
         try:
+            texts = [request.inputs] if isinstance(request.inputs, str) else request.inputs
+            check_inputs(settings, texts)
             found = encoder(request.model)
             prompt = found.prompt(request.prompt_name)
-            texts = [request.inputs] if isinstance(request.inputs, str) else request.inputs
-            return [found.tokens(prompt + text, request.add_special_tokens) for text in texts]
+            tokens = (found.tokens(prompt + text, request.add_special_tokens) for text in texts)
+            return Response(render_bounded(tokens, settings, "tokens"), media_type="application/json")
         except ClientError as exc:
             raise exc.to_http() from None
 
-    @app.post(tei.DECODE_PATH, tags=["tei"])
-    def decode(request: tei.DecodeRequest) -> list[str]:
-        """Token ids back to text (TEI's /decode)."""
+    @app.post(tei.DECODE_PATH, tags=["tei"], response_model=list[str])
+    def decode(request: tei.DecodeRequest) -> Response:
+        """Token ids back to text (TEI's /decode); each text is an input, as long as the other routes take."""
         try:
-            found = encoder(request.model)
             rows = request.ids if isinstance(request.ids[0], list) else [request.ids]
-            return [found.decode(ids, request.skip_special_tokens) for ids in rows]
+            check_input_count(len(rows), settings.max_inputs)
+            found = encoder(request.model)
+
+            def texts() -> Iterator[str]:
+                for index, ids in enumerate(rows):
+                    text = found.decode(ids, request.skip_special_tokens)
+                    check_input_chars(settings, index, text)
+                    yield text
+
+            return Response(render_bounded(texts(), settings, "texts"), media_type="application/json")
         except ClientError as exc:
             raise exc.to_http() from None
 

@@ -21,6 +21,8 @@ from tests.tiny_models import build_classifier, build_sentence_encoder
 KEY = "embed-key-5c1d9e"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 MAX_INPUTS = 8
+# MAX_INPUTS vectors of 32 floats pass it as base64 (~1.9 KB), not as JSON numbers (~3.6 KB)
+MAX_ANSWER_BYTES = 2048
 TEXTS = ["the pill helped my headache", "awful nausea for weeks", "okay"]
 
 
@@ -43,6 +45,7 @@ def server(store) -> str:
         "BERTSERVE_DEFAULT_EMBEDDING_MODEL": "emb:production",
         "BERTSERVE_MAX_INPUTS": str(MAX_INPUTS),
         "BERTSERVE_MAX_EMBEDDING_INPUTS": str(MAX_INPUTS),
+        "BERTSERVE_MAX_ANSWER_BYTES": str(MAX_ANSWER_BYTES),
     }
     with running_server(store.root, "--batch-timeout", "0.02", env=env) as base:
         yield base
@@ -175,12 +178,39 @@ def test_model_selection_follows_the_manifest_pooling(server, store):
         ("/v1/embeddings", {"input": "x", "model": "sentiment"}, 422, "wrong_task"),
         ("/v1/embed", {"inputs": ""}, 422, None),
         ("/v1/embed", {"inputs": ["x"] * (MAX_INPUTS + 1)}, 413, "too_many_inputs"),
+        ("/v1/embeddings", {"input": [[5]] * (MAX_INPUTS + 1)}, 413, "too_many_inputs"),  # token ids
         ("/v1/embed", {"inputs": "x", "model": "sentiment"}, 422, "wrong_task"),
         ("/v1/embed", {"inputs": "x", "pooling": "cls"}, 422, None),
     ],
 )
 def test_client_mistakes_get_a_4xx_in_their_protocols_error_shape(server, path, body, status, code):
     assert_error(post(server, path, body), status, code)
+
+
+def test_answers_past_max_answer_bytes_are_refused_before_they_are_computed(server):
+    """Vectors x dimensions x bytes a number is rendered in, estimated before the forward pass: each route
+    refuses in its protocol's shape, naming the setting, and no sequence is run for it."""
+    eight = [f"text {i}" for i in range(MAX_INPUTS)]
+    tensor = {"name": "text", "shape": [MAX_INPUTS], "datatype": "BYTES", "data": eight}
+    long_text = " ".join(["headache"] * 40)
+    before = scrape(server)
+    for path, body, status in (
+        ("/v1/embeddings", {"input": eight}, 400),  # OpenAI's status
+        ("/v1/embed", {"inputs": eight}, 413),
+        ("/embed", {"inputs": eight}, 413),
+        ("/embed_all", {"inputs": TEXTS[0]}, 413),  # 7 token vectors
+        ("/v2/models/emb/infer", {"inputs": [tensor]}, 413),
+        ("/tokenize", {"inputs": long_text}, 413),  # 42 tokens of ~60 bytes
+    ):
+        response = post(server, path, body)
+        assert response.status_code == status, (path, response.text)
+        assert "BERTSERVE_MAX_ANSWER_BYTES" in response.text, (path, response.text)
+    after = scrape(server)
+    assert total(after, "bertserve_sequences_total") == total(before, "bertserve_sequences_total")
+    packed = post(server, "/v1/embeddings", {"input": eight, "encoding_format": "base64"})
+    short = post(server, "/v1/embeddings", {"input": eight, "dimensions": 8})
+    assert (packed.status_code, short.status_code) == (200, 200), (packed.text, short.text)
+    assert post(server, "/tokenize", {"inputs": "okay"}).status_code == 200
 
 
 def test_classify_rejects_an_embedding_model(server):

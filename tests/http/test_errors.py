@@ -32,6 +32,8 @@ BAD_REQUESTS = [
     ("/v1/fill-mask", {"inputs": "a [MASK]", "targets": ["zzqx"]}, 422, "zzqx"),
     ("/v1/fill-mask", {"inputs": "a [MASK]", "model": "sentiment"}, 422, "classification"),
     ("/v1/fill-mask", {"inputs": "a [MASK]", "top_k": "many"}, 422, "top_k"),
+    # 8 x 62 masks x 100 candidates, each with its ~430-character sequence: ~25 MB, past the default 16 MiB
+    ("/v1/fill-mask", {"inputs": ["[MASK] " * 62] * 8, "top_k": 100}, 413, "BERTSERVE_MAX_ANSWER_BYTES"),
 ]
 
 

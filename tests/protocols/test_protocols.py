@@ -113,6 +113,41 @@ def test_tei_errors(protocol_server):
     assert denied.headers["www-authenticate"] == "Bearer"
 
 
+def test_tokenize_and_decode_take_the_input_limits(protocol_server):
+    """As every other route: BERTSERVE_MAX_INPUTS (8 here) texts or id arrays, BERTSERVE_MAX_INPUT_CHARS
+    (20,000) characters a text, /decode's texts included; TEI's 413."""
+    base = protocol_server
+    letter = post(base, "/tokenize", {"inputs": "a", "add_special_tokens": False}).json()[0][0]["id"]
+    for path, body, words in (
+        ("/tokenize", {"inputs": ["a"] * 9}, "9 inputs"),
+        ("/tokenize", {"inputs": "a " * 10_001}, "20002 characters"),
+        ("/decode", {"ids": [[letter]] * 9}, "9 inputs"),
+        ("/decode", {"ids": [letter] * 10_001}, "20001 characters"),
+    ):
+        response = post(base, path, body)
+        assert response.status_code == 413, (path, response.text[:300])
+        assert response.json()["error_type"] == "validation" and words in response.json()["error"]
+    assert post(base, "/decode", {"ids": [[letter]] * 8}).json() == ["a"] * 8
+
+
+def test_embed_all_refuses_an_answer_past_max_answer_bytes_before_computing_it(protocol_server):
+    """2,000 arrays of 30 token ids (a 240 KB body) would answer 64,000 token vectors: ~25 MB of JSON at
+    this model's 32 dimensions, past the default 16 MiB. TEI's 413 names the setting; no sequence is run."""
+    base = protocol_server
+    letters = " ".join("abcdefghijklmnopqrstuvwxyzabcd")
+    ids = [
+        t["id"] for t in post(base, "/tokenize", {"inputs": letters, "add_special_tokens": False}).json()[0]
+    ]
+    before = scrape(base)
+    response = post(base, "/embed_all", {"inputs": [ids] * 2000})
+    assert response.status_code == 413, response.text[:300]
+    assert response.json()["error_type"] == "validation"
+    assert "BERTSERVE_MAX_ANSWER_BYTES" in response.json()["error"], response.json()
+    computed = [total(s, "bertserve_sequences_total", endpoint="embeddings") for s in (before, scrape(base))]
+    assert computed[1] == computed[0]
+    assert httpx.get(f"{base}/live").status_code == 200
+
+
 def test_error_statuses_by_protocol():
     """What no tiny model can be made to do on demand: a full queue, a failed batch."""
     full = {"error": {"code": "unavailable", "message": "server busy: request queue is full"}}
