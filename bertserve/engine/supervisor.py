@@ -11,6 +11,12 @@ loaded, such as the OOM killer) is crash-looping: it is restarted after a growin
 and once it has died in MAX_SETUP_FAILURES setups in a row the supervisor gives up: /health answers 503,
 the log says why, and the server stops with exit code 1 for the orchestrator to act. A setup that finished
 resets the count. A setup that raised (every version damaged, say) would fail alike: that gives up at once.
+
+A process that dies while serving is replaced at once. One that keeps dying soon after it starts (a request
+that kills it every time it is retried, an OOM that recurs) is crash-looping too: each death within
+STABLE_SECONDS of its start counts, the second and later are restarted after the same growing delays, and
+at MAX_QUICK_DEATHS in a row the supervisor gives up as above. A process that served STABLE_SECONDS resets
+the count.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import contextlib
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import multiprocess
 
@@ -31,6 +37,8 @@ logger = logging.getLogger("bertserve")
 POLL_SECONDS = 0.5
 RESTART_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)  # seconds before the n-th restart after failed setups in a row
 MAX_SETUP_FAILURES = 4
+STABLE_SECONDS = 60.0  # a process that lived this long after its start did not die of its start
+MAX_QUICK_DEATHS = 5  # deaths in service in a row, each within STABLE_SECONDS of its start
 
 
 @dataclass
@@ -38,6 +46,8 @@ class Slot:
     api: object
     worker_id: int
     setup_failures: int = 0  # failed (or killed) setups in a row
+    quick_deaths: int = 0  # deaths in service in a row, each soon after its start
+    started: float = field(default_factory=time.monotonic)  # when its process was last launched
     restart_at: float | None = None  # when a dead worker is due to be started again
 
 
@@ -105,6 +115,23 @@ class WorkerSupervisor:
                 slot.setup_failures,
                 delay,
             )
+        elif not in_setup:
+            quick = time.monotonic() - slot.started < STABLE_SECONDS
+            slot.quick_deaths = slot.quick_deaths + 1 if quick else 1
+            if slot.quick_deaths >= MAX_QUICK_DEATHS:
+                self._give_up(
+                    f"inference worker {worker_id} died {slot.quick_deaths} times in a row, each within "
+                    f"{STABLE_SECONDS:g} s of its start (something kills it as it serves: see the log above)"
+                )
+                return
+            if slot.quick_deaths > 1:
+                delay = RESTART_DELAYS[min(slot.quick_deaths - 1, len(RESTART_DELAYS)) - 1]
+                logger.warning(
+                    "inference worker %s died %d times in a row soon after its start: restarting it in %g s",
+                    worker_id,
+                    slot.quick_deaths,
+                    delay,
+                )
         slot.restart_at = time.monotonic() + delay
         self._restart_when_due(index, slot)
 
@@ -113,6 +140,7 @@ class WorkerSupervisor:
             return
         slot.restart_at = None
         metrics.WORKER_RESTARTS.labels(str(slot.worker_id)).inc()
+        slot.started = time.monotonic()
         self.internals.relaunch(index, slot.api, slot.worker_id)
         logger.warning("started a new inference worker %s", slot.worker_id)
 

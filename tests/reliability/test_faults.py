@@ -305,6 +305,41 @@ def test_a_worker_that_cannot_come_back_makes_the_server_exit_non_zero(tmp_path,
     assert messages[-1] == "an inference worker failed its setup; exiting for the orchestrator to restart us"
 
 
+def test_a_worker_that_keeps_dying_as_it_serves_backs_off_then_the_server_gives_up(tmp_path, classifier_dirs):
+    """Each replacement dies soon after it is ready (as a request that kills it on every retry, or an OOM
+    that recurs, would make it): the first is replaced at once, later ones after growing delays, and after
+    a bounded number the server says why, fails /health and exits 1. Before, each death in service reset
+    the count and the loop went on for ever, every request answered 503 "retry it"."""
+    store = classify_store(tmp_path / "model_store", classifier_dirs)
+    with running_server(store.root, "--workers", "1", "--log-level", "info") as base:
+        killed: list[int] = []
+        verdicts = []
+        deadline = time.monotonic() + 150
+        while base.process.poll() is None:
+            assert time.monotonic() < deadline, f"still restarting after killing {len(killed)} workers"
+            with contextlib.suppress(httpx.HTTPError):
+                health = httpx.get(f"{base}/health", timeout=5)
+                if health.status_code == 200:  # ready: this one dies as it serves
+                    for pid in worker_pids(base.process.pid):
+                        if pid not in killed:
+                            with contextlib.suppress(ProcessLookupError):
+                                os.kill(pid, signal.SIGKILL)
+                            killed.append(pid)
+                elif killed:
+                    verdicts.append(health.status_code)
+            time.sleep(0.1)
+        code = base.process.wait(timeout=60)
+        wait_for(lambda: not live_group_members(base.process.pid), 30, "every process of the server to exit")
+    assert code == 1
+    assert len(killed) == 5, f"the first worker and four replacements: {killed}"
+    entries = log_entries(base.log)
+    delays = [e["message"] for e in entries if "times in a row soon after its start" in e["message"]]
+    assert [message.rsplit(" in ", 1)[1] for message in delays] == ["0.5 s", "1 s", "2 s"], delays
+    errors = [e["message"] for e in entries if e["level"] == "error"]
+    assert any(m.startswith("giving up: inference worker 0 died 5 times in a row") for m in errors), errors
+    assert 503 in verdicts, "/health fails while it backs off and once it gives up"
+
+
 # Loaded by every process of the server (PYTHONPATH): the model fails any forward pass holding the word
 # "moon", as a model can fail on one batch (a device error, a kernel bug) with nothing wrong in a request.
 FAILING_FORWARD = """
