@@ -10,6 +10,7 @@ and streams the answers back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -45,6 +46,7 @@ from bertserve.engine.process import InferenceProcess
 from bertserve.engine.supervisor import WorkerSupervisor
 from bertserve.errors import ClientError, document_error_shape, install_error_handlers
 from bertserve.runtime.device import resolve_device
+from bertserve.runtime.encoding import EncoderBusy
 from bertserve.runtime.selection import served_models
 from bertserve.schemas import ModelInfo, ModelsResponse, ModelVersionInfo
 from bertserve.store.errors import StoreError
@@ -153,11 +155,13 @@ def _task_endpoint(
         admitted = ticket()
         try:
             job = as_job(request)  # once: a protocol's request becomes the task's job here
-            if api.is_large(job):
+            submission = None
+            if not api.is_large(job):
+                with contextlib.suppress(EncoderBusy):  # a large one holds the tokenizer: queue behind it
+                    submission = api.submission(job, encoders)
+            if submission is None:
                 loop = asyncio.get_running_loop()
                 submission = await loop.run_in_executor(tokenizing, api.submission, job, encoders)
-            else:
-                submission = api.submission(job, encoders)
         except ClientError as exc:
             raise exc.to_http() from None
         try:

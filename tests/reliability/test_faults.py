@@ -217,7 +217,7 @@ def test_ctrl_c_stops_every_process_quietly(tmp_path):
     with running_server(store.root, "--log-level", "info") as base:
         assert httpx.post(f"{base}/v1/fill-mask", json={"inputs": "a [MASK]"}, timeout=30).status_code == 200
         group = os.getpgid(base.process.pid)
-        assert len(live_group_members(group)) >= 4, "main, 2 HTTP processes, the inference process, manager"
+        assert len(live_group_members(group)) >= 4, "main, 2 HTTP processes, the inference process"
         os.killpg(group, signal.SIGINT)
         code = base.process.wait(timeout=60)
         wait_for(lambda: not live_group_members(group), 30, "every process of the server to exit")

@@ -155,3 +155,33 @@ def test_a_request_whose_client_disconnected_is_withdrawn_before_it_is_computed(
     print(f"\n{sent} clients gone: {cancelled:.0f} withdrawn, {computed:.0f} computed anyway")
     assert gone == sent, "each is logged and counted as 499, client closed request"
     assert cancelled >= 1 and computed + cancelled == sent, (computed, cancelled)
+
+
+def test_a_small_request_beside_a_large_tokenization_never_stalls_the_event_loop(tmp_path, classifier_dirs):
+    """A large classify is tokenized in a thread; a small one that comes meanwhile needs the same tokenizer,
+    which is busy: it queues behind it in that thread instead of waiting in the event loop. Before, the loop
+    waited for the tokenizer's lock: /live (and every other request) stalled for as long as the large
+    tokenization went on (2.4 s for this 3.9 MB body). A stall bound, generous: /live within 1 s."""
+    store = classify_store(tmp_path / "model_store", classifier_dirs)
+    large = {"inputs": ["the drug worked and my headache went away " * 450] * 200, "truncate": True}
+    # one HTTP process: the small requests and /live meet the large one in the same event loop
+    args = ("--workers", "1", "--api-servers", "1", "--max-body-bytes", "8000000", "--max-inputs", "256")
+    with running_server(store.root, *args) as base:
+        url = f"{base}/v1/classify"
+
+        async def run() -> tuple[list[float], int, list[int]]:
+            async with httpx.AsyncClient(timeout=120) as client:
+                big = asyncio.create_task(client.post(url, json=large))
+                smalls, waits = [], []
+                while not big.done():  # small ones all along: some come while the large one tokenizes
+                    smalls.append(asyncio.create_task(client.post(url, json=LIGHT)))
+                    started = time.perf_counter()
+                    assert (await client.get(f"{base}/live")).status_code == 200
+                    waits.append(time.perf_counter() - started)
+                    await asyncio.sleep(0.05)
+                return waits, (await big).status_code, [(await small).status_code for small in smalls]
+
+        waits, big_status, small_statuses = asyncio.run(run())
+    assert big_status == 200 and set(small_statuses) == {200}
+    print(f"\n/live during the large tokenization: worst {max(waits) * 1000:.0f} ms of {len(waits)}")
+    assert max(waits) < 1.0, f"/live waited {max(waits):.2f} s: the event loop stalled"
