@@ -27,6 +27,11 @@ STATUS_CODES = {
 }
 
 
+# A 422 lists at most this many schema violations: what a client needs to fix its request, in an answer whose
+# size does not grow with the body's (request lists stop at their first wrong item: schemas.Items).
+MAX_ERROR_DETAILS = 20
+
+
 class ClientError(Exception):
     """A problem with what the client sent: always a 4xx, never a 500, never fatal to a worker."""
 
@@ -67,7 +72,7 @@ def _describe_validation(errors: list[dict[str, Any]]) -> str:
 
 
 async def _on_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    errors = list(exc.errors())
+    errors = list(exc.errors()[:MAX_ERROR_DETAILS])
     if any(err.get("type") == "json_invalid" for err in errors):
         return error_response(400, f"malformed JSON body: {_describe_validation(errors)}", "malformed_json")
     details = [

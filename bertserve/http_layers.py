@@ -2,6 +2,7 @@
 
 - RequestLog: arrival stamp (TICKET), request id, access log line, request count and duration metrics;
 - Guard: the API key, before anything reads the body; then the declared body size;
+- the dispatch of routes named by their body (protocols/middleware.py), when the server has one;
 - Admission: in-flight gauge, the per-queue bound across HTTP processes, the drain flag;
 - Deadline: the request timeout (504), a chunked body's size (413), the client leaving (499).
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -49,9 +50,11 @@ def install_layers(
     drain_flag: Path,
     endpoints: dict[str, str],
     queue_labels: dict[str, str],
+    dispatch: Callable[[ASGIApp], ASGIApp] | None = None,
 ) -> None:
-    """Add the layers to a Starlette/FastAPI `app`: RequestLog outermost, then Guard, Admission, Deadline, and
-    GZip innermost, so the metrics and the timeout cover the compression.
+    """Add the layers to a Starlette/FastAPI `app`: RequestLog outermost, then Guard, `dispatch` (it reads
+    bodies: only once the guard let the request in), Admission, Deadline, and GZip innermost, so the metrics
+    and the timeout cover the compression.
 
     `endpoints`: instrumented route path -> its metrics endpoint label. `queue_labels`: route path -> the
     queue its admission bound is counted under (routes sharing one queue share one count). `in_flight` must
@@ -72,6 +75,8 @@ def install_layers(
         max_queue=settings.max_queue,
         drain_flag=drain_flag,
     )
+    if dispatch is not None:
+        app.add_middleware(dispatch)
     app.add_middleware(Guard, auth=auth, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestLog, endpoints=endpoints)  # added last: the outermost
 
@@ -84,7 +89,8 @@ def in_flight_slots(endpoints: Iterable[str], queue_labels: dict[str, str]) -> t
 
 class RequestLog:
     """Outermost: stamps the arrival, gives the request its id, and once answered writes the access log line
-    and, for instrumented paths, the request count and duration by endpoint, model, version and status."""
+    and, for instrumented paths, the request count and duration by endpoint, model, version and status, under
+    the path that answered (the dispatch layer routes some requests by their body)."""
 
     def __init__(self, app: ASGIApp, *, endpoints: dict[str, str]) -> None:
         self.app = app
@@ -97,13 +103,13 @@ class RequestLog:
             return
         started = time.monotonic()
         TICKET.set(Ticket(started))  # handed to the engine: its expiry and our 504 share one clock
-        path = scope["path"]
         rid = logs.request_id(dict(scope["headers"]).get(b"x-request-id"))
         seen = _Seen(logs.echo_request_id(send, rid))
         try:
             await self.app(scope, receive, seen.send)
         finally:
             elapsed = time.monotonic() - started
+            path = scope["path"]
             status = CLIENT_CLOSED_REQUEST if scope.get(CLIENT_GONE) else seen.status
             endpoint = self.endpoints.get(path)
             if endpoint is not None:

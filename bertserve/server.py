@@ -266,6 +266,7 @@ def build_server(settings: Settings, drain_flag: Path, socket_dir: Path) -> Asse
     # each route's admission bound is its task's: routes that share a task share one count
     queue_labels = {path: api.endpoint for api in apis for path in api.routes()}
     in_flight = InFlight(http_layers.in_flight_slots(INSTRUMENTED, queue_labels))
+    by_protocol = protocols.ServedModels(settings)
     internals.replace_middlewares(
         lambda app: http_layers.install_layers(
             app,
@@ -275,13 +276,14 @@ def build_server(settings: Settings, drain_flag: Path, socket_dir: Path) -> Asse
             drain_flag=drain_flag,
             endpoints=INSTRUMENTED,
             queue_labels=queue_labels,
+            dispatch=protocols.dispatcher(settings, by_protocol),
         )
     )
     install_error_handlers(server.app)
     engine.client = EngineClient(socket_dir, slots)
     encoders = _add_task_routes(server.app, apis, engine.client)
     _add_routes(server.app, store, settings)
-    protocols.install(server.app, settings, drain_flag)  # after every other route and middleware
+    protocols.install(server.app, settings, by_protocol, drain_flag)  # after every other route and layer
     _document_plain_text_routes(server.app)
     server.app.title = "bertserve"
     server.app.description = (

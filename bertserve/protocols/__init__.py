@@ -5,24 +5,27 @@ Inference Protocol v2 under /v2.
 The routes that run a model are the task APIs' own (api/classify.py, api/embeddings.py list them), so they
 go through the same queue, workers, limits and metrics as ours. `install` adds the rest: the routes that
 read the store or a tokenizer only, the public doc-and-fallback routes of the paths the protocol middleware
-dispatches (protocols/middleware.py), and that middleware."""
+dispatches (protocols/middleware.py), and the error layer; `dispatcher` is the dispatch layer, which the
+request layers place after the API key check (http_layers.install_layers)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp
 
 from bertserve import __version__
 from bertserve.config import Settings
 from bertserve.errors import ClientError
 from bertserve.limits import check_input_chars, check_input_count, check_inputs, render_bounded
 from bertserve.protocols import kserve, tei
-from bertserve.protocols.middleware import ProtocolMiddleware
+from bertserve.protocols.middleware import ProtocolDispatch, ProtocolErrors
 from bertserve.protocols.served import ServedModels
 from bertserve.runtime.encoding import TextEncoder
 from bertserve.schemas import OpenAIModel
@@ -47,9 +50,14 @@ ENDPOINTS = {
 }
 
 
-def install(app: FastAPI, settings: Settings, drain_flag: Path | None) -> None:
-    """Add the protocol routes and middleware to the service's app (after the task APIs' routes)."""
-    served = ServedModels(settings)
+def dispatcher(settings: Settings, served: ServedModels) -> Callable[[ASGIApp], ASGIApp]:
+    """The layer that routes POST / and KServe's infer by their body."""
+    return functools.partial(ProtocolDispatch, settings=settings, served=served)
+
+
+def install(app: FastAPI, settings: Settings, served: ServedModels, drain_flag: Path | None) -> None:
+    """Add the protocol routes, and the error layer outermost, to the service's app (after the task APIs'
+    routes and the request layers)."""
     # LitServe's own GET /info (its settings) gives way to TEI's
     app.router.routes = [
         route for route in app.router.routes if getattr(route, "path", None) != tei.INFO_PATH
@@ -60,7 +68,7 @@ def install(app: FastAPI, settings: Settings, drain_flag: Path | None) -> None:
     _tei_routes(app, settings, served)
     _kserve_routes(app, served, drain_flag)
     _openai_routes(app, served)
-    app.add_middleware(ProtocolMiddleware, settings=settings, served=served)
+    app.add_middleware(ProtocolErrors)
 
 
 def _tei_routes(app: FastAPI, settings: Settings, served: ServedModels) -> None:

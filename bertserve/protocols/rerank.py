@@ -9,11 +9,10 @@ serves it; the answer's `scoring` says which. Served by the embedding workers (a
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from bertserve.schemas import EmbedJob, Text, _Request
+from bertserve.schemas import EmbedJob, NonEmpty, Text, _Request
 
 COHERE_PATH, COHERE_V2_PATH = "/v1/rerank", "/v2/rerank"
 SCORING = {"rerank": "cross-encoder", "embedding": "cosine"}
@@ -29,9 +28,7 @@ class Document(BaseModel):
 
 class RerankRequest(_Request):
     query: Text
-    documents: Annotated[list[Text | Document], Field(min_length=1)] = Field(
-        ..., description="Texts, or objects whose `text` is ranked."
-    )
+    documents: NonEmpty[Text | Document] = Field(..., description="Texts, or objects whose `text` is ranked.")
     top_n: int | None = Field(None, ge=1, description="Only the n best; null: every document.")
     return_documents: bool = Field(False, description="Answer each document beside its score.")
     truncate: bool = Field(True, description="Cut long (query, document) inputs; false: 422 instead.")
@@ -55,7 +52,7 @@ class RerankV2Request(_Request):
 
     model: str
     query: Text
-    documents: Annotated[list[Text], Field(min_length=1)]
+    documents: NonEmpty[Text]
     top_n: int | None = Field(None, ge=1, description="Only the n best; null: every document.")
     priority: int | None = Field(None, description="Accepted for Cohere compatibility; not used.")
 

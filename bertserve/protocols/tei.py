@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field
 
-from bertserve.schemas import ClassifyJob, EmbedJob, Text, TokenIds, _embedding_input, _Request
+from bertserve.schemas import ClassifyJob, EmbedJob, NonEmpty, Text, TokenIds, _embedding_input, _Request
 
 ROOT_PATH = "/"
 EMBED_PATH, EMBED_ALL_PATH, SIMILARITY_PATH = "/embed", "/embed_all", "/similarity"
@@ -56,12 +56,7 @@ EmbeddingInputs = Field(
     description="One text, a list of texts, one token-id array or a list of them.",
     examples=["The pill stopped my migraine."],
 )
-TextsOrIds = (
-    Text
-    | Annotated[list[Text], Field(min_length=1)]
-    | TokenIds
-    | Annotated[list[TokenIds], Field(min_length=1)]
-)
+TextsOrIds = Text | NonEmpty[Text] | TokenIds | NonEmpty[TokenIds]
 
 
 class _TeiRequest(_Request):
@@ -119,7 +114,7 @@ class TeiEmbedAllRequest(_TeiRequest):
 
 class SimilarityInputs(BaseModel):
     source_sentence: Text
-    sentences: Annotated[list[Text], Field(min_length=1)]
+    sentences: NonEmpty[Text]
 
 
 class SimilarityParameters(BaseModel):
@@ -155,7 +150,7 @@ class TeiRerankRequest(_TeiRequest):
     """POST /rerank: every text scored against the query, best first."""
 
     query: Text
-    texts: Annotated[list[Text], Field(min_length=1)]
+    texts: NonEmpty[Text]
     raw_scores: bool = Field(False, description="A cross-encoder's logits instead of their sigmoid.")
     return_text: bool = Field(False, description="Answer each text beside its score.")
 
@@ -193,9 +188,9 @@ class PredictRequest(_TeiRequest):
     """POST /predict. As TEI reads it: a string or a [a, b] pair is one input (answered with one ranking);
     a list of them is a batch (a list of rankings); two strings are a pair, not a batch of two."""
 
-    inputs: Annotated[
-        Text | Pair | Annotated[list[Text | Pair], Field(min_length=1)], BeforeValidator(_pair_first)
-    ] = Field(..., examples=["I took the pill and my headache went away."])
+    inputs: Annotated[Text | Pair | NonEmpty[Text | Pair], BeforeValidator(_pair_first)] = Field(
+        ..., examples=["I took the pill and my headache went away."]
+    )
     raw_scores: bool = Field(False, description="Logits instead of softmax (sigmoid) scores.")
 
     def job(self) -> ClassifyJob:
@@ -228,7 +223,7 @@ class HfClassifyParameters(BaseModel):
 class HfClassifyRequest(_Request):
     """Hugging Face's text_classification body (posted to /): `parameters` always present."""
 
-    inputs: Text | Annotated[list[Text], Field(min_length=1)]
+    inputs: Text | NonEmpty[Text]
     parameters: HfClassifyParameters
 
     def job(self) -> ClassifyJob:
@@ -242,7 +237,7 @@ class HfClassifyRequest(_Request):
 
 
 class TokenizeRequest(_Request):
-    inputs: Text | Annotated[list[Text], Field(min_length=1)]
+    inputs: Text | NonEmpty[Text]
     add_special_tokens: bool = True
     prompt_name: str | None = PromptName
 
@@ -256,7 +251,7 @@ class SimpleToken(BaseModel):
 
 
 class DecodeRequest(_Request):
-    ids: TokenIds | Annotated[list[TokenIds], Field(min_length=1)]
+    ids: TokenIds | NonEmpty[TokenIds]
     skip_special_tokens: bool = True
 
 
