@@ -155,10 +155,15 @@ class Loaded(NamedTuple):
     device: str | None = None
 
 
+def reports_loaded() -> bool:
+    """Whether inference processes report what they loaded here (the server's metrics folder is set)."""
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
 def loaded_versions() -> dict[tuple[str, str], Loaded]:
     """(model, version) -> Loaded for every version an inference worker reports loaded (MODEL_INFO = 1):
     what /v1/models calls served, so a version refused at load time shows as not served."""
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if not reports_loaded():
         return {}
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)

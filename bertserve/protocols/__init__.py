@@ -184,8 +184,20 @@ def _kserve_routes(app: FastAPI, served: ServedModels, drain_flag: Path | None) 
             raise ClientError(
                 404, f"model {name!r} not found: {exc.message}", "unknown_model"
             ).to_http() from None
-        served_versions = served.plan().served[manifest.name]
-        return kserve.metadata(manifest.name, served_versions, task or manifest.task, manifest)
+        versions = served.loaded_versions(manifest.name)
+        return kserve.metadata(manifest.name, versions, task or manifest.task, manifest)
+
+    def readiness(name: str, version: str | None) -> JSONResponse:
+        """The Open Inference Protocol's model readiness: 200 when an inference process serves the version
+        `name` (or `name`'s default) resolves to, 400 (the protocol's "false") when it refused it."""
+        try:
+            resolved, resolved_version = served.resolve(f"{name}@{version}" if version else name)
+        except ClientError as exc:
+            raise ClientError(
+                404, f"model {name!r} not found: {exc.message}", "unknown_model"
+            ).to_http() from None
+        ready = served.is_loaded(resolved, resolved_version)
+        return JSONResponse({"name": resolved, "ready": ready}, 200 if ready else 400)
 
     @app.get(kserve.PREFIX, tags=["kserve"])
     def server_metadata() -> dict:
@@ -211,12 +223,12 @@ def _kserve_routes(app: FastAPI, served: ServedModels, drain_flag: Path | None) 
         return model_metadata(model_name, model_version)
 
     @app.get(f"{kserve.PREFIX}/models/{{model_name}}/ready", tags=["kserve"])
-    def model_ready(model_name: str) -> dict:
-        return {"name": model_metadata(model_name, None)["name"], "ready": True}
+    def model_ready(model_name: str) -> JSONResponse:
+        return readiness(model_name, None)
 
     @app.get(f"{kserve.PREFIX}/models/{{model_name}}/versions/{{model_version}}/ready", tags=["kserve"])
-    def model_version_ready(model_name: str, model_version: str) -> dict:
-        return {"name": model_metadata(model_name, model_version)["name"], "ready": True}
+    def model_version_ready(model_name: str, model_version: str) -> JSONResponse:
+        return readiness(model_name, model_version)
 
     def refuse(model_name: str) -> None:
         task = served.task_of(model_name)

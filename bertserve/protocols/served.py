@@ -1,10 +1,12 @@
 """What the server serves, as the HTTP processes see it: model names, their tasks and versions, from the
-configured refs and the store (re-read when the store changes, as api/encoders.py does)."""
+configured refs and the store (re-read when the store changes, as api/encoders.py does), and which of those
+versions the inference processes report loaded (a version they refused is named by the store, not served)."""
 
 from __future__ import annotations
 
 import time
 
+from bertserve import metrics
 from bertserve.config import Settings
 from bertserve.errors import ClientError
 from bertserve.runtime.registry import Plan, store_fingerprint
@@ -23,6 +25,8 @@ class ServedModels:
         self._plan: Plan | None = None
         self._seen: tuple = ()
         self._next_check = 0.0
+        self._loaded: set[tuple[str, str]] | None = None
+        self._next_loaded_check = 0.0
 
     def plan(self) -> Plan:
         now = time.monotonic()
@@ -44,10 +48,26 @@ class ServedModels:
         plan = self.plan()
         return pick_version(plan.snapshot, plan.served, plan.tasks, ref, tuple(set(plan.tasks.values())))
 
+    def is_loaded(self, name: str, version: str) -> bool:
+        """Whether an inference process reports `name@version` loaded (re-read every POLL_SECONDS). Without
+        a metrics folder (an app built without the server) nothing reports: the plan is taken at its word."""
+        now = time.monotonic()
+        if now >= self._next_loaded_check:
+            self._next_loaded_check = now + POLL_SECONDS
+            self._loaded = set(metrics.loaded_versions()) if metrics.reports_loaded() else None
+        return self._loaded is None or (name, version) in self._loaded
+
+    def loaded_versions(self, name: str) -> list[str]:
+        """The served versions of `name` that are loaded."""
+        return [version for version in self.plan().served.get(name, []) if self.is_loaded(name, version)]
+
     def manifest(self, ref: str) -> Manifest:
-        """The manifest of the served version `ref` names; ClientError 404 when it does not read (the workers
-        refuse that version too)."""
+        """The manifest of the served version `ref` names; ClientError 404 when it does not read or the
+        inference processes refused it (requests naming it get 404 too)."""
         name, version = self.resolve(ref)
+        if not self.is_loaded(name, version):
+            message = f"{name}@{version} is not served: the inference processes refused it (see the log)"
+            raise ClientError(404, message, "unknown_model")
         try:
             return self.store.read_manifest(name, version)
         except StoreError as exc:

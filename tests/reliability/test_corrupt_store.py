@@ -69,6 +69,17 @@ def test_damaged_versions_are_refused_and_the_rest_serve(tmp_path, tiny_classifi
         for ref in ("sentiment@2", "sentiment@3", "topics"):
             refused = httpx.post(f"{base}/v1/classify", json={"inputs": "x", "model": ref}, timeout=30)
             assert refused.status_code == 404, (ref, refused.text)
+        # KServe's readiness and metadata say what the inference processes serve, not what the store holds
+        v2 = f"{base}/v2/models"
+        ready = httpx.get(f"{v2}/sentiment/versions/1/ready", timeout=30)
+        assert ready.status_code == 200 and ready.json() == {"name": "sentiment", "ready": True}
+        for model, version in (("sentiment", "2"), ("sentiment", "3"), ("sentiment", "4"), ("topics", "1")):
+            not_ready = httpx.get(f"{v2}/{model}/versions/{version}/ready", timeout=30)
+            assert not_ready.status_code == 400, (model, version, not_ready.text)
+            assert not_ready.json() == {"name": model, "ready": False}
+            assert httpx.get(f"{v2}/{model}/versions/{version}", timeout=30).status_code == 404
+        assert httpx.get(f"{v2}/topics/ready", timeout=30).json() == {"name": "topics", "ready": False}
+        assert httpx.get(f"{v2}/sentiment", timeout=30).json()["versions"] == ["1"]
         errors = log_errors(base.log)
 
     def refusal(ref: str) -> str:
