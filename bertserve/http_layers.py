@@ -4,7 +4,8 @@
 - Guard: the API key, before anything reads the body; then the declared body size;
 - the dispatch of routes named by their body (protocols/middleware.py), when the server has one;
 - Admission: in-flight gauge, the per-queue bound across HTTP processes, the drain flag;
-- Deadline: the request timeout (504), a chunked body's size (413), the client leaving (499).
+- Deadline: the request timeout (504; 408 when the body itself did not arrive in time), a chunked body's
+  size (413), the client leaving (499).
 
 Each layer sits on the hot path of every request, so each does only its own work and makes as few objects as
 it can: no task for a request that is answered quickly, metric children looked up in a dict.
@@ -242,8 +243,9 @@ class Admission:
 
 class Deadline:
     """For instrumented paths: the route runs under the request timeout counted from arrival (504 unless its
-    answer has started), a chunked body is counted against the limit (413), and a client that disconnects
-    once its body is read cancels the route (the engine withdraws its request) and is recorded as 499."""
+    answer has started; 408 while its body has not all arrived: a slow client), a chunked body is counted
+    against the limit (413), and a client that disconnects once its body is read cancels the route (the
+    engine withdraws its request) and is recorded as 499."""
 
     def __init__(
         self,
@@ -299,6 +301,10 @@ class Deadline:
                 counter = self._cancelled[label] = metrics.CANCELLED.labels(label)
             counter.inc()
         if not call.gone and not call.started:
+            if not call.body_done:  # the client's fault: its body did not arrive in time
+                message = f"the request body did not arrive within {self.request_timeout:g} s"
+                await error_response(408, message)(scope, receive, send)
+                return
             await error_response(504, f"no answer within {self.request_timeout:g} s")(scope, receive, send)
 
 
@@ -307,6 +313,7 @@ class _Call:
     leaving once the body is read and the route has run for WATCH_AFTER_S."""
 
     __slots__ = (
+        "body_done",
         "finished",
         "gone",
         "limit",
@@ -327,6 +334,7 @@ class _Call:
         self.limit = limit
         self.received = 0
         self.too_large = self.started = self.finished = self.gone = self.watcher_cancelled = False
+        self.body_done = False
         self.task = asyncio.current_task()
         self.timer: asyncio.TimerHandle | None = None
         self.watcher: asyncio.Task | None = None
@@ -339,6 +347,7 @@ class _Call:
                 self.too_large = True
                 raise _BodyTooLarge
             if not message.get("more_body", False) and self.timer is None:
+                self.body_done = True
                 self.timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, self._watch)
         elif message["type"] == "http.disconnect" and not self.finished:
             self.gone = True  # while its body was read, or seen by the route itself

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gzip
 
@@ -49,6 +50,7 @@ class ProtocolDispatch:
     def __init__(self, app: ASGIApp, settings: Settings, served: ServedModels) -> None:
         self.app = app
         self.limit = settings.max_body_bytes
+        self.timeout = settings.request_timeout
         self.served = served
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -62,7 +64,11 @@ class ProtocolDispatch:
 
     async def _dispatch(self, scope: Scope, receive: Receive) -> tuple[Receive, ASGIApp | None]:
         """The receive the route reads its body from, or an answer instead of the route's."""
-        messages, complete = await _read_body(receive, self.limit)
+        try:  # a slow (or stalled) body holds a connection and its bytes no longer than a request may last
+            async with asyncio.timeout(self.timeout):
+                messages, complete = await _read_body(receive, self.limit)
+        except TimeoutError:
+            return receive, error_response(408, f"the request body did not arrive within {self.timeout:g} s")
         replay = _replaying(messages, receive)
         if not complete:
             return replay, None

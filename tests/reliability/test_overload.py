@@ -6,6 +6,7 @@ Statuses and metric counts are asserted, never times; the latencies are printed 
 from __future__ import annotations
 
 import asyncio
+import socket
 import statistics
 import time
 
@@ -185,3 +186,28 @@ def test_a_small_request_beside_a_large_tokenization_never_stalls_the_event_loop
     assert big_status == 200 and set(small_statuses) == {200}
     print(f"\n/live during the large tokenization: worst {max(waits) * 1000:.0f} ms of {len(waits)}")
     assert max(waits) < 1.0, f"/live waited {max(waits):.2f} s: the event loop stalled"
+
+
+def test_a_body_that_never_arrives_gets_408_within_the_request_timeout(tmp_path, classifier_dirs):
+    """A client that declares a body and sends only part of it (slowloris) holds its connection and what it
+    sent until the request timeout, on every route: the routes that take a model (FastAPI reads the body)
+    and those whose body names its task (POST /, KServe's infer: read before the route is known). Before,
+    those two waited for ever. A 408: the client's fault, not the server's."""
+    store = classify_store(tmp_path / "model_store", classifier_dirs)
+    with running_server(store.root, "--workers", "1", "--request-timeout", "2") as base:
+        port = int(base.rsplit(":", 1)[1])
+        for path in ("/v1/classify", "/", "/v2/models/sentiment/infer"):
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+                head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                client.sendall(f"{head}Content-Length: 1000\r\n\r\n".encode() + b'{"inputs": ["the dr')
+                started = time.monotonic()
+                answer = b""
+                while b"\r\n\r\n" not in answer:
+                    chunk = client.recv(65536)
+                    assert chunk, f"{path}: the connection closed without an answer"
+                    answer += chunk
+                waited = time.monotonic() - started
+            status = int(answer.split(b" ", 2)[1])
+            assert status == 408, f"{path}: {answer[:300]!r}"
+            assert waited < 15, f"{path}: answered after {waited:.1f} s"
+        assert httpx.post(f"{base}/v1/classify", json=LIGHT, timeout=30).status_code == 200
