@@ -31,7 +31,7 @@ from bertserve.server import socket_folder
 
 def test_frames_round_trip_whole_and_split_at_any_byte():
     frames = [
-        wire.frame(wire.REQUEST, {"id": 1, "task": "classify"}, b"\x01\x02"),
+        wire.frame(wire.REQUEST, {"id": 1, "task": "classify", "arrived": 2.5}, b"\x01\x02"),
         wire.frame(wire.CANCEL, {"id": 1}),
         wire.frame(wire.ANSWER, {"id": 2, "status": 200}, b'{"ok":true}'),
     ]
@@ -43,7 +43,7 @@ def test_frames_round_trip_whole_and_split_at_any_byte():
         got += wire.read_frames(buffer)
         assert not buffer
         assert [(k, h, bytes(b)) for k, h, b in got] == [
-            (b"R", {"id": 1, "task": "classify"}, b"\x01\x02"),
+            (b"R", {"id": 1, "task": "classify", "arrived": 2.5}, b"\x01\x02"),
             (b"C", {"id": 1}, b""),
             (b"A", {"id": 2, "status": 200}, b'{"ok":true}'),
         ]
@@ -54,6 +54,9 @@ def test_bytes_that_are_no_frame_are_refused():
         wire.read_frames(bytearray(b"GET / HTTP/1.1\r\n\r\n"))
     with pytest.raises(wire.FrameError):
         wire.read_frames(bytearray(wire.frame(wire.ANSWER, {})[:9] + b"{not json"))
+    for header in ([1], {"id": "1", "status": 200}, {"id": 1}, {"id": True, "status": 200}):
+        with pytest.raises(wire.FrameError):  # what the loop reads of a header is checked with the frame
+            wire.read_frames(bytearray(wire.frame(wire.ANSWER, header)))
 
 
 def test_token_ids_cross_as_binary_arrays():
