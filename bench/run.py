@@ -495,36 +495,36 @@ def describe_process(pid: int, root: int) -> dict | None:
     }
 
 
-def _tcp_listeners() -> set[str]:
-    """The inodes of the machine's listening TCP sockets."""
+def _manager_sockets() -> set[str]:
+    """The inodes of multiprocessing Managers' listening sockets (unix sockets in a /tmp/pymp-* folder)."""
     inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            for line in Path(table).read_text().splitlines()[1:]:
-                fields = line.split()
-                if fields[3] == "0A":  # LISTEN
-                    inodes.add(fields[9])
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 8 and "/pymp-" in fields[7]:
+                inodes.add(fields[6])
     return inodes
 
 
-def _listens(pid: int, listeners: set[str]) -> bool:
+def _holds(pid: int, inodes: set[str]) -> bool:
     with contextlib.suppress(OSError):
         for fd in Path(f"/proc/{pid}/fd").iterdir():
             with contextlib.suppress(OSError):
                 target = os.readlink(fd)
-                if target.startswith("socket:[") and target[8:-1] in listeners:
+                if target.startswith("socket:[") and target[8:-1] in inodes:
                     return True
     return False
 
 
 def snapshot(root: int) -> list[dict]:
-    """The server's processes. A forked child with the main process's command line is an HTTP process when
-    it listens on TCP; else it is LitServe's mp.Manager (the start-up status, in checkouts that still start
-    one; before the rebuilt engine it carried every request)."""
+    """The server's processes. A forked child with the main process's command line is an HTTP process,
+    unless it serves a multiprocessing Manager's socket: LitServe's mp.Manager (the start-up status, in
+    checkouts that still start one; before the rebuilt engine it carried every request). It inherits the
+    service port's socket too, so listening tells nothing."""
     processes = [p for p in (describe_process(pid, root) for pid in process_tree(root)) if p]
-    listeners = _tcp_listeners()
+    managers = _manager_sockets()
     for process in processes:
-        if process["role"] == "http server (uvicorn)" and not _listens(process["pid"], listeners):
+        if process["role"] == "http server (uvicorn)" and _holds(process["pid"], managers):
             process["role"] = "LitServe's mp.Manager"
     return processes
 
