@@ -11,6 +11,7 @@ from typing import Literal, get_args
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bertserve import routes
 from bertserve.runtime.device import GpuProbe, check_device, pick_sizing, resolve_device, usable_cpus
 from bertserve.store.layout import check_name
 
@@ -136,7 +137,7 @@ class Settings(BaseSettings):
         None, description="File of API keys, one per line ('#' comments), added to api_keys."
     )
     auth_open_paths: str = Field(
-        "/health,/live,/metrics,/ui,/v2/health/live,/v2/health/ready",
+        ",".join(routes.open_paths()),
         description="Comma-separated paths that need no key even when keys are set ('' protects all): the "
         "probes (KServe's too), Prometheus, and the /ui page, which holds no data and asks for the key.",
     )

@@ -13,6 +13,8 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from bertserve import routes
+
 STATUS_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -94,8 +96,6 @@ async def _on_http_exception(_: Request, exc: HTTPException) -> JSONResponse:
     return error_response(exc.status_code, message, code, headers=getattr(exc, "headers", None))
 
 
-# Our own routes answer errors in ErrorResponse's shape (routes of other protocols keep their protocol's).
-OWN_ROUTES = ("/v1/classify", "/v1/fill-mask", "/v1/explain", "/v1/embeddings", "/v1/embed")
 DOCUMENTED_STATUSES = {
     "400": "Malformed JSON.",
     "401": "API keys are configured and the request has none or a wrong one.",
@@ -127,7 +127,7 @@ def document_error_shape(app: FastAPI) -> None:
         )
         schema.setdefault("components", {}).setdefault("schemas", {}).update(definitions["$defs"])
         body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
-        for path in OWN_ROUTES:
+        for path in routes.documented_error_routes():
             operation = schema["paths"].get(path, {}).get("post")
             if operation is not None:
                 for status, description in DOCUMENTED_STATUSES.items():

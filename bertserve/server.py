@@ -29,7 +29,7 @@ from fastapi import FastAPI, HTTPException
 from fastapi.routing import APIRoute
 from starlette.responses import Response
 
-from bertserve import http_layers, logs, metrics, protocols
+from bertserve import http_layers, logs, metrics, protocols, routes
 from bertserve.api.base import TaskAPI, as_job
 from bertserve.api.classify import ClassifyAPI
 from bertserve.api.embeddings import EmbeddingsAPI
@@ -55,15 +55,7 @@ from bertserve.store.manifest import Manifest
 
 logger = logging.getLogger("bertserve")
 
-INSTRUMENTED = {
-    "/v1/classify": "classify",
-    "/v1/fill-mask": "fill-mask",
-    "/v1/models": "models",
-    "/v1/explain": "explain",
-    "/v1/embeddings": "embeddings",
-    "/v1/embed": "embed",
-    **protocols.ENDPOINTS,  # OpenAI's, TEI's, Cohere's and KServe's routes, each under its own label
-}
+INSTRUMENTED = routes.metric_labels()  # path -> the endpoint label it is counted under
 
 
 def describe_models(store: ModelStore, settings: Settings) -> ModelsResponse:

@@ -12,6 +12,7 @@ import base64
 import orjson
 import torch
 
+from bertserve import routes
 from bertserve.api.base import TaskAPI
 from bertserve.api.encoders import Tokens
 from bertserve.errors import ClientError
@@ -21,7 +22,7 @@ from bertserve.runtime.embed import normalize, shorten
 from bertserve.runtime.encoding import TextEncoder
 from bertserve.schemas import EmbeddingsRequest, EmbeddingsResponse, EmbedJob, EmbedRequest
 
-OPENAI_PATH, OWN_TEI_PATH = "/v1/embeddings", "/v1/embed"
+OPENAI_PATH, OWN_TEI_PATH = routes.OPENAI_EMBEDDINGS, routes.EMBED
 # an answer's bytes per input besides its numbers: OpenAI's {"object": "embedding", "index": ...} item
 INPUT_BYTES = 64
 

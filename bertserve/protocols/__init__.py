@@ -32,22 +32,6 @@ from bertserve.schemas import OpenAIModel
 
 INTERNAL_PREFIX = "/_protocol/"
 OPENAI_MODELS = "/v1/models"
-# the endpoint label of each protocol route in the metrics (server.py INSTRUMENTED takes these)
-ENDPOINTS = {
-    tei.EMBED_PATH: "tei-embed",
-    tei.EMBED_ALL_PATH: "tei-embed-all",
-    tei.SIMILARITY_PATH: "tei-similarity",
-    tei.RERANK_PATH: "tei-rerank",
-    tei.PREDICT_PATH: "tei-predict",
-    tei.TOKENIZE_PATH: "tei-tokenize",
-    tei.DECODE_PATH: "tei-decode",
-    tei.HF_CLASSIFY_PATH: "hf-classify",
-    tei.ROOT_PATH: "tei-root",
-    "/v1/rerank": "rerank",
-    "/v2/rerank": "rerank-v2",
-    kserve.INFER_PATHS["classification"]: "v2-infer-classify",
-    kserve.INFER_PATHS["embedding"]: "v2-infer-embed",
-}
 
 
 def dispatcher(settings: Settings, served: ServedModels) -> Callable[[ASGIApp], ASGIApp]:

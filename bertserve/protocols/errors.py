@@ -12,24 +12,14 @@ because its clients parse it:
 
 from __future__ import annotations
 
-from bertserve.protocols import kserve, tei
-from bertserve.protocols.rerank import COHERE_V2_PATH
+from bertserve.routes import error_shape_of
 
-OPENAI_PATHS = frozenset({"/v1/embeddings", "/v1/models"})
-TEI_PATHS = frozenset(tei.PATHS)
 QUEUE_FULL = "queue is full"  # the admission layer's 503 message when a task's bound is reached
 
 
 def protocol_of(path: str) -> str | None:
-    if path in OPENAI_PATHS or path.startswith("/v1/models/"):
-        return "openai"
-    if path in TEI_PATHS:
-        return "tei"
-    if path == COHERE_V2_PATH:  # Cohere's, beside KServe's /v2 routes: our own error shape, as /v1/rerank
-        return None
-    if path == kserve.PREFIX or path.startswith(kserve.PREFIX + "/") or path in kserve.INFER_PATHS.values():
-        return "kserve"
-    return None
+    """The protocol whose error shape `path` answers in (None: bertserve's own), from the route table."""
+    return error_shape_of(path)
 
 
 def reshape(protocol: str, status: int, body: dict) -> tuple[int, dict]:

@@ -20,14 +20,12 @@ from typing import Any, ClassVar
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from bertserve import routes
 from bertserve.errors import ClientError
 from bertserve.schemas import ClassifyJob, EmbedJob, Items, NonEmpty, Text
 
-PREFIX = "/v2"
-INFER_PATHS = {
-    "classification": "/_protocol/kserve/classification/infer",
-    "embedding": "/_protocol/kserve/embedding/infer",
-}
+PREFIX = routes.KSERVE_PREFIX
+INFER_PATHS = {"classification": routes.KSERVE_CLASSIFY_INFER, "embedding": routes.KSERVE_EMBED_INFER}
 INFER_PATTERN = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 OUTPUTS = {"classification": ("label", "score", "scores"), "embedding": ("embedding",)}
 _TEXTS = TypeAdapter(Items[Text])

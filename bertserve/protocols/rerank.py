@@ -12,9 +12,10 @@ import uuid
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from bertserve import routes
 from bertserve.schemas import EmbedJob, NonEmpty, Text, _Request
 
-COHERE_PATH, COHERE_V2_PATH = "/v1/rerank", "/v2/rerank"
+COHERE_PATH, COHERE_V2_PATH = routes.COHERE_RERANK, routes.COHERE_RERANK_V2
 SCORING = {"rerank": "cross-encoder", "embedding": "cosine"}
 
 

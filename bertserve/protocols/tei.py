@@ -14,26 +14,13 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field
 
+from bertserve import routes
 from bertserve.schemas import ClassifyJob, EmbedJob, NonEmpty, Text, TokenIds, _embedding_input, _Request
 
-ROOT_PATH = "/"
-EMBED_PATH, EMBED_ALL_PATH, SIMILARITY_PATH = "/embed", "/embed_all", "/similarity"
-PREDICT_PATH, RERANK_PATH = "/predict", "/rerank"
-TOKENIZE_PATH, DECODE_PATH, INFO_PATH = "/tokenize", "/decode", "/info"
-# POST / of Hugging Face's text_classification, once the middleware has told it apart (not in /docs)
-HF_CLASSIFY_PATH = "/_protocol/hf/text-classification"
-PATHS = (
-    ROOT_PATH,
-    EMBED_PATH,
-    EMBED_ALL_PATH,
-    SIMILARITY_PATH,
-    PREDICT_PATH,
-    RERANK_PATH,
-    TOKENIZE_PATH,
-    DECODE_PATH,
-    INFO_PATH,
-    HF_CLASSIFY_PATH,
-)
+ROOT_PATH, EMBED_PATH, EMBED_ALL_PATH = routes.TEI_ROOT, routes.TEI_EMBED, routes.TEI_EMBED_ALL
+SIMILARITY_PATH, PREDICT_PATH, RERANK_PATH = routes.TEI_SIMILARITY, routes.TEI_PREDICT, routes.TEI_RERANK
+TOKENIZE_PATH, DECODE_PATH, INFO_PATH = routes.TEI_TOKENIZE, routes.TEI_DECODE, routes.TEI_INFO
+HF_CLASSIFY_PATH = routes.HF_CLASSIFY  # not in /docs: the protocol layer routes POST / there
 
 
 def _lower(value):
