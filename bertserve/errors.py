@@ -15,6 +15,8 @@ from fastapi.responses import JSONResponse
 
 from bertserve import routes
 
+QUEUE_FULL = "unavailable"  # the code of the 503 past a queue's bound (TEI's clients get it as a 429)
+DRAINING = "draining"  # the code of the 503 a draining server answers new requests
 STATUS_CODES = {
     400: "bad_request",
     401: "unauthorized",

@@ -27,7 +27,7 @@ from bertserve import logs, metrics
 from bertserve.auth import Authenticator
 from bertserve.config import Settings
 from bertserve.engine.admission import TICKET, InFlight, Ticket
-from bertserve.errors import error_response
+from bertserve.errors import DRAINING, QUEUE_FULL, error_response
 
 CLIENT_CLOSED_REQUEST = 499  # what the access log and metrics record for a client that left (nginx's code)
 CLIENT_GONE = "bertserve.client_gone"  # scope key: set when the client disconnected before its answer
@@ -226,9 +226,10 @@ class Admission:
     def _refusal(self, scope: Scope, count: int) -> Response | None:
         """`count`: the requests for this route's queue in all HTTP processes, this one included."""
         if count > self.max_queue and scope["path"] in self.bounded:
-            return error_response(503, "server busy: request queue is full", headers={"Retry-After": "1"})
+            message = "server busy: request queue is full"
+            return error_response(503, message, QUEUE_FULL, headers={"Retry-After": "1"})
         if self._drains():
-            return error_response(503, "server is shutting down", headers={"Retry-After": "1"})
+            return error_response(503, "server is shutting down", DRAINING, headers={"Retry-After": "1"})
         return None
 
     def _drains(self) -> bool:

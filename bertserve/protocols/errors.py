@@ -12,9 +12,8 @@ because its clients parse it:
 
 from __future__ import annotations
 
+from bertserve.errors import QUEUE_FULL
 from bertserve.routes import error_shape_of
-
-QUEUE_FULL = "queue is full"  # the admission layer's 503 message when a task's bound is reached
 
 
 def protocol_of(path: str) -> str | None:
@@ -55,7 +54,7 @@ def _openai(status: int, message: str, code: str, details) -> tuple[int, dict]:
 
 
 def _tei(status: int, message: str, code: str) -> tuple[int, dict]:
-    if status == 503 and QUEUE_FULL in message:
+    if status == 503 and code == QUEUE_FULL:
         return 429, {"error": message, "error_type": "overloaded"}
     if status == 503:
         return 503, {"error": message, "error_type": "unhealthy"}

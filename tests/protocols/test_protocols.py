@@ -153,6 +153,8 @@ def test_error_statuses_by_protocol():
     full = {"error": {"code": "unavailable", "message": "server busy: request queue is full"}}
     failed = {"error": {"code": "internal_error", "message": "the model failed on this batch"}}
     assert reshape("tei", 503, full) == (429, {"error": full["error"]["message"], "error_type": "overloaded"})
+    draining = {"error": {"code": "draining", "message": "server is shutting down (queue is full)"}}
+    assert reshape("tei", 503, draining)[0] == 503, "by the code, never by the message's words"
     assert reshape("tei", 500, failed)[0] == 424
     assert reshape("openai", 503, full)[0] == 503
     assert reshape("openai", 429, full)[1]["error"]["type"] == "rate_limit_error"
