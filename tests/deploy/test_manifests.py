@@ -211,10 +211,11 @@ def test_the_endpoint_check_reads_promql():
 
 
 def inference_endpoints() -> list[str]:
-    """Every endpoint label the server puts on requests that reach an inference worker."""
-    from bertserve.server import INSTRUMENTED
+    """Every endpoint label the server puts on requests that reach an inference process (the route
+    table's routes that have a queue)."""
+    from bertserve import routes
 
-    endpoints = [endpoint for endpoint in INSTRUMENTED.values() if endpoint != "models"]
+    endpoints = [route.label for route in routes.ROUTES if route.queue is not None and route.label]
     assert {"classify", "fill-mask", "embeddings", "embed", "explain"} <= set(endpoints)
     return endpoints
 
