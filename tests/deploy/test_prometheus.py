@@ -264,7 +264,7 @@ def test_rules_evaluate_on_real_series(server, prometheus):
     assert 0 <= float(drift[0]["value"][1]) <= 1
     groups = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
     rules = [rule for group in groups for rule in group["rules"]]
-    assert len(rules) == 17
+    assert len(rules) == 21
     unhealthy = [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"]
     assert unhealthy == []
     firing = [r["name"] for r in rules if r["type"] == "alerting" and r["state"] != "inactive"]

@@ -24,7 +24,7 @@ def promtool(*args: str, cwd: Path = MONITORING) -> subprocess.CompletedProcess:
 def test_rules_pass_promtool_check():
     result = promtool("check", "rules", "rules.yml")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 17 rules found" in result.stdout
+    assert "SUCCESS: 21 rules found" in result.stdout
 
 
 def test_rules_unit_tests_pass():
@@ -41,6 +41,10 @@ def test_every_alert_is_unit_tested_firing():
         "BertserveHighLatencyP99",
         "BertserveQueueSaturated",
         "BertserveLowConfidenceDrift",
+        "BertserveWorkerRestarted",
+        "BertserveRequestsExpired",
+        "BertserveRequestsCancelled",
+        "BertserveTargetDown",
     }
     tests = yaml.safe_load((MONITORING / "rules.test.yml").read_text())["tests"]
     fired = {t["alertname"] for test in tests for t in test.get("alert_rule_test", []) if t["exp_alerts"]}
@@ -58,6 +62,11 @@ def test_every_alert_is_unit_tested_firing():
         ("endpoint:bertserve_request_errors:ratio_rate5m", 'code=~"5.."', 'code=~"4.."'),  # client errors
         ("endpoint:bertserve_request_duration_seconds:p99_5m", "(0.99,", "(0.9,"),  # wrong quantile
         ("model_version:bertserve_prediction_low_confidence:ratio_rate1h", 'le="0.5"', 'le="0.9"'),  # drift
+        ("BertserveQueueSaturated", "0.8 * max", "200 + 0 * max"),  # a fixed depth, not the exported bound
+        ("BertserveWorkerRestarted", "[15m])) > 0", "[15m])) > 1"),  # one restart must be enough
+        ("BertserveRequestsExpired", "> 0.05", "> 0.5"),
+        ("BertserveRequestsCancelled", "cancelled_requests_total", "expired_requests_total"),
+        ("BertserveTargetDown", "== 0", "== 1"),
     ],
 )
 def test_unit_tests_catch_a_broken_rule(tmp_path, rule, original, broken):
