@@ -124,9 +124,28 @@ def test_graceful_shutdown_and_settings_match_the_server(rendered):
     assert pod["terminationGracePeriodSeconds"] > 5 + float(config["BERTSERVE_DRAIN_SECONDS"])
     assert container["envFrom"][0]["configMapRef"]["name"] == find(docs, "ConfigMap")["metadata"]["name"]
     assert pod["enableServiceLinks"] is False  # else BERTSERVE_PORT=tcp://... from the Service breaks startup
-    annotations = find(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["prometheus.io/scrape"] == "true"
-    assert annotations["prometheus.io/port"] == str(container["ports"][0]["containerPort"]) == "8000"
+
+
+def test_one_scrape_mechanism_per_overlay_and_operator_objects_kube_prometheus_stack_selects(rendered):
+    """dev: the prometheus.io/* pod annotations; prod and gpu: a ServiceMonitor instead, never both, and it
+    and the PrometheusRule labelled with kube-prometheus-stack's release."""
+    for name in ("dev", "prod", "gpu"):
+        docs = objects(rendered[name])
+        deployment = find(docs, "Deployment")
+        annotations = deployment["spec"]["template"]["metadata"].get("annotations") or {}
+        monitors = [d for d in docs if d["kind"] == "ServiceMonitor"]
+        if name == "dev":
+            assert monitors == []
+            assert annotations["prometheus.io/scrape"] == "true"
+            port = deployment["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
+            assert annotations["prometheus.io/port"] == str(port) == "8000"
+            assert annotations["prometheus.io/path"] == "/metrics"
+        else:
+            assert len(monitors) == 1
+            assert not [key for key in annotations if key.startswith("prometheus.io/")], (name, annotations)
+            for kind in ("ServiceMonitor", "PrometheusRule"):
+                labels = find(docs, kind)["metadata"]["labels"]
+                assert labels["release"] == "kube-prometheus-stack", (name, kind, labels)
 
 
 def test_gpu_overlay_is_prod_on_gpu_nodes_scaled_on_requests_in_flight(rendered):
@@ -317,6 +336,20 @@ BROKEN = {
         lambda k: k["ServiceMonitor"]["spec"]["endpoints"][0].update(port="metrics"),
         "endpoint port metrics is not a port name",
     ),
+    "pods scraped twice (annotations and a ServiceMonitor)": (
+        lambda k: k["Deployment"]["spec"]["template"]["metadata"].update(
+            annotations={"prometheus.io/scrape": "true"}
+        ),
+        "also has prometheus.io/scrape",
+    ),
+    "ServiceMonitor kube-prometheus-stack does not select": (
+        lambda k: k["ServiceMonitor"]["metadata"]["labels"].pop("release"),
+        "ServiceMonitor/bertserve/bertserve: no `release` label",
+    ),
+    "PrometheusRule kube-prometheus-stack does not select": (
+        lambda k: k["PrometheusRule"]["metadata"]["labels"].pop("release"),
+        "PrometheusRule/bertserve/bertserve: no `release` label",
+    ),
     "probe on another path": (
         lambda k: container_of(k)["readinessProbe"]["httpGet"].update(path="/healthz"),
         "readinessProbe checks /healthz",
@@ -452,3 +485,33 @@ def test_prometheusrule_is_generated_from_monitoring_rules():
     generated = yaml.safe_load((REPO / "k8s/components/prometheus-operator/prometheusrule.yaml").read_text())
     source = yaml.safe_load((REPO / "monitoring/rules.yml").read_text())
     assert generated["spec"]["groups"] == source["groups"]
+
+
+def test_the_release_label_changes_as_docs_deploy_md_says(tmp_path):
+    """The `patches:` entry docs/deploy.md prints, added to a copy of the prod overlay, relabels the
+    ServiceMonitor and the PrometheusRule, and nothing else."""
+    import shutil
+
+    deploy = (REPO / "docs" / "deploy.md").read_text()
+    section = deploy[deploy.index("- **Prometheus**") :]
+    entry = re.search(r"```yaml\n(.*?)```", section, re.DOTALL)[1]
+    printed = yaml.safe_load(entry)
+    assert isinstance(printed, list) and len(printed) == 1, entry
+    shutil.copytree(REPO / "k8s", tmp_path / "k8s")
+    overlay = tmp_path / "k8s" / "overlays" / "prod" / "kustomization.yaml"
+    kustomization = yaml.safe_load(overlay.read_text())
+    kustomization["patches"] += printed
+    overlay.write_text(yaml.safe_dump(kustomization, sort_keys=False))
+    kubectl = binary("kubectl")
+    before = subprocess.run(
+        [kubectl, "kustomize", str(REPO / "k8s/overlays/prod")], capture_output=True, text=True
+    )
+    after = subprocess.run([kubectl, "kustomize", str(overlay.parent)], capture_output=True, text=True)
+    assert after.returncode == 0, after.stderr
+    changed = {}
+    for old, new in zip(yaml.safe_load_all(before.stdout), yaml.safe_load_all(after.stdout), strict=True):
+        if old != new:
+            changed[new["kind"]] = new["metadata"]["labels"]["release"]
+            old["metadata"]["labels"]["release"] = new["metadata"]["labels"]["release"]
+            assert old == new
+    assert changed == {"ServiceMonitor": "prometheus", "PrometheusRule": "prometheus"}
