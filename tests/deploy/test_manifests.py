@@ -515,3 +515,59 @@ def test_the_release_label_changes_as_docs_deploy_md_says(tmp_path):
             old["metadata"]["labels"]["release"] = new["metadata"]["labels"]["release"]
             assert old == new
     assert changed == {"ServiceMonitor": "prometheus", "PrometheusRule": "prometheus"}
+
+
+# ------------------------------------------------------------------------------------------------ logs
+
+LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "exception": 40, "critical": 50}
+
+
+def logged_lines() -> list[tuple[str, str, str]]:
+    """(format string with each %-placeholder as …, level, where) of every logger call in bertserve/."""
+    import ast
+
+    found = []
+    for path in sorted((REPO / "bertserve").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in LEVELS
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "logger"
+                and node.args
+            ):
+                parts = node.args[0]
+                texts = [parts] if isinstance(parts, ast.Constant) else getattr(parts, "values", [])
+                text = "".join(
+                    p.value for p in texts if isinstance(p, ast.Constant) and isinstance(p.value, str)
+                )
+                found.append((re.sub(r"%[sdgr]", "…", text), node.func.attr, f"{path.name}:{node.lineno}"))
+    return found
+
+
+def documented_lines() -> list[tuple[str, str]]:
+    operations = (REPO / "docs" / "operations.md").read_text()
+    return re.findall(r"^\| `([^`]+)` \| (debug|info|warning|error|critical) \|", operations, re.MULTILINE)
+
+
+def test_the_lines_operators_are_told_to_read_are_logged_at_a_level_every_overlay_shows(rendered):
+    documented = documented_lines()
+    assert len(documented) >= 8
+    code = logged_lines()
+    shown = {}
+    for name in ("dev", "prod", "gpu"):
+        shown[name] = find(objects(rendered[name]), "ConfigMap")["data"].get("BERTSERVE_LOG_LEVEL", "info")
+    problems = []
+    for line, level in documented:
+        calls = [(lvl, where) for text, lvl, where in code if text.startswith(line)]
+        if len(calls) != 1:
+            problems.append(f"{line!r}: {len(calls)} logger calls start so: {calls}")
+            continue
+        [(in_code, where)] = calls
+        if LEVELS[in_code] != LEVELS[level]:
+            problems.append(f"{line!r}: documented {level}, logged {in_code} ({where})")
+        hidden = [name for name, at in shown.items() if LEVELS[in_code] < LEVELS[at.lower()]]
+        if hidden:
+            problems.append(f"{line!r} ({in_code}) is hidden by BERTSERVE_LOG_LEVEL in {hidden}: {shown}")
+    assert problems == []
