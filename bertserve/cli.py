@@ -81,7 +81,7 @@ def serve(
     drain_seconds: float = typer.Option(
         None, help="Grace for in-flight requests on SIGTERM [BERTSERVE_DRAIN_SECONDS]."
     ),
-    log_level: str = typer.Option(None, help="HTTP server log level [BERTSERVE_LOG_LEVEL]."),
+    log_level: str = typer.Option(None, help="Root log level of every server process [BERTSERVE_LOG_LEVEL]."),
     log_format: str = typer.Option(None, help="json | text [BERTSERVE_LOG_FORMAT]."),
     api_keys_file: str = typer.Option(
         None, help="File of API keys, one per line (keys themselves: env only) [BERTSERVE_API_KEYS_FILE]."

@@ -146,7 +146,11 @@ class Settings(BaseSettings):
         ge=0,
         description="On SIGTERM: /health answers 503 and in-flight requests get this long to finish.",
     )
-    log_level: str = Field("info", description="Log level of the HTTP server.")
+    log_level: str = Field(
+        "info",
+        description="Root log level of every process (main, HTTP, inference) and the libraries' loggers in "
+        "them; the access log ignores it. Above info hides the start-up sizing and `drained` lines.",
+    )
     log_format: Literal["json", "text"] = Field(
         "json", description="Logs as one JSON object per line, or plain text; one access line per request."
     )

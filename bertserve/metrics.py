@@ -131,6 +131,11 @@ WORKER_RESTARTS = Counter(
     "Inference processes that died and were replaced (by slot); their in-flight requests were answered 503.",
     ["slot"],
 )
+MAX_QUEUE = Gauge(
+    f"{PREFIX}_max_queue",
+    "BERTSERVE_MAX_QUEUE: most requests one queue holds before new ones get 503 (the queue alert's bound)",
+    multiprocess_mode="max",
+)
 MODEL_INFO = Gauge(
     f"{PREFIX}_model_info",
     "1 for every model version loaded by a worker, with the backend and the device (cpu, cuda:N) it runs on.",

@@ -366,6 +366,7 @@ def run_server(settings: Settings) -> None:
     if settings.device == "cpu":
         _spin_briefly_between_forwards()
     _log_sizing(settings)
+    metrics.MAX_QUEUE.set(settings.max_queue)  # the queue alert reads its bound from here
     drain_flag = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]) / "draining"
     drain_flag.unlink(missing_ok=True)
     try:

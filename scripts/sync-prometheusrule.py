@@ -24,6 +24,8 @@ metadata:
   name: bertserve
   labels:
     app.kubernetes.io/name: bertserve
+    # what kube-prometheus-stack's ruleSelector matches (as the ServiceMonitor's): docs/deploy.md#prometheus
+    release: kube-prometheus-stack
 spec:
 """
 

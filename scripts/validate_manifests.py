@@ -323,6 +323,21 @@ def _policy_errors(source: str, objects: list[dict], claims: set, settings: set[
             names = {p.get("name") for s in matched for p in s["spec"].get("ports", [])}
             if endpoint.get("port") and endpoint["port"] not in names:
                 yield f"{where}: endpoint port {endpoint['port']} is not a port name of the selected Service"
+        for deployment in deployments:
+            annotations = deployment["spec"]["template"].get("metadata", {}).get("annotations") or {}
+            selected = any(selects(s["spec"].get("selector"), template_labels(deployment)) for s in matched)
+            if selected and annotations.get("prometheus.io/scrape") == "true":
+                yield (
+                    f"{where}: {describe(deployment)} also has prometheus.io/scrape: a Prometheus honouring "
+                    "both scrapes it twice (one mechanism, not two)"
+                )
+
+    for operator_object in by_kind.get("ServiceMonitor", []) + by_kind.get("PrometheusRule", []):
+        if not (operator_object["metadata"].get("labels") or {}).get("release"):
+            yield (
+                f"{source}: {describe(operator_object)}: no `release` label, which kube-prometheus-stack's "
+                "default selectors need"
+            )
 
 
 def autoscaler_errors(source: str, objects: list[dict]) -> Iterator[str]:

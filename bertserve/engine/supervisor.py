@@ -57,6 +57,8 @@ class WorkerSupervisor:
         self.failed: str | None = None  # why the server gave up, once it has
         self.verdict_file = verdict_file  # written when giving up: /health in every HTTP process reads it
         self.slots = [Slot(api, worker_id) for api, worker_id in self.internals.worker_slots()]
+        for slot in self.slots:  # each slot's series at 0 from the start: increase() sees its first restart
+            metrics.WORKER_RESTARTS.labels(str(slot.worker_id))
 
     def start(self) -> None:
         threading.Thread(target=self._watch, daemon=True, name="bertserve-supervisor").start()

@@ -176,6 +176,9 @@ class EngineLoop:
         if explainer is not None:
             explainer.start(self.deliver_from_thread)
         self._from_thread: deque[FromThread] = deque()
+        for task in tasks.values():  # each series at 0 from the start: rate() and increase() see the first
+            metrics.EXPIRED.labels(task.endpoint)
+            metrics.CANCELLED.labels(task.endpoint)
 
     # ---- the loop ----------------------------------------------------------------------------------
 

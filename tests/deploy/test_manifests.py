@@ -124,9 +124,28 @@ def test_graceful_shutdown_and_settings_match_the_server(rendered):
     assert pod["terminationGracePeriodSeconds"] > 5 + float(config["BERTSERVE_DRAIN_SECONDS"])
     assert container["envFrom"][0]["configMapRef"]["name"] == find(docs, "ConfigMap")["metadata"]["name"]
     assert pod["enableServiceLinks"] is False  # else BERTSERVE_PORT=tcp://... from the Service breaks startup
-    annotations = find(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["prometheus.io/scrape"] == "true"
-    assert annotations["prometheus.io/port"] == str(container["ports"][0]["containerPort"]) == "8000"
+
+
+def test_one_scrape_mechanism_per_overlay_and_operator_objects_kube_prometheus_stack_selects(rendered):
+    """dev: the prometheus.io/* pod annotations; prod and gpu: a ServiceMonitor instead, never both, and it
+    and the PrometheusRule labelled with kube-prometheus-stack's release."""
+    for name in ("dev", "prod", "gpu"):
+        docs = objects(rendered[name])
+        deployment = find(docs, "Deployment")
+        annotations = deployment["spec"]["template"]["metadata"].get("annotations") or {}
+        monitors = [d for d in docs if d["kind"] == "ServiceMonitor"]
+        if name == "dev":
+            assert monitors == []
+            assert annotations["prometheus.io/scrape"] == "true"
+            port = deployment["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
+            assert annotations["prometheus.io/port"] == str(port) == "8000"
+            assert annotations["prometheus.io/path"] == "/metrics"
+        else:
+            assert len(monitors) == 1
+            assert not [key for key in annotations if key.startswith("prometheus.io/")], (name, annotations)
+            for kind in ("ServiceMonitor", "PrometheusRule"):
+                labels = find(docs, kind)["metadata"]["labels"]
+                assert labels["release"] == "kube-prometheus-stack", (name, kind, labels)
 
 
 def test_gpu_overlay_is_prod_on_gpu_nodes_scaled_on_requests_in_flight(rendered):
@@ -318,6 +337,20 @@ BROKEN = {
         lambda k: k["ServiceMonitor"]["spec"]["endpoints"][0].update(port="metrics"),
         "endpoint port metrics is not a port name",
     ),
+    "pods scraped twice (annotations and a ServiceMonitor)": (
+        lambda k: k["Deployment"]["spec"]["template"]["metadata"].update(
+            annotations={"prometheus.io/scrape": "true"}
+        ),
+        "also has prometheus.io/scrape",
+    ),
+    "ServiceMonitor kube-prometheus-stack does not select": (
+        lambda k: k["ServiceMonitor"]["metadata"]["labels"].pop("release"),
+        "ServiceMonitor/bertserve/bertserve: no `release` label",
+    ),
+    "PrometheusRule kube-prometheus-stack does not select": (
+        lambda k: k["PrometheusRule"]["metadata"]["labels"].pop("release"),
+        "PrometheusRule/bertserve/bertserve: no `release` label",
+    ),
     "probe on another path": (
         lambda k: container_of(k)["readinessProbe"]["httpGet"].update(path="/healthz"),
         "readinessProbe checks /healthz",
@@ -453,3 +486,89 @@ def test_prometheusrule_is_generated_from_monitoring_rules():
     generated = yaml.safe_load((REPO / "k8s/components/prometheus-operator/prometheusrule.yaml").read_text())
     source = yaml.safe_load((REPO / "monitoring/rules.yml").read_text())
     assert generated["spec"]["groups"] == source["groups"]
+
+
+def test_the_release_label_changes_as_docs_deploy_md_says(tmp_path):
+    """The `patches:` entry docs/deploy.md prints, added to a copy of the prod overlay, relabels the
+    ServiceMonitor and the PrometheusRule, and nothing else."""
+    import shutil
+
+    deploy = (REPO / "docs" / "deploy.md").read_text()
+    section = deploy[deploy.index("- **Prometheus**") :]
+    entry = re.search(r"```yaml\n(.*?)```", section, re.DOTALL)[1]
+    printed = yaml.safe_load(entry)
+    assert isinstance(printed, list) and len(printed) == 1, entry
+    shutil.copytree(REPO / "k8s", tmp_path / "k8s")
+    overlay = tmp_path / "k8s" / "overlays" / "prod" / "kustomization.yaml"
+    kustomization = yaml.safe_load(overlay.read_text())
+    kustomization["patches"] += printed
+    overlay.write_text(yaml.safe_dump(kustomization, sort_keys=False))
+    kubectl = binary("kubectl")
+    before = subprocess.run(
+        [kubectl, "kustomize", str(REPO / "k8s/overlays/prod")], capture_output=True, text=True
+    )
+    after = subprocess.run([kubectl, "kustomize", str(overlay.parent)], capture_output=True, text=True)
+    assert after.returncode == 0, after.stderr
+    changed = {}
+    for old, new in zip(yaml.safe_load_all(before.stdout), yaml.safe_load_all(after.stdout), strict=True):
+        if old != new:
+            changed[new["kind"]] = new["metadata"]["labels"]["release"]
+            old["metadata"]["labels"]["release"] = new["metadata"]["labels"]["release"]
+            assert old == new
+    assert changed == {"ServiceMonitor": "prometheus", "PrometheusRule": "prometheus"}
+
+
+# ------------------------------------------------------------------------------------------------ logs
+
+LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "exception": 40, "critical": 50}
+
+
+def logged_lines() -> list[tuple[str, str, str]]:
+    """(format string with each %-placeholder as …, level, where) of every logger call in bertserve/."""
+    import ast
+
+    found = []
+    for path in sorted((REPO / "bertserve").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in LEVELS
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "logger"
+                and node.args
+            ):
+                parts = node.args[0]
+                texts = [parts] if isinstance(parts, ast.Constant) else getattr(parts, "values", [])
+                text = "".join(
+                    p.value for p in texts if isinstance(p, ast.Constant) and isinstance(p.value, str)
+                )
+                found.append((re.sub(r"%[sdgr]", "…", text), node.func.attr, f"{path.name}:{node.lineno}"))
+    return found
+
+
+def documented_lines() -> list[tuple[str, str]]:
+    operations = (REPO / "docs" / "operations.md").read_text()
+    return re.findall(r"^\| `([^`]+)` \| (debug|info|warning|error|critical) \|", operations, re.MULTILINE)
+
+
+def test_the_lines_operators_are_told_to_read_are_logged_at_a_level_every_overlay_shows(rendered):
+    documented = documented_lines()
+    assert len(documented) >= 8
+    code = logged_lines()
+    shown = {}
+    for name in ("dev", "prod", "gpu"):
+        shown[name] = find(objects(rendered[name]), "ConfigMap")["data"].get("BERTSERVE_LOG_LEVEL", "info")
+    problems = []
+    for line, level in documented:
+        calls = [(lvl, where) for text, lvl, where in code if text.startswith(line)]
+        if len(calls) != 1:
+            problems.append(f"{line!r}: {len(calls)} logger calls start so: {calls}")
+            continue
+        [(in_code, where)] = calls
+        if LEVELS[in_code] != LEVELS[level]:
+            problems.append(f"{line!r}: documented {level}, logged {in_code} ({where})")
+        hidden = [name for name, at in shown.items() if LEVELS[in_code] < LEVELS[at.lower()]]
+        if hidden:
+            problems.append(f"{line!r} ({in_code}) is hidden by BERTSERVE_LOG_LEVEL in {hidden}: {shown}")
+    assert problems == []

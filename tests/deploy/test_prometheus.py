@@ -29,6 +29,7 @@ from tests.deploy.tools import REPO, binary
 pytestmark = pytest.mark.integration
 
 CLASSIFY = {"endpoint": "classify", "code": "200"}
+MAX_QUEUE = 77  # not a default anywhere: the exported bound is the one the server was given
 LATENCY = "bertserve_request_duration_seconds_bucket"
 
 
@@ -62,7 +63,7 @@ def server(tmp_path_factory) -> Iterator[str]:
     from tests.server_process import running_server
 
     store = make_tiny_store(tmp_path_factory.mktemp("prometheus") / "store")
-    with running_server(store, "--workers", "1") as base_url:
+    with running_server(store, "--workers", "1", "--max-queue", str(MAX_QUEUE)) as base_url:
         yield base_url
 
 
@@ -264,11 +265,24 @@ def test_rules_evaluate_on_real_series(server, prometheus):
     assert 0 <= float(drift[0]["value"][1]) <= 1
     groups = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
     rules = [rule for group in groups for rule in group["rules"]]
-    assert len(rules) == 17
+    assert len(rules) == 21
     unhealthy = [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"]
     assert unhealthy == []
     firing = [r["name"] for r in rules if r["type"] == "alerting" and r["state"] != "inactive"]
     assert firing == []  # a healthy server under light load raises no alert
+
+
+def test_the_alerts_series_exist_before_anything_goes_wrong(server, prometheus):
+    """The queue alert's bound is the server's own, and the restart, expiry and cancel counters exist at 0
+    from the start: increase() and rate() see the first event, not only the second."""
+    wait_for("the bound scraped", lambda: scalar(prometheus, 'max(bertserve_max_queue{job="bertserve"})'))
+    assert scalar(prometheus, 'max(bertserve_max_queue{job="bertserve"})') == MAX_QUEUE
+    restarts = query(prometheus, 'bertserve_worker_restarts_total{job="bertserve"}')
+    assert [r["metric"]["slot"] for r in restarts] == ["0"]
+    assert [float(r["value"][1]) for r in restarts] == [0.0]
+    for counter in ("bertserve_expired_requests_total", "bertserve_cancelled_requests_total"):
+        endpoints = {r["metric"]["endpoint"] for r in query(prometheus, f'{counter}{{job="bertserve"}}')}
+        assert {"classify", "fill-mask"} <= endpoints, (counter, endpoints)
 
 
 def test_every_dashboard_query_runs_on_real_data(server, prometheus):
