@@ -16,7 +16,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from bertserve import metrics
 from bertserve.cli import app
-from bertserve.config import Settings
+from bertserve.config import Settings, shown_default
 from bertserve.errors import STATUS_CODES
 from bertserve.runtime.device import pick_sizing
 from tests.readme_examples import README, fill_mask_shape, own_model_steps, readme_examples, top_labels
@@ -148,13 +148,6 @@ def test_every_cli_option_is_documented():
     named = set(FLAG.findall(DOCS))
     missing = sorted(all_options() - NOT_DOCUMENTED_OPTIONS - named)
     assert not missing, f"CLI options no page names: {missing}"
-
-
-def shown_default(default: object) -> str:
-    """How the configuration table writes a setting's default."""
-    if default is None or (hasattr(default, "get_secret_value") and not default.get_secret_value()):
-        return "unset"
-    return str(default) if default != "" else "(none)"
 
 
 def test_the_configuration_table_has_every_setting_with_its_serve_flag_and_default():
