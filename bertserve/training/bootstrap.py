@@ -50,7 +50,7 @@ BUDGETS = {
         fine_tune=ClassifyOptions(encoder="fine-tune"),
         # A step of 32 x 128 tokens on 2 cores takes ~1.6 s with native bf16 (AVX-512 BF16 / AMX) and ~4 s
         # without (AVX2 only): 120 steps there keep the bootstrap's time alike (docs/models-and-training.md
-        # #bootstrap-time; 300 steps reached held-out top-5 0.485, 120 steps 0.390). A GPU runs all 300.
+        # #bootstrap-time; the scores of each: #the-default-models). A GPU runs all 300.
         pretrain=PretrainOptions(max_steps=300, eval_every=0),
         slow_cpu_pretrain_steps=120,
     ),
