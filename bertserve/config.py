@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from pydantic import Field, SecretStr, field_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bertserve import routes
@@ -216,6 +217,26 @@ class Settings(BaseSettings):
             if name not in self.model_fields_set:
                 update[name] = getattr(sizing, name)
         return self.model_copy(update=update)
+
+
+def env_only(field: FieldInfo) -> bool:
+    """Whether a setting is read from the environment only: a secret on a command line is shown to every
+    user of the machine (`ps`), so API keys have no flag."""
+    return SecretStr in (field.annotation, *get_args(field.annotation))
+
+
+def shown_default(value: object) -> str:
+    """A setting's default as `serve --help` and docs/configuration.md write it."""
+    if value is None or (isinstance(value, SecretStr) and not value.get_secret_value()):
+        return "unset"
+    return str(value) if value != "" else "(none)"
+
+
+def flag_help(name: str) -> str:
+    """The --help of a setting's flag, drawn from its field (the one place its meaning and default live).
+    The bracket opens with the variable: rich takes a lower-case `[word...]` for markup and drops it."""
+    field = Settings.model_fields[name]
+    return f"{field.description} [BERTSERVE_{name.upper()}, default {shown_default(field.default)}]"
 
 
 def parse_model_backends(text: str) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """The one error shape, `{"error": {"code", "message"}}`, and the mapping from client mistakes to 4xx.
 
 Errors raised in an inference worker travel back to the HTTP process as a FastAPI HTTPException whose
-`detail` already holds the error body (encoded as JSON on the way, see engine/transport.py); the handlers
+`detail` already holds the error body (encoded as JSON on the way, see engine/wire.py); the handlers
 here render every error the same.
 """
 
@@ -47,7 +47,7 @@ class ClientError(Exception):
         self.message = message
 
     def to_http(self) -> HTTPException:
-        """The form the engine carries from the worker back to the HTTP process (engine/transport.py)."""
+        """The form the engine carries from the worker back to the HTTP process (engine/wire.py)."""
         return HTTPException(self.status, error_body(self.code, self.message))
 
 

@@ -159,3 +159,13 @@ def markdown_table() -> str:
             f"{'open' if route.open else 'key'} |"
         )
     return "\n".join(lines)
+
+
+def by_protocol() -> str:
+    """The public routes, one paragraph per protocol (`bertserve serve --help` prints it)."""
+    paragraphs = []
+    for protocol in PROTOCOLS:
+        listed = [f"{r.method} {r.path}" for r in ROUTES if r.protocol == protocol and not r.internal]
+        if listed:
+            paragraphs.append(f"{protocol}: {', '.join(listed)}")
+    return "\n\n".join(paragraphs)

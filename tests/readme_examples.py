@@ -3,7 +3,8 @@
 The examples sit between `<!-- BEGIN examples -->` and `<!-- END examples -->` as a console transcript: a
 `$ curl ... localhost:8000/PATH ... -d '<JSON body>'` line (backslash continuations allowed), then the JSON
 answer the server gave, over as many lines as it needs. The own-model quickstart (`<!-- BEGIN own-model -->`)
-is a `bertserve store import`, a `bertserve serve` and such a call."""
+is a `bertserve store import`, a `bertserve serve` and such a call; the tiny-store quick try
+(`<!-- BEGIN tiny-store -->`) a `python scripts/make_tiny_store.py`, a `bertserve serve` and such a call."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def transcript(text: str, name: str = "examples") -> list[tuple[str, list[str]]]
 
 def readme_examples(text: str) -> list[Example]:
     """Every example call in the marked section, in order; ValueError when one cannot be read."""
-    return [_example(call, output) for call, output in transcript(text)]
+    return [parse_call(call, output) for call, output in transcript(text)]
 
 
 @dataclass(frozen=True)
@@ -66,10 +67,29 @@ def own_model_steps(text: str) -> OwnModel:
     import_args, serve_args = shlex.split(imported)[2:], shlex.split(serve)[2:]
     if import_args[:2] != ["store", "import"] or serve_args[:1] != ["serve"]:
         raise ValueError(f"not `bertserve store import` then `bertserve serve`: {imported!r}, {serve!r}")
-    return OwnModel(import_args, serve_args, _example(call, output))
+    return OwnModel(import_args, serve_args, parse_call(call, output))
 
 
-def _example(call: str, output: list[str]) -> Example:
+@dataclass(frozen=True)
+class TinyStore:
+    """The README's tiny-store quick try: the script's arguments and what it printed, the `bertserve`
+    arguments of its serve command, then the call."""
+
+    script_args: list[str]
+    printed: list[str]
+    serve_args: list[str]
+    call: Example
+
+
+def tiny_store_steps(text: str) -> TinyStore:
+    calls = transcript(text, "tiny-store")
+    if [call.split()[1] for call, _ in calls] != ["python", "bertserve", "curl"]:
+        raise ValueError(f"expected python scripts/make_tiny_store.py, bertserve serve, curl: {calls}")
+    (script, printed), (serve, _), (call, output) = calls
+    return TinyStore(shlex.split(script)[2:], printed, shlex.split(serve)[2:], parse_call(call, output))
+
+
+def parse_call(call: str, output: list[str]) -> Example:
     match = CALL.match(call)
     if match is None:
         raise ValueError(f"not a `curl localhost:PORT/PATH -d '<json>'` call: {call!r}")

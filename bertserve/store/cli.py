@@ -61,7 +61,9 @@ def import_(
         help="classification | fill-mask | embedding | rerank (default: embedding for a sentence-transformers"
         " folder, rerank for a one-output sequence classifier, else from config.architectures).",
     ),
-    alias: str = typer.Option(None, help="Also point this alias at the new version.", callback=ALIAS_NAME),
+    alias: str = typer.Option(
+        None, help="Also point this alias at the new version (default: none).", callback=ALIAS_NAME
+    ),
     store: Path = StoreOption,
 ) -> None:
     """Publish a Hugging Face BERT-family folder as the next version of NAME (pickle weights converted)."""

@@ -1,5 +1,4 @@
-"""Build the default store from real assets: sentiment v1 (frozen), v2 (fine-tuned), production alias, mlm v1,
-minilm v1 (the encoder itself as a sentence-embedding model: no training).
+"""Build the default store from real assets: what default_store.BUILDS lists.
 
 Every step is skipped when the store already holds its result (the manifest's `training.bootstrap`
 marks it), so running bootstrap again is cheap and a half-finished bootstrap resumes where it stopped."""
@@ -19,12 +18,12 @@ from bertserve.training import assets
 from bertserve.training.classify import ClassifierTrainer, ClassifyOptions
 from bertserve.training.corpus import stdlib_passages
 from bertserve.training.data import Examples, load_examples, stratified_split
+from bertserve.training.default_store import BUILDS, EMBEDDING, MLM, PRODUCTION, SENTIMENT
 from bertserve.training.jobs import file_record
 from bertserve.training.loop import training_device
 from bertserve.training.mlm import MaskedLMTrainer, PretrainOptions
 from bertserve.training.publishing import Base, publish_classifier, publish_masked_lm
 
-SENTIMENT, MLM, EMBEDDING, PRODUCTION = "sentiment", "mlm", "minilm", "production"
 VALIDATION_FRACTION, SPLIT_SEED = 0.15, 0
 
 
@@ -51,7 +50,7 @@ BUDGETS = {
         fine_tune=ClassifyOptions(encoder="fine-tune"),
         # A step of 32 x 128 tokens on 2 cores takes ~1.6 s with native bf16 (AVX-512 BF16 / AMX) and ~4 s
         # without (AVX2 only): 120 steps there keep the bootstrap's time alike (docs/models-and-training.md
-        # #bootstrap-time; 300 steps reached held-out top-5 0.485, 120 steps 0.390). A GPU runs all 300.
+        # #bootstrap-time; the scores of each: #the-default-models). A GPU runs all 300.
         pretrain=PretrainOptions(max_steps=300, eval_every=0),
         slow_cpu_pretrain_steps=120,
     ),
@@ -222,7 +221,7 @@ def _promote(store: ModelStore, log: Callable[[str], None]) -> None:
 def summarize(store: ModelStore) -> dict:
     """Versions with their key metrics and the aliases: what bootstrap reports and the tests check."""
     out: dict = {}
-    for name in (SENTIMENT, MLM, EMBEDDING):
+    for name in BUILDS:
         if name not in store.models():
             continue
         versions = {}

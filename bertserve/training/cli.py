@@ -9,8 +9,10 @@ from pathlib import Path
 
 import typer
 
+from bertserve.config import flag_help
 from bertserve.runtime.device import DeviceUnavailable
 from bertserve.store.cli import MODEL_NAME
+from bertserve.training.default_store import described
 
 
 def _store_default() -> Path:
@@ -39,7 +41,7 @@ class BudgetName(StrEnum):
     quick = "quick"
 
 
-STORE = typer.Option(None, help="Model store root [BERTSERVE_STORE, default model_store].")
+STORE = typer.Option(None, help=flag_help("store"))
 SEED = typer.Option(42, help="Seed for the split, initialisation, data order, masking and dropout.")
 THREADS = typer.Option(0, help="Torch threads (0: every core this process may use).")
 PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show progress bars.")
@@ -89,17 +91,27 @@ def train(
     base: str = typer.Option(..., help="Base: store ref (name, name@V, name:alias) or a local HF folder."),
     store: Path = STORE,
     text_column: str = typer.Option("text", help="Column with the text."),
-    pair_column: str = typer.Option(None, help="Column with the second text of a sentence pair."),
+    pair_column: str = typer.Option(
+        None, help="Column with the second text of a sentence pair (default: none, single texts)."
+    ),
     label_column: str = typer.Option("label", help="Column with the label(s)."),
-    multi_label: bool = typer.Option(False, "--multi-label", help="Several labels per row (sigmoid)."),
+    multi_label: bool = typer.Option(
+        False, "--multi-label", help="Several labels per row (sigmoid; default: off)."
+    ),
     label_delimiter: str = typer.Option("|", help="Separator of labels in a multi-label text cell."),
-    eval_file: Path = typer.Option(None, exists=True, dir_okay=False, help="Held-out eval data."),
+    eval_file: Path = typer.Option(
+        None,
+        exists=True,
+        dir_okay=False,
+        help="Held-out eval data (default: none, an --eval-fraction split).",
+    ),
     eval_fraction: float = typer.Option(0.15, help="Without --eval-file: stratified share of the data."),
     test_file: Path = typer.Option(
         None,
         exists=True,
         dir_okay=False,
-        help="Holdout: never read by training; the promotion gate compares on it.",
+        help="Holdout: never read by training; the promotion gate compares on it (default: none, promoting "
+        "then needs --force).",
     ),
     encoder: Encoder = typer.Option(Encoder.fine_tune, help="frozen: head only; fine-tune: everything."),
     epochs: int = typer.Option(None, help="Most epochs (default 8 fine-tune, 40 frozen)."),
@@ -128,7 +140,9 @@ def train(
         0.0, min=0.0, max=0.9999, help="Keep a moving average of the weights with this decay (0: off)."
     ),
     ordinal: str = typer.Option(
-        None, help="Ordered labels, low to high, comma-separated (negative,neutral,positive): one score axis."
+        None,
+        help="Ordered labels, low to high, comma-separated (negative,neutral,positive): one score axis "
+        "(default: none, unordered).",
     ),
     seed: int = SEED,
     threads: int = THREADS,
@@ -193,7 +207,9 @@ def pretrain(
     base: str = typer.Option(..., help="Base: store ref or local HF folder (an MLM head is optional)."),
     store: Path = STORE,
     text_column: str = typer.Option("text", help="Column with the text in tabular corpus files."),
-    stdlib_docs: bool = typer.Option(False, "--stdlib-docs", help="Add the Python stdlib's docstrings."),
+    stdlib_docs: bool = typer.Option(
+        False, "--stdlib-docs", help="Add the Python stdlib's docstrings (default: off)."
+    ),
     max_steps: int = typer.Option(250, help="Optimiser steps (the LR schedule spans them)."),
     max_minutes: float = typer.Option(0.0, help="Stop earlier after this many minutes (0: no cap)."),
     batch_size: int = typer.Option(32, help="Packed sequences per step."),
@@ -260,7 +276,7 @@ def bootstrap(
     device: str = DEVICE,
     progress: bool = PROGRESS,
 ) -> None:
-    """Build the default store (sentiment v1 frozen, v2 fine-tuned, production alias, mlm v1); idempotent."""
+    """Build the default store; idempotent."""
     import json
 
     from bertserve.training.bootstrap import bootstrap as run_bootstrap
@@ -280,4 +296,6 @@ def register_training_commands(app: typer.Typer) -> None:
     """Add train, pretrain and bootstrap to the top-level CLI."""
     app.command(help=train.__doc__)(train)
     app.command(help=pretrain.__doc__)(pretrain)
-    app.command(help=bootstrap.__doc__)(bootstrap)
+    app.command(help=f"Build the default store: {described()}. Idempotent: a step already done is skipped.")(
+        bootstrap
+    )

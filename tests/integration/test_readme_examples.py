@@ -9,7 +9,8 @@ training: the numbers the README prints (each vector's first few) must come back
 
 The own-model quickstart runs as printed, on a small classifier folder in place of `./my-classifier`: its
 import, then its serve command (no bootstrap, no default store), then its call must answer with the model
-and version printed and one of the folder's labels."""
+and version printed and one of the folder's labels. The tiny-store quick try runs likewise: its script, what
+it prints, its serve command, its call."""
 
 from __future__ import annotations
 
@@ -19,11 +20,19 @@ import sys
 import httpx
 import pytest
 
-from tests.readme_examples import README, fill_mask_shape, own_model_steps, readme_examples, top_labels
+from tests.readme_examples import (
+    README,
+    fill_mask_shape,
+    own_model_steps,
+    readme_examples,
+    tiny_store_steps,
+    top_labels,
+)
 from tests.server_process import running_server
 from tests.tiny_models import build_classifier
 
 pytestmark = pytest.mark.integration
+REPO = README.parent
 
 EXAMPLES = readme_examples(README.read_text())
 CLASSIFY = [e for e in EXAMPLES if e.path == "/v1/classify"]
@@ -95,3 +104,26 @@ def test_your_own_model_in_the_three_readme_commands(tmp_path):
     assert (answer["model"], answer["version"]) == (printed["model"], printed["version"])
     assert len(answer["predictions"]) == len(printed["predictions"])
     assert set(top_labels(answer)) <= set(labels) and set(top_labels(printed)) <= set(labels)
+
+
+def test_the_tiny_store_quick_try_as_printed(tmp_path):
+    steps = tiny_store_steps(README.read_text())
+    made = subprocess.run(
+        [sys.executable, str(REPO / steps.script_args[0]), *steps.script_args[1:]],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.splitlines() == steps.printed
+    serve_args = steps.serve_args[1:]
+    store = tmp_path / serve_args.pop(serve_args.index("--store") + 1)
+    serve_args.remove("--store")
+    with running_server(store, *serve_args) as base:
+        answer = answer_to(base, steps.call.path, steps.call.body)
+    printed = steps.call.answer
+    assert (answer["model"], answer["version"]) == (printed["model"], printed["version"])
+    assert sorted(c["label"] for c in answer["predictions"][0]) == sorted(
+        c["label"] for c in printed["predictions"][0]
+    )

@@ -81,3 +81,14 @@ def test_docs_list_the_routes_and_labels_of_the_table():
     listing = operations.split("[route table](api.md#every-route) lists: ", 1)[1].split(")", 1)[0]
     listed = set(re.findall(r"`([^`]+)`", listing))
     assert listed == set(routes.metric_labels().values()), "docs/operations.md's endpoint labels"
+
+
+def test_serve_help_lists_every_public_route_of_the_table():
+    from typer.testing import CliRunner
+
+    from bertserve.cli import app
+
+    printed = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "2000"}).output
+    for route in routes.ROUTES:
+        if not route.internal:
+            assert f"{route.method} {route.path}" in printed, f"serve --help leaves out {route.path}"
