@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,11 +61,16 @@ class OwnModel:
     call: Example
 
 
+def _steps(text: str, name: str, programs: list[str]) -> list[tuple[str, list[str]]]:
+    """The `name` section's transcript, which must run `programs` in that order."""
+    calls = transcript(text, name)
+    if [call.split()[1] for call, _ in calls] != programs:
+        raise ValueError(f"expected {', '.join(programs)} in {name}: {[call for call, _ in calls]}")
+    return calls
+
+
 def own_model_steps(text: str) -> OwnModel:
-    calls = transcript(text, "own-model")
-    if [call.split()[1] for call, _ in calls] != ["bertserve", "bertserve", "curl"]:
-        raise ValueError(f"expected bertserve store import, bertserve serve, curl: {[c for c, _ in calls]}")
-    (imported, _), (serve, _), (call, output) = calls
+    (imported, _), (serve, _), (call, output) = _steps(text, "own-model", ["bertserve", "bertserve", "curl"])
     import_args, serve_args = shlex.split(imported)[2:], shlex.split(serve)[2:]
     if import_args[:2] != ["store", "import"] or serve_args[:1] != ["serve"]:
         raise ValueError(f"not `bertserve store import` then `bertserve serve`: {imported!r}, {serve!r}")
@@ -82,10 +89,8 @@ class TinyStore:
 
 
 def tiny_store_steps(text: str) -> TinyStore:
-    calls = transcript(text, "tiny-store")
-    if [call.split()[1] for call, _ in calls] != ["python", "bertserve", "curl"]:
-        raise ValueError(f"expected python scripts/make_tiny_store.py, bertserve serve, curl: {calls}")
-    (script, printed), (serve, _), (call, output) = calls
+    steps = _steps(text, "tiny-store", ["python", "bertserve", "curl"])
+    (script, printed), (serve, _), (call, output) = steps
     return TinyStore(shlex.split(script)[2:], printed, shlex.split(serve)[2:], parse_call(call, output))
 
 
@@ -107,3 +112,12 @@ def top_labels(answer: dict) -> list[str]:
 def fill_mask_shape(answer: dict) -> list[list[int]]:
     """Candidates per mask per input: what a fill-mask answer's nesting promises."""
     return [[len(candidates) for candidates in masks] for masks in answer["predictions"]]
+
+
+def import_as_printed(import_args: list[str], folder: Path, cwd: Path) -> None:
+    """Run a printed `bertserve store import ./FOLDER ...` (its arguments after `bertserve`) on `folder`."""
+    args = [str(folder) if arg.startswith("./") else arg for arg in import_args]
+    done = subprocess.run(
+        [sys.executable, "-m", "bertserve.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr

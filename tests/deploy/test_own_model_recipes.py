@@ -12,7 +12,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 
 import httpx
 import pytest
@@ -20,7 +19,7 @@ import yaml
 
 from bertserve.config import Settings
 from tests.deploy.tools import REPO, binary
-from tests.readme_examples import parse_call, top_labels, transcript
+from tests.readme_examples import import_as_printed, parse_call, top_labels, transcript
 from tests.server_process import running_server
 from tests.tiny_models import build_classifier
 
@@ -58,16 +57,7 @@ def test_the_docker_recipe_mounts_the_image_store_and_sets_real_settings(tmp_pat
     assert host == f"$PWD/{store_name}", "the mount is not the store the import wrote"
 
     labels = ("negative", "neutral", "positive")
-    folder = build_classifier(tmp_path / "hf", labels=labels)
-    args = [str(folder) if arg.startswith("./") else arg for arg in import_args]
-    done = subprocess.run(
-        [sys.executable, "-m", "bertserve.cli", *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
+    import_as_printed(import_args, build_classifier(tmp_path / "hf", labels=labels), tmp_path)
     printed = parse_call(call, output)
     with running_server(tmp_path / store_name, env=env) as base:
         answer = httpx.post(f"{base}{printed.path}", json=printed.body, timeout=60).json()

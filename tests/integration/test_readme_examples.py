@@ -23,6 +23,7 @@ import pytest
 from tests.readme_examples import (
     README,
     fill_mask_shape,
+    import_as_printed,
     own_model_steps,
     readme_examples,
     tiny_store_steps,
@@ -82,26 +83,23 @@ def test_embeddings_examples_give_the_printed_numbers(server, example):
         assert got["embedding"][: len(shown)] == pytest.approx(shown, abs=1e-4)
 
 
-def test_your_own_model_in_the_three_readme_commands(tmp_path):
-    steps = own_model_steps(README.read_text())
-    labels = ("negative", "neutral", "positive")
-    folder = build_classifier(tmp_path / "hf", labels=labels)
-    import_args = [str(folder) if arg.startswith("./") else arg for arg in steps.import_args]
-    imported = subprocess.run(
-        [sys.executable, "-m", "bertserve.cli", *import_args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert imported.returncode == 0, imported.stderr
-    serve_args = steps.serve_args[1:]
+def serve_and_call_as_printed(tmp_path, serve_args: list[str], call) -> tuple[dict, dict]:
+    """Run the printed `bertserve serve --store STORE ...` (STORE under tmp_path), send the printed call;
+    (the answer, the printed answer), which name the same model and version."""
+    serve_args = serve_args[1:]
     store = tmp_path / serve_args.pop(serve_args.index("--store") + 1)
     serve_args.remove("--store")
     with running_server(store, *serve_args) as base:
-        answer = answer_to(base, steps.call.path, steps.call.body)
-    printed = steps.call.answer
-    assert (answer["model"], answer["version"]) == (printed["model"], printed["version"])
+        answer = answer_to(base, call.path, call.body)
+    assert (answer["model"], answer["version"]) == (call.answer["model"], call.answer["version"])
+    return answer, call.answer
+
+
+def test_your_own_model_in_the_three_readme_commands(tmp_path):
+    steps = own_model_steps(README.read_text())
+    labels = ("negative", "neutral", "positive")
+    import_as_printed(steps.import_args, build_classifier(tmp_path / "hf", labels=labels), tmp_path)
+    answer, printed = serve_and_call_as_printed(tmp_path, steps.serve_args, steps.call)
     assert len(answer["predictions"]) == len(printed["predictions"])
     assert set(top_labels(answer)) <= set(labels) and set(top_labels(printed)) <= set(labels)
 
@@ -117,13 +115,7 @@ def test_the_tiny_store_quick_try_as_printed(tmp_path):
     )
     assert made.returncode == 0, made.stderr
     assert made.stdout.splitlines() == steps.printed
-    serve_args = steps.serve_args[1:]
-    store = tmp_path / serve_args.pop(serve_args.index("--store") + 1)
-    serve_args.remove("--store")
-    with running_server(store, *serve_args) as base:
-        answer = answer_to(base, steps.call.path, steps.call.body)
-    printed = steps.call.answer
-    assert (answer["model"], answer["version"]) == (printed["model"], printed["version"])
+    answer, printed = serve_and_call_as_printed(tmp_path, steps.serve_args, steps.call)
     assert sorted(c["label"] for c in answer["predictions"][0]) == sorted(
         c["label"] for c in printed["predictions"][0]
     )
