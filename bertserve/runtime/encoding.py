@@ -9,7 +9,6 @@ only when both keys are equal. Versions of one model may have different tokenize
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import threading
@@ -46,6 +45,27 @@ def _in_event_loop() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+class _Turn:
+    """The tokenizer, one call at a time. A thread waits for its turn; the event loop never does (it would
+    stall every request and /live for as long as a large tokenization lasts): EncoderBusy. One per encoder,
+    made once: the request path takes it without a new object or a loop lookup when it is free."""
+
+    __slots__ = ("lock", "ref")
+
+    def __init__(self, ref: str) -> None:
+        self.lock = threading.Lock()
+        self.ref = ref
+
+    def __enter__(self) -> None:
+        if not self.lock.acquire(blocking=False):
+            if _in_event_loop():
+                raise EncoderBusy(self.ref)
+            self.lock.acquire()
+
+    def __exit__(self, *_: object) -> None:
+        self.lock.release()
 
 
 class TextEncoder:
@@ -85,26 +105,15 @@ class TextEncoder:
         around = tokenizer("", add_special_tokens=True)["input_ids"]
         self._prefix, self._suffix = list(around[:1]), list(around[1:])
         # A call sets the tokenizer's truncation before encoding: one call at a time (an HTTP process
-        # tokenizes large requests in a thread, small ones in its event loop; see _turn)
-        self._lock = threading.Lock()
-
-    @contextlib.contextmanager
-    def _turn(self):
-        """The tokenizer, one call at a time. A thread waits for its turn; the event loop never does (it
-        would stall every request and /live for as long as a large tokenization lasts): EncoderBusy."""
-        if not self._lock.acquire(blocking=not _in_event_loop()):
-            raise EncoderBusy(self.ref)
-        try:
-            yield
-        finally:
-            self._lock.release()
+        # tokenizes large requests in a thread, small ones in its event loop; see _Turn)
+        self._turn = _Turn(self.ref)
 
     def encode(
         self, inputs: Sequence[ClassifyInput], truncate: bool, direction: str = "right"
     ) -> list[Encoded]:
         """Tokenize one request's inputs; a 422 names the first input that cannot be answered. `direction`:
         the side a too-long input loses tokens from (TEI's truncation_direction)."""
-        with self._turn():
+        with self._turn:
             self.tokenizer.truncation_side = direction
             try:
                 return self._encode(inputs, truncate)
@@ -160,7 +169,7 @@ class TextEncoder:
 
     def tokens(self, text: str, add_special_tokens: bool) -> list[dict]:
         """TEI's /tokenize: every token with its id, text, whether it is special, and its character span."""
-        with self._turn():
+        with self._turn:
             encoded = self.tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
             pieces = self.tokenizer.convert_ids_to_tokens(encoded["input_ids"])
         special = set(self.tokenizer.all_special_ids)
@@ -182,7 +191,7 @@ class TextEncoder:
         bad = next((i for i in ids if not 0 <= i < self.vocab_size), None)
         if bad is not None:
             raise ClientError(422, f"token id {bad} is not in model {self.ref}'s vocabulary", "bad_token_id")
-        with self._turn():
+        with self._turn:
             return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def _encode(self, inputs: Sequence[ClassifyInput], truncate: bool) -> list[Encoded]:
@@ -231,7 +240,7 @@ class TextEncoder:
         """Vocabulary ids of target words; each must be exactly one token."""
         ids = []
         for target in targets:
-            with self._turn():
+            with self._turn:
                 tokens = self.tokenizer.tokenize(target)
             if (
                 len(tokens) != 1
