@@ -75,14 +75,15 @@ def measure(store: Path, ref: str) -> list[tuple[str, float]]:
     def request_frame() -> bytes:
         job = requests[0].job().model_dump(mode="json")
         lengths, body = wire.token_arrays(encoded)
-        header = {"job": job, "key": model.encoder.key, "lengths": lengths, "targets": None}
+        header = {"route": "/v1/classify", "job": job, "key": model.encoder.key, "lengths": lengths}
+        header["targets"] = None
         return wire.frame(wire.REQUEST, {"id": 1, "task": "classify", "arrived": 0.0, **header}, body)
 
     frame = request_frame()
 
     def frame_to_job() -> None:
         ((_, header, body),) = wire.read_frames(bytearray(frame))
-        job = api.request_type.model_construct(**header["job"])
+        job = api.job_type.model_construct(**header["job"])
         wire.token_lists(header["lengths"], body)
         return job
 

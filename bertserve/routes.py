@@ -1,13 +1,14 @@
 """Every route the service answers, declared once.
 
 Each row says what a route is to the rest of the service: its path and method, the protocol whose clients
-call it (which decides the shape of its errors), the queue of the inference-process task its requests wait
-in (None: answered in the HTTP process), the label its requests are counted under in the metrics (None: not
-counted under one of its own), whether it is open without an API key by default, and whether it is an
-internal path the protocol layer routes a request to (POST / and KServe's infer name no task by their path:
-protocols/middleware.py sends them on to one of these). The instrumentation labels, the error shapes by
-route, the open paths' default, the docs' route table and the alerting queries are drawn from this table,
-or a test checks them against it (tests/unit/test_routes.py).
+call it (its adapter, protocols/, parses its body, writes its answer and shapes its errors), the queue of the
+inference-process task its requests wait in (None: answered in the HTTP process), the label its requests
+are counted under in the metrics (None: not counted under one of its own), whether it is open without an
+API key by default, and whether it is an internal path the protocol layer routes a request to (POST / and
+KServe's infer name no task by their path: protocols/middleware.py sends them on to one of these). The
+instrumentation labels, the error shapes by route, the open paths' default, the task APIs' routes, the docs'
+route table and the alerting queries are drawn from this table, or a test checks them against it
+(tests/unit/test_routes.py).
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ import re
 from dataclasses import dataclass
 from functools import cache
 
-# Who defines a route's API; the protocols whose errors have a shape of their own (the rest answer ours).
-PROTOCOLS = ("bertserve", "openai", "tei", "hf", "cohere", "kserve")
-ERROR_SHAPES = {"openai": "openai", "tei": "tei", "hf": "tei", "kserve": "kserve"}
-# Paths under these answer in that protocol's shape even where no route matches (a 404 for a model id with a
-# slash, a KServe path this server lacks): their clients parse nothing else.
-PREFIX_SHAPES = {"/v1/models/": "openai", "/v2/": "kserve"}
+# Who defines a route's API: each has an adapter (protocols/adapters.py)
+PROTOCOLS = ("bertserve", "openai", "tei", "cohere", "kserve")
+# Paths under these speak that protocol even where no route matches (a 404 for a model id with a slash, a
+# KServe path this server lacks): their clients parse nothing else.
+PREFIX_PROTOCOLS = {"/v1/models/": "openai", "/v2/": "kserve"}
 
 
 @dataclass(frozen=True)
@@ -35,14 +35,10 @@ class Route:
     internal: bool = False  # reached only through the protocol layer; not in /docs
     by_body: bool = False  # the protocol layer sends it to an internal route, by what its body asks
 
-    @property
-    def error_shape(self) -> str | None:
-        """The protocol shape of this route's errors; None: bertserve's own."""
-        return ERROR_SHAPES.get(self.protocol)
-
 
 # The paths the code names (the modules that answer them import these); the table below holds every route.
-OPENAI_EMBEDDINGS, EMBED = "/v1/embeddings", "/v1/embed"
+CLASSIFY, FILL_MASK, EXPLAIN, EMBED = "/v1/classify", "/v1/fill-mask", "/v1/explain", "/v1/embed"
+OPENAI_EMBEDDINGS, OPENAI_MODEL = "/v1/embeddings", "/v1/models/{model_id}"
 TEI_ROOT, TEI_EMBED, TEI_EMBED_ALL, TEI_SIMILARITY = "/", "/embed", "/embed_all", "/similarity"
 TEI_RERANK, TEI_PREDICT, TEI_INFO = "/rerank", "/predict", "/info"
 TEI_TOKENIZE, TEI_DECODE = "/tokenize", "/decode"
@@ -54,9 +50,9 @@ KSERVE_EMBED_INFER = "/_protocol/kserve/embedding/infer"
 
 ROUTES: tuple[Route, ...] = (
     # bertserve's own API
-    Route("/v1/classify", "POST", "bertserve", "classify", "classify"),
-    Route("/v1/fill-mask", "POST", "bertserve", "fill-mask", "fill-mask"),
-    Route("/v1/explain", "POST", "bertserve", "explain", "explain"),
+    Route(CLASSIFY, "POST", "bertserve", "classify", "classify"),
+    Route(FILL_MASK, "POST", "bertserve", "fill-mask", "fill-mask"),
+    Route(EXPLAIN, "POST", "bertserve", "explain", "explain"),
     Route(EMBED, "POST", "bertserve", "embeddings", "embed"),
     Route("/v1/models", "GET", "openai", None, "models"),
     Route("/health", "GET", "bertserve", open=True),
@@ -66,7 +62,7 @@ ROUTES: tuple[Route, ...] = (
     Route("/", "GET", "bertserve"),
     # OpenAI
     Route(OPENAI_EMBEDDINGS, "POST", "openai", "embeddings", "embeddings"),
-    Route("/v1/models/{model_id}", "GET", "openai"),
+    Route(OPENAI_MODEL, "GET", "openai"),
     # Hugging Face Text Embeddings Inference, and the inference API's POST /
     Route(TEI_ROOT, "POST", "tei", None, "tei-root", by_body=True),
     Route(TEI_EMBED, "POST", "tei", "embeddings", "tei-embed"),
@@ -77,7 +73,7 @@ ROUTES: tuple[Route, ...] = (
     Route(TEI_TOKENIZE, "POST", "tei", None, "tei-tokenize"),
     Route(TEI_DECODE, "POST", "tei", None, "tei-decode"),
     Route(TEI_INFO, "GET", "tei"),
-    Route(HF_CLASSIFY, "POST", "hf", "classify", "hf-classify", internal=True),
+    Route(HF_CLASSIFY, "POST", "tei", "classify", "hf-classify", internal=True),
     # Cohere
     Route(COHERE_RERANK, "POST", "cohere", "embeddings", "rerank"),
     Route(COHERE_RERANK_V2, "POST", "cohere", "embeddings", "rerank-v2"),
@@ -118,27 +114,35 @@ def documented_error_routes() -> tuple[str, ...]:
     return tuple(r.path for r in public if r.protocol in ("bertserve", "openai"))
 
 
+def route(path: str, method: str = "POST") -> Route:
+    """The row of `path` (KeyError: no such route)."""
+    for row in ROUTES:
+        if row.path == path and row.method == method:
+            return row
+    raise KeyError(f"{method} {path} is not in the route table")
+
+
 @cache
-def _shapes() -> tuple[dict[str, str | None], list[tuple[re.Pattern, str | None]]]:
-    exact = {route.path: route.error_shape for route in ROUTES if "{" not in route.path}
+def _protocols() -> tuple[dict[str, str], list[tuple[re.Pattern, str]]]:
+    exact = {row.path: row.protocol for row in ROUTES if "{" not in row.path}
     templated = [
-        (re.compile("^" + re.sub(r"\{[^}]+\}", "[^/]+", route.path) + "$"), route.error_shape)
-        for route in ROUTES
-        if "{" in route.path
+        (re.compile("^" + re.sub(r"\{[^}]+\}", "[^/]+", row.path) + "$"), row.protocol)
+        for row in ROUTES
+        if "{" in row.path
     ]
     return exact, templated
 
 
-def error_shape_of(path: str) -> str | None:
-    """The protocol shape of the errors answered on `path` (None: bertserve's own). Where two methods share
-    a path (GET / and POST /), the one that answers errors decides: POST /, TEI's."""
-    exact, templated = _shapes()
+def protocol_of(path: str) -> str:
+    """The protocol that speaks on `path`, whose error shape its errors take. Where two methods share a path
+    (GET / and POST /), the later row's protocol wins: POST /, TEI's, is the one that answers errors."""
+    exact, templated = _protocols()
     if path in exact:
         return exact[path]
-    for pattern, shape in templated:
+    for pattern, protocol in templated:
         if pattern.match(path):
-            return shape
-    return next((shape for prefix, shape in PREFIX_SHAPES.items() if path.startswith(prefix)), None)
+            return protocol
+    return next((p for prefix, p in PREFIX_PROTOCOLS.items() if path.startswith(prefix)), "bertserve")
 
 
 def markdown_table() -> str:

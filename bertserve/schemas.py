@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, computed_field
 
+from bertserve.jobs import ClassifyJob, EmbedJob
+
 
 def _unicode(text: str) -> str:
     try:
@@ -50,6 +52,11 @@ class _Request(BaseModel):
         examples=["sentiment", "sentiment@2", "sentiment:production"],
     )
 
+    def job(self):
+        """What the task API queues for this request (api/base.py): the request itself, unless its route's
+        protocol asks in other words (its adapter's schema then makes the task's job, jobs.py)."""
+        return self
+
 
 class ClassifyRequest(_Request):
     inputs: Text | NonEmpty[ClassifyInput] = Field(
@@ -66,21 +73,7 @@ class ClassifyRequest(_Request):
         return [self.inputs] if isinstance(self.inputs, str) else list(self.inputs)
 
     def job(self) -> ClassifyJob:
-        return ClassifyJob(**self.model_dump())
-
-
-class ClassifyJob(ClassifyRequest):
-    """What every classification route (ours, TEI's /predict, Hugging Face's POST /, KServe's infer) queues
-    for the inference workers; `shape` says how the answer is written (not a public schema)."""
-
-    shape: Literal["bertserve", "tei", "tei-batch", "hf", "kserve"] = "bertserve"
-    function: Literal["softmax", "sigmoid", "none"] | None = None  # None: the model's own
-    truncation_direction: Literal["left", "right"] = "right"
-    request_id: str | None = None  # KServe's `id`, echoed
-    outputs: list[str] | None = None  # KServe's requested outputs (None: all)
-
-    def job(self) -> ClassifyJob:
-        return self
+        return ClassifyJob(model=self.model, inputs=self.as_list(), top_k=self.top_k, truncate=self.truncate)
 
 
 class FillMaskRequest(_Request):
@@ -251,79 +244,7 @@ class ExplainResponse(BaseModel):
     explanations: list[Explanation] = Field(description="One explanation (of the input, for the target).")
 
 
-# ---- embeddings: POST /v1/embeddings (OpenAI's shape) and POST /v1/embed (TEI's shape) ----------------
-
-
-class EmbedJob(BaseModel):
-    """What every embeddings, similarity and rerank route queues for the inference workers (not a public
-    schema): `kind` says what to compute, `shape` how the answer is written."""
-
-    model: str | None
-    kind: Literal["embed", "embed_all", "similarity", "rerank"] = "embed"
-    texts: list[str] = []  # to embed; similarity and rerank: the sentences / documents
-    ids: list[list[int]] | None = None  # token-id inputs instead of texts
-    query: str | None = None  # similarity: the source sentence; rerank: the query
-    shape: Literal["openai", "tei", "hf", "kserve", "cohere"]
-    normalize: bool = True
-    truncate: bool = True
-    truncation_direction: Literal["left", "right"] = "right"
-    prompt_name: str | None = None
-    dimensions: int | None = None
-    encoding_format: Literal["float", "base64"] = "float"
-    top_n: int | None = None
-    return_documents: bool = False
-    raw_scores: bool = False
-    request_id: str | None = None  # KServe's `id`, echoed
-    outputs: list[str] | None = None  # KServe's requested outputs (None: all)
-
-    def as_list(self) -> list[str]:
-        """The texts the limits apply to (token ids are counted as tokens)."""
-        return ([self.query] if self.query is not None else []) + self.texts
-
-    def job(self) -> EmbedJob:
-        return self
-
-
-def _embedding_input(value: str | list[str] | list[int] | list[list[int]]) -> tuple[list[str], list | None]:
-    """(texts, token ids): OpenAI's and TEI's inputs are texts or token-id arrays, one or many."""
-    if isinstance(value, str):
-        return [value], None
-    if all(isinstance(item, int) for item in value):
-        return [], [list(value)]
-    if all(isinstance(item, list) for item in value):
-        return [], [list(item) for item in value]
-    return list(value), None
-
-
-class EmbeddingsRequest(_Request):
-    input: Text | NonEmpty[Text] | TokenIds | NonEmpty[TokenIds] = Field(
-        ...,
-        description="One text, a list of texts, one token-id array or a list of them (ids of the model's "
-        "own vocabulary, as a client-side tokenizer makes them). Inputs longer than the model's limit are "
-        "cut to it.",
-        examples=["The pill stopped my migraine."],
-    )
-    encoding_format: Literal["float", "base64"] = Field(
-        "float", description="float: a list of numbers; base64: little-endian float32 bytes, base64-encoded."
-    )
-    dimensions: int | None = Field(
-        None,
-        ge=1,
-        description="Keep the first N components and L2-normalize again; meaningful only for models "
-        "trained for it (Matryoshka).",
-    )
-    user: str | None = Field(None, description="Accepted for OpenAI compatibility; not used.")
-
-    def job(self) -> EmbedJob:
-        texts, ids = _embedding_input(self.input)
-        return EmbedJob(
-            model=self.model,
-            texts=texts,
-            ids=ids,
-            shape="openai",
-            dimensions=self.dimensions,
-            encoding_format=self.encoding_format,
-        )
+# ---- POST /v1/embed (TEI's shape; OpenAI's /v1/embeddings is protocols/openai.py's) --------------------
 
 
 class EmbedRequest(_Request):
@@ -334,26 +255,5 @@ class EmbedRequest(_Request):
     truncate: bool = Field(True, description="Cut inputs longer than the model's limit; false: 422 instead.")
 
     def job(self) -> EmbedJob:
-        texts, _ = _embedding_input(self.inputs)
-        return EmbedJob(
-            model=self.model, texts=texts, shape="tei", normalize=self.normalize, truncate=self.truncate
-        )
-
-
-class Embedding(BaseModel):
-    object: Literal["embedding"] = "embedding"
-    index: int
-    embedding: list[float] | str = Field(description="The vector, or its base64 float32 bytes.")
-
-
-class EmbeddingUsage(BaseModel):
-    prompt_tokens: int
-    total_tokens: int
-
-
-class EmbeddingsResponse(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[Embedding]
-    model: str
-    version: str
-    usage: EmbeddingUsage
+        texts = [self.inputs] if isinstance(self.inputs, str) else list(self.inputs)
+        return EmbedJob(model=self.model, texts=texts, normalize=self.normalize, truncate=self.truncate)

@@ -30,7 +30,7 @@ from fastapi.routing import APIRoute
 from starlette.responses import Response
 
 from bertserve import http_layers, logs, metrics, protocols, routes
-from bertserve.api.base import TaskAPI, as_job
+from bertserve.api.base import TaskAPI
 from bertserve.api.classify import ClassifyAPI
 from bertserve.api.embeddings import EmbeddingsAPI
 from bertserve.api.encoders import HttpEncoders
@@ -45,6 +45,7 @@ from bertserve.engine.litserve_seam import ServerInternals, check_litserve
 from bertserve.engine.process import InferenceProcess
 from bertserve.engine.supervisor import WorkerSupervisor
 from bertserve.errors import ClientError, document_error_shape, install_error_handlers
+from bertserve.protocols.adapter import Handler
 from bertserve.runtime.device import resolve_device
 from bertserve.runtime.encoding import EncoderBusy
 from bertserve.runtime.selection import served_models
@@ -131,14 +132,12 @@ def _add_task_routes(app: FastAPI, apis: list[TaskAPI], client: EngineClient) ->
     for api in apis:
         encoders = HttpEncoders(api.settings, api.serves)
         every_encoders.append(encoders)
-        for path, schemas in api.routes().items():
-            app.add_api_route(path, _task_endpoint(api, client, encoders, *schemas), methods=["POST"])
+        for path, handler in api.routes().items():
+            app.add_api_route(path, _task_endpoint(api, client, encoders, path, handler), methods=["POST"])
     return every_encoders
 
 
-def _task_endpoint(
-    api: TaskAPI, client: EngineClient, encoders: HttpEncoders, request_type: type, response_type: type
-):
+def _task_endpoint(api: TaskAPI, client: EngineClient, encoders: HttpEncoders, path: str, handler: Handler):
     # Large requests are tokenized in a thread (the tokenizer runs without the GIL), so that the event loop
     # goes on delivering answers meanwhile; small ones cost less than the hand-off and stay in the loop.
     tokenizing = ThreadPoolExecutor(1, thread_name_prefix=f"tokenize-{api.endpoint}")  # started on first use
@@ -146,14 +145,14 @@ def _task_endpoint(
     async def endpoint(request) -> Response:
         admitted = ticket()
         try:
-            job = as_job(request)  # once: a protocol's request becomes the task's job here
+            job = request.job()  # once: the route's adapter makes its request the task's job here
             submission = None
             if not api.is_large(job):
                 with contextlib.suppress(EncoderBusy):  # a large one holds the tokenizer: queue behind it
-                    submission = api.submission(job, encoders)
+                    submission = api.submission(job, encoders, path)
             if submission is None:
                 loop = asyncio.get_running_loop()
-                submission = await loop.run_in_executor(tokenizing, api.submission, job, encoders)
+                submission = await loop.run_in_executor(tokenizing, api.submission, job, encoders, path)
         except ClientError as exc:
             raise exc.to_http() from None
         try:
@@ -167,7 +166,7 @@ def _task_endpoint(
             raise HTTPException(answer.status, answer.detail, answer.headers)
         return Response(answer.body, media_type="application/json", headers={"X-Model-Version": answer.ref})
 
-    endpoint.__annotations__ = {"request": request_type, "return": response_type}  # for /docs
+    endpoint.__annotations__ = {"request": handler.request, "return": handler.response}  # for /docs
     return endpoint
 
 
@@ -256,7 +255,7 @@ def build_server(settings: Settings, drain_flag: Path, socket_dir: Path) -> Asse
     internals = ServerInternals(server)
     apis = [*hosted, *([explain] if explain is not None else [])]
     # each route's admission bound is its task's: routes that share a task share one count
-    queue_labels = {path: api.endpoint for api in apis for path in api.routes()}
+    queue_labels = {path: api.endpoint for api in apis for path in api.routes()}  # of the tasks served
     in_flight = InFlight(http_layers.in_flight_slots(INSTRUMENTED, queue_labels))
     by_protocol = protocols.ServedModels(settings)
     internals.replace_middlewares(

@@ -14,11 +14,14 @@ from typing import Any
 
 import orjson
 
-from bertserve import metrics
+from bertserve import metrics, routes
 from bertserve.api.encoders import HttpEncoders, Tokens
 from bertserve.config import Settings
 from bertserve.engine import wire
+from bertserve.errors import ClientError
 from bertserve.limits import check_inputs
+from bertserve.protocols.adapter import Handler
+from bertserve.protocols.adapters import handler_of
 from bertserve.runtime.encoding import Encoded, TextEncoder
 
 # ~20 inputs of drug-review length: tokenizing takes about a millisecond on one core
@@ -28,8 +31,10 @@ LARGE_REQUEST_CHARS = 4000
 @dataclass
 class Submission:
     """What an HTTP process sends the inference process for one request (engine/wire.py's request frame):
-    the job as plain JSON, the token ids as binary arrays (None when this process could not tokenize)."""
+    the job as plain JSON, the token ids as binary arrays (None when this process could not tokenize), and
+    the route whose adapter writes the answer."""
 
+    route: str
     job: dict[str, Any]
     key: str | None
     lengths: list[int] | None
@@ -38,20 +43,26 @@ class Submission:
     sequences: int
 
     def header(self) -> dict[str, Any]:
-        return {"job": self.job, "key": self.key, "lengths": self.lengths, "targets": self.targets}
+        return {
+            "route": self.route,
+            "job": self.job,
+            "key": self.key,
+            "lengths": self.lengths,
+            "targets": self.targets,
+        }
 
 
 class TaskAPI:
     """One task's requests. The inference process loads every served version of the task's models.
-    `submission` runs in the HTTP processes (validation, tokenizing), the rest in the inference process."""
+    `submission` runs in the HTTP processes (validation, tokenizing), the rest in the inference process.
+    It answers the routes whose queue is its `endpoint` in the route table (routes.py); each route's adapter
+    (protocols/) turns the route's body into this API's job and writes the result for the route's clients."""
 
     task: str = ""
     # the tasks whose models this API's workers load (default: its task); a request may accept fewer
     serves: tuple[str, ...] = ()
-    endpoint: str = ""
-    request_type: type = object  # the body's schema in /docs
-    response_type: type = object
-    answer_field = "predictions"  # the response body's field holding the answers
+    endpoint: str = ""  # its queue, and its requests' metrics label
+    job_type: type = object  # the job its routes' requests become (validated again in the worker)
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -59,10 +70,13 @@ class TaskAPI:
         self.max_batch_size = settings.max_batch_size
         self.default_ref = settings.default_model(self.task)
         self.serves = self.serves or (self.task,)
+        self.handlers = {
+            path: handler_of(path) for path, queue in routes.queues().items() if queue == self.endpoint
+        }
 
-    def routes(self) -> dict[str, tuple[type, type]]:
-        """The HTTP routes this API answers (server.py adds them): path -> (request, response) schema."""
-        return {self.api_path: (self.request_type, self.response_type)}
+    def routes(self) -> dict[str, Handler]:
+        """The HTTP routes this API answers (server.py adds them): path -> its adapter's handler."""
+        return self.handlers
 
     # ---- inference process start-up --------------------------------------------------------------
 
@@ -75,20 +89,19 @@ class TaskAPI:
 
     # ---- per request, in the HTTP processes ----------------------------------------------------------
 
-    def submission(self, request, encoders: HttpEncoders) -> Submission:
-        """What to send the inference process: the request as this API's job (a route's own request schema
-        turns itself into one: `job()`), tokenized here when this process can resolve its model (raises
-        ClientError for what the client must fix)."""
-        job = as_job(request)
+    def submission(self, job, encoders: HttpEncoders, route: str) -> Submission:
+        """What to send the inference process for `route`'s request, made this API's job by the route's
+        adapter: tokenized here when this process can resolve its model (raises ClientError for what the
+        client must fix)."""
         inputs = job.as_list()
         check_inputs(self.settings, inputs, self.input_limit(job))
         encoder = encoders.find(job.model or self.default_for(job), self.accepts(job))
         dumped = job.model_dump(mode="json")
         if encoder is None:
-            return Submission(dumped, None, None, None, b"", max(1, len(inputs)))
+            return Submission(route, dumped, None, None, None, b"", max(1, len(inputs)))
         tokens = self.tokenize(encoder, job)
         lengths, body = wire.token_arrays(tokens.inputs)
-        return Submission(dumped, tokens.key, lengths, tokens.target_ids, body, max(1, len(lengths)))
+        return Submission(route, dumped, tokens.key, lengths, tokens.target_ids, body, max(1, len(lengths)))
 
     def default_for(self, job) -> str:
         """The model ref a request naming none gets."""
@@ -104,9 +117,9 @@ class TaskAPI:
     def tokenize(self, encoder: TextEncoder, request) -> Tokens:
         raise NotImplementedError
 
-    def is_large(self, request) -> bool:
+    def is_large(self, job) -> bool:
         """Whether tokenizing it takes a millisecond or more (then not in the event loop, see server.py)."""
-        items = as_job(request).as_list()
+        items = job.as_list()
         return sum(len(item) if isinstance(item, str) else sum(map(len, item)) for item in items) > (
             LARGE_REQUEST_CHARS
         )
@@ -125,18 +138,22 @@ class TaskAPI:
         """A request frame -> Prepared for the batch. The job was validated in the HTTP process and is not
         validated again; the ids made there are used when they came from this version's encoder. Otherwise
         (no encoder there, or a swap to another tokenizer under way) the job is validated and tokenized
-        here."""
+        here. The route names the handler that will write the answer."""
+        route = header.get("route")
+        if route not in self.handlers:
+            raise ClientError(404, f"{self.endpoint} answers no route {str(route)[:80]!r}", "not_found")
         key = header["key"]
-        job = self.request_type.model_construct(**header["job"]) if key is not None else None
+        job = self.job_type.model_construct(**header["job"]) if key is not None else None
         model = self.model_for(job) if job is not None else None
         if job is None or model.encoder.key != key:
-            job = self.request_type.model_validate(header["job"])
+            job = self.job_type.model_validate(header["job"])
             model = self.model_for(job)
             tokens = self.tokenize(model.encoder, job)
         else:
             inputs = [Encoded(ids, types) for ids, types in wire.token_lists(header["lengths"], body)]
             tokens = Tokens(key, inputs, header["targets"])
         prepared = self.prepare(model, tokens, job)
+        prepared.route = route
         self.check_answer(prepared, job)
         return prepared
 
@@ -144,7 +161,9 @@ class TaskAPI:
         """The batch's view of one request: a Prepared with what the task's decode needs."""
         from bertserve.runtime.loaded import Prepared
 
-        return Prepared(model, tokens.inputs, top_k=request.top_k, target_ids=tokens.target_ids)
+        return Prepared(
+            model, tokens.inputs, top_k=request.top_k, target_ids=tokens.target_ids, options=request
+        )
 
     def check_answer(self, prepared, job) -> None:
         """Refuse, before its forward pass, a request whose answer would pass BERTSERVE_MAX_ANSWER_BYTES
@@ -179,31 +198,15 @@ class TaskAPI:
             metrics.BATCH_TOKENS.labels(*labels).observe(model.padded_tokens)
             metrics.SEQUENCES.labels(*labels).inc(sequences)
             for i, answer in zip(indices, answers, strict=True):
-                outputs[i] = (model, answer)
+                outputs[i] = (model, batch[i], answer)
         return outputs
 
     def run_model(self, model, requests: list) -> list:
         raise NotImplementedError
 
     def render(self, output) -> tuple[bytes, str]:
-        """The answer's JSON body, and the version that made it (the HTTP process sends it as
-        X-Model-Version, which the metrics layer reads for its labels)."""
-        model, predictions = output
-        return self.response_body(model, predictions), model.ref
-
-    def response_body(self, model, predictions) -> bytes:
-        if isinstance(predictions, Shaped):
-            return orjson.dumps(predictions.body, option=orjson.OPT_SERIALIZE_NUMPY)
-        return orjson.dumps({"model": model.name, "version": model.version, self.answer_field: predictions})
-
-
-@dataclass
-class Shaped:
-    """An answer already written in its route's protocol shape (TEI, Hugging Face, KServe, ...)."""
-
-    body: Any
-
-
-def as_job(request):
-    """A route's request as the API's queued job (requests of our own schemas are their own job)."""
-    return request.job() if hasattr(request, "job") else request
+        """The answer's JSON body, written by its route's handler, and the version that made it (the HTTP
+        process sends it as X-Model-Version, which the metrics layer reads for its labels)."""
+        model, prepared, result = output
+        body = self.handlers[prepared.route].render(model, prepared, result)
+        return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), model.ref

@@ -1,29 +1,22 @@
-"""Every route that embeds or ranks texts: POST /v1/embeddings (OpenAI's shape), /v1/embed, TEI's /embed,
-/embed_all, /similarity and /rerank, Cohere's /v1/rerank and KServe's infer for embedding models.
-
-One TaskAPI answers them all: each route's request becomes an EmbedJob in the HTTP process, so they share one
-request queue, the same inference workers and their batches. Its workers load the embedding models and the
-cross-encoders (task rerank): a rerank request is answered by either (protocols/rerank.py)."""
+"""Embeddings, similarity and ranking: every route whose queue is `embeddings` in the route table
+(routes.py) becomes an EmbedJob in the HTTP process, so they share one request queue, the same inference
+workers and their batches. Its workers load the embedding models and the cross-encoders (task rerank): a
+rerank request is answered by either. The result is vectors (one per input, or per token), similarity
+scores, or a Ranking; the route's adapter (protocols/) writes it for the route's clients."""
 
 from __future__ import annotations
 
-import base64
-
-import orjson
 import torch
 
-from bertserve import routes
 from bertserve.api.base import TaskAPI
 from bertserve.api.encoders import Tokens
 from bertserve.errors import ClientError
-from bertserve.limits import BASE64_FLOAT_BYTES, JSON_FLOAT_BYTES, check_answer, check_input_count
-from bertserve.protocols import kserve, rerank, tei
+from bertserve.jobs import EmbedJob, Ranking
+from bertserve.limits import JSON_FLOAT_BYTES, check_answer, check_input_count
 from bertserve.runtime.embed import normalize, shorten
 from bertserve.runtime.encoding import TextEncoder
-from bertserve.schemas import EmbeddingsRequest, EmbeddingsResponse, EmbedJob, EmbedRequest
 
-OPENAI_PATH, OWN_TEI_PATH = routes.OPENAI_EMBEDDINGS, routes.EMBED
-# an answer's bytes per input besides its numbers: OpenAI's {"object": "embedding", "index": ...} item
+# an answer's bytes per input besides its numbers (the object around a vector, its index)
 INPUT_BYTES = 64
 
 
@@ -31,21 +24,7 @@ class EmbeddingsAPI(TaskAPI):
     task = "embedding"
     serves = ("embedding", "rerank")
     endpoint = "embeddings"
-    request_type = EmbedJob
-    response_type = EmbeddingsResponse
-
-    def routes(self) -> dict[str, tuple[type, type]]:
-        return {
-            OPENAI_PATH: (EmbeddingsRequest, EmbeddingsResponse),
-            OWN_TEI_PATH: (EmbedRequest, list[list[float]]),
-            tei.EMBED_PATH: (tei.TeiEmbedRequest, list[list[float]]),
-            tei.EMBED_ALL_PATH: (tei.TeiEmbedAllRequest, list[list[list[float]]]),
-            tei.SIMILARITY_PATH: (tei.SimilarityRequest, list[float]),
-            tei.RERANK_PATH: (tei.TeiRerankRequest, list[tei.RankedText]),
-            rerank.COHERE_PATH: (rerank.RerankRequest, rerank.RerankResponse),
-            rerank.COHERE_V2_PATH: (rerank.RerankV2Request, rerank.RerankResponse),
-            kserve.INFER_PATHS["embedding"]: (kserve.EmbedInferRequest, kserve.InferResponse),
-        }
+    job_type = EmbedJob
 
     # ---- in the HTTP processes -------------------------------------------------------------------
 
@@ -102,7 +81,7 @@ class EmbeddingsAPI(TaskAPI):
             return
         dimensions = min(job.dimensions or prepared.model.dimensions, prepared.model.dimensions)
         vectors = prepared.tokens if job.kind == "embed_all" else prepared.sequences
-        number = BASE64_FLOAT_BYTES if job.encoding_format == "base64" else JSON_FLOAT_BYTES
+        number = job.number_bytes or JSON_FLOAT_BYTES
         size = vectors * dimensions * number + prepared.sequences * INPUT_BYTES
         check_answer(size, self.settings, f"{vectors} vectors of {dimensions} numbers")
 
@@ -111,7 +90,7 @@ class EmbeddingsAPI(TaskAPI):
         if model.task == "rerank":
             scored = model.logits(requests, *sizes)
             return [
-                _ranking(model, r, model.activate(s[:, 0], "none" if r.options.raw_scores else None))
+                Ranking.of(model.activate(s[:, 0], "none" if r.options.raw_scores else None).tolist())
                 for r, s in zip(requests, scored, strict=True)
             ]
         answers: list = [None] * len(requests)
@@ -124,56 +103,20 @@ class EmbeddingsAPI(TaskAPI):
         if pooled:
             vectors = model.embed([requests[i] for i in pooled], *sizes)
             for i, per_request in zip(pooled, vectors, strict=True):
-                answers[i] = _answer(model, requests[i], per_request)
+                answers[i] = _result(model, requests[i].options, per_request)
         return answers
 
-    def response_body(self, model, answer) -> bytes:
-        return orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
 
-
-def _answer(model, request, vectors: torch.Tensor):
-    """One request's body from its pooled vectors, in its route's shape."""
-    job: EmbedJob = request.options
-    if job.kind == "similarity":
+def _result(model, job: EmbedJob, vectors: torch.Tensor):
+    """One request's result from its pooled vectors: cosine scores against the first (similarity), a
+    Ranking of the rest by them (rerank), or the vectors, normalized as the job (else the model) says and
+    shortened to `dimensions`, as little-endian float32 rows."""
+    if job.kind in ("similarity", "rerank"):
         unit = normalize(vectors)
-        return (unit[1:] @ unit[0]).tolist()
-    if job.kind == "rerank":
-        unit = normalize(vectors)
-        return _ranking(model, request, unit[1:] @ unit[0])
-    if job.shape in ("tei", "hf"):
-        vectors = (
-            shorten(normalize(vectors), job.dimensions) if job.normalize else vectors[:, : job.dimensions]
-        )
-        return vectors.numpy()
-    if model.normalize or job.dimensions is not None:
+        scores = (unit[1:] @ unit[0]).tolist()
+        return scores if job.kind == "similarity" else Ranking.of(scores)
+    if model.normalize if job.normalize is None else job.normalize:
         vectors = shorten(normalize(vectors), job.dimensions)
-    rows = vectors.numpy().astype("<f4")
-    if job.shape == "kserve":
-        return kserve.embedding_outputs(model, job, rows)
-    data = [
-        {
-            "object": "embedding",
-            "index": index,
-            "embedding": base64.b64encode(row.tobytes()).decode() if job.encoding_format == "base64" else row,
-        }
-        for index, row in enumerate(rows)
-    ]
-    return {
-        "object": "list",
-        "data": data,
-        "model": model.name,
-        "version": model.version,
-        "usage": {"prompt_tokens": request.tokens, "total_tokens": request.tokens},
-    }
-
-
-def _ranking(model, request, scores: torch.Tensor):
-    """A rerank request's answer: TEI's list of {index, score, text?} best first, or Cohere's body."""
-    job: EmbedJob = request.options
-    values = scores.tolist()
-    if job.shape == "cohere":
-        return rerank.answer(model, job, values, request.tokens)
-    return [
-        {"index": i, "score": values[i], **({"text": job.texts[i]} if job.return_documents else {})}
-        for i in rerank.ranked(values, None)
-    ]
+    else:
+        vectors = vectors[:, : job.dimensions]
+    return vectors.numpy().astype("<f4", copy=False)

@@ -11,7 +11,7 @@ from bertserve.api.base import TaskAPI
 from bertserve.api.encoders import Tokens
 from bertserve.errors import ClientError
 from bertserve.runtime.encoding import TextEncoder
-from bertserve.schemas import ExplainRequest, ExplainResponse
+from bertserve.schemas import ExplainRequest
 
 # [layer][head][query][key] grows with the square of the tokens: 6 x 12 x 128^2 ~ 1.2 M numbers already
 ATTENTION_MAX_TOKENS = 128
@@ -20,9 +20,7 @@ ATTENTION_MAX_TOKENS = 128
 class ExplainAPI(TaskAPI):
     task = "classification"
     endpoint = "explain"
-    request_type = ExplainRequest
-    response_type = ExplainResponse
-    answer_field = "explanations"
+    job_type = ExplainRequest
 
     def __init__(self, settings) -> None:
         super().__init__(settings)

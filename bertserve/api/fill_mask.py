@@ -4,7 +4,7 @@ from bertserve.api.base import TaskAPI
 from bertserve.api.encoders import Tokens
 from bertserve.limits import check_answer
 from bertserve.runtime.encoding import TextEncoder
-from bertserve.schemas import FillMaskRequest, FillMaskResponse
+from bertserve.schemas import FillMaskRequest
 
 # A candidate's bytes besides its sequence: {"token": 12345, "token_str": "...", "score": 0.1234..., ...}
 CANDIDATE_BYTES = 80
@@ -16,8 +16,7 @@ CHARS_PER_TOKEN = 8
 class FillMaskAPI(TaskAPI):
     task = "fill-mask"
     endpoint = "fill-mask"
-    request_type = FillMaskRequest
-    response_type = FillMaskResponse
+    job_type = FillMaskRequest
 
     def tokenize(self, encoder: TextEncoder, request: FillMaskRequest) -> Tokens:
         targets = encoder.target_ids(request.targets) if request.targets else None

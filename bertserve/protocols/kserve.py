@@ -8,21 +8,28 @@ InferenceServices call.
   (FP32 [n, d]). Answers are JSON.
 
 The infer route's model decides which task API runs it: the protocol middleware rewrites the path to that
-API's internal route (INFER_PATHS) and puts the model into the body. Errors are `{"error": "..."}`.
+API's internal route (INFER_PATHS) and puts the model into the body. Errors are `{"error": "..."}`, 400 for
+a bad request.
 """
 
 from __future__ import annotations
 
 import re
 import struct
+from pathlib import Path
 from typing import Any, ClassVar
 
 import orjson
+from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from starlette.responses import JSONResponse
 
-from bertserve import routes
+from bertserve import __version__, routes
 from bertserve.errors import ClientError
-from bertserve.schemas import ClassifyJob, EmbedJob, Items, NonEmpty, Text
+from bertserve.jobs import ClassifyJob, EmbedJob
+from bertserve.protocols.adapter import Adapter, Handler, error_parts
+from bertserve.protocols.served import ServedModels
+from bertserve.schemas import Items, NonEmpty, Text
 
 PREFIX = routes.KSERVE_PREFIX
 INFER_PATHS = {"classification": routes.KSERVE_CLASSIFY_INFER, "embedding": routes.KSERVE_EMBED_INFER}
@@ -94,23 +101,23 @@ class InferRequest(BaseModel):
             raise ClientError(400, f"unknown output {unknown[0]!r}: this model answers {known}", "bad_output")
         return [o.name for o in self.outputs]
 
+    def reply(self) -> dict[str, Any]:
+        """What the answer echoes (the request's id) and keeps (the outputs asked for; None: all)."""
+        return {"id": self.id, "outputs": self.wanted()}
+
 
 class ClassifyInferRequest(InferRequest):
     task: ClassVar[str] = "classification"
 
     def job(self) -> ClassifyJob:
-        return ClassifyJob(
-            model=self.model, inputs=self.texts(), shape="kserve", request_id=self.id, outputs=self.wanted()
-        )
+        return ClassifyJob(model=self.model, inputs=self.texts(), reply=self.reply())
 
 
 class EmbedInferRequest(InferRequest):
     task: ClassVar[str] = "embedding"
 
     def job(self) -> EmbedJob:
-        return EmbedJob(
-            model=self.model, texts=self.texts(), shape="kserve", request_id=self.id, outputs=self.wanted()
-        )
+        return EmbedJob(model=self.model, texts=self.texts(), reply=self.reply())
 
 
 class OutputTensor(BaseModel):
@@ -158,16 +165,18 @@ def _flatten(data):
             yield item
 
 
-def _response(model, job, outputs: list[dict]) -> dict:
-    if job.outputs is not None:
-        outputs = [o for o in outputs if o["name"] in job.outputs]
+def _response(model, prepared, outputs: list[dict]) -> dict:
+    reply = prepared.options.reply
+    if reply.get("outputs") is not None:
+        outputs = [o for o in outputs if o["name"] in reply["outputs"]]
     body = {"model_name": model.name, "model_version": model.version, "outputs": outputs}
-    if job.request_id is not None:
-        body["id"] = job.request_id
+    if reply.get("id") is not None:
+        body["id"] = reply["id"]
     return body
 
 
-def classification_outputs(model, job: ClassifyJob, rankings: list[list[dict]]) -> dict:
+def classification_outputs(model, prepared, rankings: list[list[dict]]) -> dict:
+    """label, score (the best's) and scores (every label's, in the model's label order), per text."""
     index = {label: i for i, label in enumerate(model.labels)}
     scores = [[0.0] * len(model.labels) for _ in rankings]
     for row, ranking in zip(scores, rankings, strict=True):
@@ -176,7 +185,7 @@ def classification_outputs(model, job: ClassifyJob, rankings: list[list[dict]]) 
     n = len(rankings)
     return _response(
         model,
-        job,
+        prepared,
         [
             {"name": "label", "datatype": "BYTES", "shape": [n], "data": [r[0]["label"] for r in rankings]},
             {"name": "score", "datatype": "FP32", "shape": [n], "data": [r[0]["score"] for r in rankings]},
@@ -190,9 +199,9 @@ def classification_outputs(model, job: ClassifyJob, rankings: list[list[dict]]) 
     )
 
 
-def embedding_outputs(model, job: EmbedJob, rows) -> dict:
+def embedding_outputs(model, prepared, rows) -> dict:
     tensor = {"name": "embedding", "datatype": "FP32", "shape": list(rows.shape), "data": rows.reshape(-1)}
-    return _response(model, job, [tensor])
+    return _response(model, prepared, [tensor])
 
 
 def metadata(name: str, versions: list[str], task: str, manifest) -> dict:
@@ -260,3 +269,97 @@ def _bytes_elements(chunk: bytes) -> list[str]:
         values.append(chunk[at : at + length].decode("utf-8"))
         at += length
     return values
+
+
+def reshape(status: int, body: dict) -> tuple[int, dict]:
+    """The protocol's `{"error": "..."}`; 400 for what a client sent wrong."""
+    parts = error_parts(body)
+    if parts is None:
+        return status, body
+    return (400 if status == 422 else status), {"error": parts[0]}
+
+
+def install_routes(app: FastAPI, served: ServedModels, drain_flag: Path | None) -> None:
+    """The routes answered here: server and model metadata, health and readiness, and the public infer
+    routes (reached only when the protocol layer sends a request nowhere else: they say why)."""
+
+    def model_metadata(name: str, version: str | None) -> dict:
+        try:
+            task = served.task_of(name)
+            manifest = served.manifest(f"{name}@{version}" if version else name)
+        except ClientError as exc:
+            raise ClientError(
+                404, f"model {name!r} not found: {exc.message}", "unknown_model"
+            ).to_http() from None
+        versions = served.loaded_versions(manifest.name)
+        return metadata(manifest.name, versions, task or manifest.task, manifest)
+
+    def readiness(name: str, version: str | None) -> JSONResponse:
+        """The Open Inference Protocol's model readiness: 200 when an inference process serves the version
+        `name` (or `name`'s default) resolves to, 400 (the protocol's "false") when it refused it."""
+        try:
+            resolved, resolved_version = served.resolve(f"{name}@{version}" if version else name)
+        except ClientError as exc:
+            raise ClientError(
+                404, f"model {name!r} not found: {exc.message}", "unknown_model"
+            ).to_http() from None
+        ready = served.is_loaded(resolved, resolved_version)
+        return JSONResponse({"name": resolved, "ready": ready}, 200 if ready else 400)
+
+    @app.get(PREFIX, tags=["kserve"])
+    def server_metadata() -> dict:
+        """The Open Inference Protocol's server metadata."""
+        return {"name": "bertserve", "version": __version__, "extensions": ["binary_tensor_data"]}
+
+    @app.get(f"{PREFIX}/health/live", tags=["kserve"])
+    def live() -> dict:
+        return {"live": True}
+
+    @app.get(f"{PREFIX}/health/ready", tags=["kserve"])
+    def ready() -> JSONResponse:
+        """Ready once the workers are (the HTTP server starts after them), until a drain begins."""
+        draining = drain_flag is not None and drain_flag.exists()
+        return JSONResponse({"ready": not draining}, 503 if draining else 200)
+
+    @app.get(f"{PREFIX}/models/{{model_name}}", tags=["kserve"])
+    def model(model_name: str) -> dict:
+        return model_metadata(model_name, None)
+
+    @app.get(f"{PREFIX}/models/{{model_name}}/versions/{{model_version}}", tags=["kserve"])
+    def model_version(model_name: str, model_version: str) -> dict:
+        return model_metadata(model_name, model_version)
+
+    @app.get(f"{PREFIX}/models/{{model_name}}/ready", tags=["kserve"])
+    def model_ready(model_name: str) -> JSONResponse:
+        return readiness(model_name, None)
+
+    @app.get(f"{PREFIX}/models/{{model_name}}/versions/{{model_version}}/ready", tags=["kserve"])
+    def model_version_ready(model_name: str, model_version: str) -> JSONResponse:
+        return readiness(model_name, model_version)
+
+    def refuse(model_name: str) -> None:
+        task = served.task_of(model_name)
+        if task is None:
+            raise ClientError(404, f"model {model_name!r} not found", "unknown_model").to_http()
+        raise ClientError(
+            400, f"model {model_name!r} is a {task} model: infer serves classification and embedding models"
+        ).to_http()
+
+    @app.post(f"{PREFIX}/models/{{model_name}}/infer", tags=["kserve"])
+    def infer(model_name: str, request: InferRequest) -> InferResponse:
+        """Texts as one BYTES input; see protocols/kserve.py for the outputs."""
+        refuse(model_name)
+
+    @app.post(f"{PREFIX}/models/{{model_name}}/versions/{{model_version}}/infer", tags=["kserve"])
+    def infer_version(model_name: str, model_version: str, request: InferRequest) -> InferResponse:
+        refuse(model_name)
+
+
+ADAPTER = Adapter(
+    "kserve",
+    {
+        INFER_PATHS["classification"]: Handler(ClassifyInferRequest, InferResponse, classification_outputs),
+        INFER_PATHS["embedding"]: Handler(EmbedInferRequest, InferResponse, embedding_outputs),
+    },
+    reshape,
+)

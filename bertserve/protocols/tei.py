@@ -1,6 +1,7 @@
-"""Text Embeddings Inference's routes at the root: TEI's request fields with TEI's meaning, and the ones that
-need no model run (/tokenize, /decode, /info). The routes that run a model are served by the task APIs
-(api/embeddings.py, api/classify.py), whose routes() name the paths and schemas below.
+"""Text Embeddings Inference's routes at the root: TEI's request fields with TEI's meaning, TEI's answers and
+TEI's error shape, and the routes that need no model run (/tokenize, /decode, /info), answered here. The
+routes that run a model are queued for the task APIs (api/embeddings.py, api/classify.py), by the handlers
+below.
 
 POST / is TEI's and Hugging Face's InferenceClient's: the protocol middleware (protocols/middleware.py) sends
 it to /similarity when `inputs` is a {source_sentence, sentences} object, to /rerank for {query, texts}, to
@@ -10,12 +11,22 @@ always sends them), else to /embed when an embedding model is served and /predic
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Annotated, Literal
 
+from fastapi import FastAPI
 from pydantic import BaseModel, BeforeValidator, Field
+from starlette.responses import JSONResponse, Response
 
-from bertserve import routes
-from bertserve.schemas import ClassifyJob, EmbedJob, NonEmpty, Text, TokenIds, _embedding_input, _Request
+from bertserve import __version__, routes
+from bertserve.config import Settings
+from bertserve.errors import QUEUE_FULL, ClientError
+from bertserve.jobs import ClassifyJob, EmbedJob, embedding_input
+from bertserve.limits import check_input_chars, check_input_count, check_inputs, render_bounded
+from bertserve.protocols.adapter import Adapter, Handler, bare, error_parts
+from bertserve.protocols.served import ServedModels
+from bertserve.runtime.encoding import TextEncoder
+from bertserve.schemas import NonEmpty, Text, TokenIds, _Request
 
 ROOT_PATH, EMBED_PATH, EMBED_ALL_PATH = routes.TEI_ROOT, routes.TEI_EMBED, routes.TEI_EMBED_ALL
 SIMILARITY_PATH, PREDICT_PATH, RERANK_PATH = routes.TEI_SIMILARITY, routes.TEI_PREDICT, routes.TEI_RERANK
@@ -64,12 +75,11 @@ class TeiEmbedRequest(_TeiRequest):
     )
 
     def job(self) -> EmbedJob:
-        texts, ids = _embedding_input(self.inputs)
+        texts, ids = embedding_input(self.inputs)
         return EmbedJob(
             model=self.model,
             texts=texts,
             ids=ids,
-            shape="tei",
             normalize=self.normalize,
             truncate=self.truncate is not False,
             truncation_direction=self.truncation_direction,
@@ -85,14 +95,12 @@ class TeiEmbedAllRequest(_TeiRequest):
     prompt_name: str | None = PromptName
 
     def job(self) -> EmbedJob:
-        texts, ids = _embedding_input(self.inputs)
+        texts, ids = embedding_input(self.inputs)
         return EmbedJob(
             model=self.model,
             kind="embed_all",
             texts=texts,
             ids=ids,
-            shape="tei",
-            normalize=False,
             truncate=self.truncate is not False,
             truncation_direction=self.truncation_direction,
             prompt_name=self.prompt_name,
@@ -126,7 +134,6 @@ class SimilarityRequest(_Request):
             kind="similarity",
             query=self.inputs.source_sentence,
             texts=self.inputs.sentences,
-            shape="tei",
             truncate=parameters.truncate is not False,
             truncation_direction=parameters.truncation_direction,
             prompt_name=parameters.prompt_name,
@@ -147,11 +154,10 @@ class TeiRerankRequest(_TeiRequest):
             kind="rerank",
             query=self.query,
             texts=self.texts,
-            shape="tei",
             truncate=self.truncate is not False,
             truncation_direction=self.truncation_direction,
             raw_scores=self.raw_scores,
-            return_documents=self.return_text,
+            reply={"return_text": self.return_text},
         )
 
 
@@ -186,9 +192,9 @@ class PredictRequest(_TeiRequest):
             model=self.model,
             inputs=[self.inputs] if single else list(self.inputs),
             truncate=self.truncate is not False,
-            shape="tei" if single else "tei-batch",
             function="none" if self.raw_scores else None,
             truncation_direction=self.truncation_direction,
+            reply={"single": single},
         )
 
 
@@ -219,7 +225,6 @@ class HfClassifyRequest(_Request):
             inputs=[self.inputs] if isinstance(self.inputs, str) else list(self.inputs),
             top_k=self.parameters.top_k,
             function=self.parameters.function_to_apply,
-            shape="hf",
         )
 
 
@@ -277,3 +282,160 @@ def root_target(body: object, tasks: set[str]) -> str | None:
     if embeds:
         return EMBED_PATH
     return PREDICT_PATH if "classification" in tasks else None
+
+
+# ---- answers: the task's results in TEI's shape -----------------------------------------------------------
+
+
+def ranked_texts(model, prepared, ranking) -> list[dict]:
+    """/rerank: every text's {index, score, text?}, best first."""
+    job: EmbedJob = prepared.options
+    with_text = job.reply.get("return_text", False)
+    return [
+        {"index": i, "score": ranking.scores[i], **({"text": job.texts[i]} if with_text else {})}
+        for i in ranking.order
+    ]
+
+
+def _predictions(rankings: list[list[dict]]) -> list[list[dict]]:
+    return [[{"score": item["score"], "label": item["label"]} for item in ranking] for ranking in rankings]
+
+
+def predictions(model, prepared, rankings) -> list:
+    """/predict: one input (a text or a pair) is answered with its ranking, a batch with a list of them."""
+    answered = _predictions(rankings)
+    return answered[0] if prepared.options.reply.get("single", False) else answered
+
+
+def hf_predictions(model, prepared, rankings) -> list:
+    """Hugging Face's text classification: always a ranking per input."""
+    return _predictions(rankings)
+
+
+# ---- errors: TEI's {"error", "error_type"} and TEI's statuses, by our error code ----------------------
+
+
+def reshape(status: int, body: dict) -> tuple[int, dict]:
+    """413 for inputs over the limits, 422 for the rest of what a client sent wrong, 424 for a model
+    failure, 429 when the queue is full."""
+    parts = error_parts(body)
+    if parts is None:
+        return status, body
+    message, code, _ = parts
+    if status == 503 and code == QUEUE_FULL:
+        return 429, {"error": message, "error_type": "overloaded"}
+    if status == 503:
+        return 503, {"error": message, "error_type": "unhealthy"}
+    if status == 413 or code == "input_too_long":
+        return 413, {"error": message, "error_type": "validation"}
+    if status in (404, 422):
+        kind = "tokenizer" if code in ("bad_token_id", "input_too_long") else "validation"
+        return 422, {"error": message, "error_type": kind}
+    if status >= 500 and status != 504:
+        return 424, {"error": message, "error_type": "backend"}
+    return status, {"error": message, "error_type": "empty" if status == 400 else "validation"}
+
+
+# ---- the routes answered here, with no model run -------------------------------------------------------
+
+
+def install_routes(app: FastAPI, settings: Settings, served: ServedModels) -> None:
+    encoders: dict[tuple[str, str], TextEncoder] = {}  # /tokenize and /decode run here, in a thread
+
+    def encoder(ref: str | None) -> TextEncoder:
+        ref = ref or served.root_ref()
+        if ref is None:
+            raise ClientError(404, "no model is served here", "unknown_model")
+        key = served.resolve(ref)  # 404 / 422 for what is not served
+        if key not in encoders:
+            try:
+                encoders[key] = TextEncoder(served.store.read_manifest(*key), served.store.version_dir(*key))
+            except Exception as exc:  # a damaged version: the workers refuse it too
+                raise ClientError(424, f"the tokenizer of {ref} cannot be read: {exc}", "backend") from None
+        return encoders[key]
+
+    @app.post(ROOT_PATH, tags=["tei"], response_model=None)
+    def root(
+        request: TeiEmbedRequest | SimilarityRequest | TeiRerankRequest | HfClassifyRequest | PredictRequest,
+    ) -> JSONResponse:
+        """TEI's and Hugging Face InferenceClient's route: /embed, /similarity, /rerank, text classification
+        or /predict, by the body (see root_target). Reaching this handler means no served model fits."""
+        raise ClientError(422, "no model served here answers this request", "no_model").to_http()
+
+    # /tokenize and /decode run in a thread and answer the bytes orjson rendered there: FastAPI would validate
+    # and encode the answer again, seconds for a large one, holding the event loop (and /live) meanwhile.
+    @app.post(TOKENIZE_PATH, tags=["tei"], response_model=list[list[SimpleToken]])
+    def tokenize(request: TokenizeRequest) -> Response:
+        """The default model's (or `model`'s) tokens, with character spans (TEI's /tokenize)."""
+        try:
+            texts = [request.inputs] if isinstance(request.inputs, str) else request.inputs
+            check_inputs(settings, texts)
+            found = encoder(request.model)
+            prompt = found.prompt(request.prompt_name)
+            tokens = (found.tokens(prompt + text, request.add_special_tokens) for text in texts)
+            return Response(render_bounded(tokens, settings, "tokens"), media_type="application/json")
+        except ClientError as exc:
+            raise exc.to_http() from None
+
+    @app.post(DECODE_PATH, tags=["tei"], response_model=list[str])
+    def decode(request: DecodeRequest) -> Response:
+        """Token ids back to text (TEI's /decode); each text is an input, as long as the other routes take."""
+        try:
+            rows = request.ids if isinstance(request.ids[0], list) else [request.ids]
+            check_input_count(len(rows), settings.max_inputs)
+            found = encoder(request.model)
+
+            def texts() -> Iterator[str]:
+                for index, ids in enumerate(rows):
+                    text = found.decode(ids, request.skip_special_tokens)
+                    check_input_chars(settings, index, text)
+                    yield text
+
+            return Response(render_bounded(texts(), settings, "texts"), media_type="application/json")
+        except ClientError as exc:
+            raise exc.to_http() from None
+
+    @app.get(INFO_PATH, tags=["tei"])
+    def info() -> Info:
+        """TEI's /info, of the model POST / answers with."""
+        try:
+            ref = served.root_ref()
+            if ref is None:
+                raise ClientError(404, "no model is served here", "unknown_model")
+            manifest = served.manifest(ref)
+        except ClientError as exc:
+            raise exc.to_http() from None
+        if manifest.task == "embedding":
+            model_type: dict = {"embedding": {"pooling": manifest.pooling}}
+        else:
+            labels = dict(enumerate(manifest.labels or ["LABEL_0"]))
+            kind = "reranker" if manifest.task == "rerank" else "classifier"
+            model_type = {kind: {"id2label": labels, "label2id": {v: k for k, v in labels.items()}}}
+        return Info(
+            model_id=f"{manifest.name}@{manifest.version}",
+            model_sha=None,
+            model_dtype=settings.backend_for(manifest.name),
+            model_type=model_type,
+            max_concurrent_requests=settings.max_queue,
+            max_input_length=manifest.max_length,
+            max_batch_tokens=settings.max_batch_tokens,
+            max_batch_requests=settings.max_batch_size,
+            max_client_batch_size=settings.max_embedding_inputs,
+            auto_truncate=True,
+            tokenization_workers=settings.api_servers,
+            version=__version__,
+        )
+
+
+ADAPTER = Adapter(
+    "tei",
+    {
+        EMBED_PATH: Handler(TeiEmbedRequest, list[list[float]], bare),
+        EMBED_ALL_PATH: Handler(TeiEmbedAllRequest, list[list[list[float]]], bare),
+        SIMILARITY_PATH: Handler(SimilarityRequest, list[float], bare),
+        RERANK_PATH: Handler(TeiRerankRequest, list[RankedText], ranked_texts),
+        PREDICT_PATH: Handler(PredictRequest, PredictResponse, predictions),
+        HF_CLASSIFY_PATH: Handler(HfClassifyRequest, list[PredictResponse], hf_predictions),
+    },
+    reshape,
+)

@@ -41,6 +41,7 @@ class ExplainJob:
     attention: bool
     truncate: bool
     sequences: int = 1
+    route: str = ""  # whose handler writes the answer (api/base.py sets it)
 
 
 def gauss_legendre(steps: int) -> tuple[torch.Tensor, torch.Tensor]:

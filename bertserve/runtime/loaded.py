@@ -31,7 +31,8 @@ class Prepared:
     inputs: list[Encoded]
     top_k: int | None = None
     target_ids: list[int] | None = None
-    options: object = None  # what else the task's answer depends on (embedding: the request's options)
+    options: object = None  # the request's job: what else the task's answer depends on
+    route: str = ""  # whose handler writes the answer (api/base.py sets it)
     sequences: int = field(init=False)
     tokens: int = field(init=False)
 

@@ -92,3 +92,22 @@ def test_serve_help_lists_every_public_route_of_the_table():
     for route in routes.ROUTES:
         if not route.internal:
             assert f"{route.method} {route.path}" in printed, f"serve --help leaves out {route.path}"
+
+
+def test_each_queued_route_has_one_handler_in_the_adapter_of_its_protocol():
+    from bertserve.protocols.adapters import ADAPTERS
+
+    assert set(ADAPTERS) == set(routes.PROTOCOLS), "one adapter per protocol"
+    queued = {route.path: route.protocol for route in routes.ROUTES if route.queue is not None}
+    handled = {path: name for name, adapter in ADAPTERS.items() for path in adapter.handlers}
+    assert handled == queued, "a handler answers a queued route of its own protocol, and only that"
+
+
+def test_the_task_layer_names_no_protocol():
+    """api/ computes scores, vectors, rankings, mask fills and explanations; the adapters write them."""
+    names = [rf"\b{p}\b" for p in routes.PROTOCOLS if p != "bertserve"] + [r"\bshape\b", r"\.(native|tei)\b"]
+    for module in (Path(__file__).resolve().parents[2] / "bertserve" / "api").glob("*.py"):
+        code = module.read_text().lower()
+        found = [name for name in names if re.search(name, code)]
+        assert not found, f"{module.name} names {found}"
+        assert "from bertserve.protocols import" not in code, f"{module.name} imports an adapter"

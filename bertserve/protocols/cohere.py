@@ -13,7 +13,9 @@ import uuid
 from pydantic import BaseModel, ConfigDict, Field
 
 from bertserve import routes
-from bertserve.schemas import EmbedJob, NonEmpty, Text, _Request
+from bertserve.jobs import EmbedJob, Ranking
+from bertserve.protocols.adapter import Adapter, Handler
+from bertserve.schemas import NonEmpty, Text, _Request
 
 COHERE_PATH, COHERE_V2_PATH = routes.COHERE_RERANK, routes.COHERE_RERANK_V2
 SCORING = {"rerank": "cross-encoder", "embedding": "cosine"}
@@ -40,10 +42,8 @@ class RerankRequest(_Request):
             kind="rerank",
             query=self.query,
             texts=[doc if isinstance(doc, str) else doc.text for doc in self.documents],
-            shape="cohere",
             truncate=self.truncate,
-            top_n=self.top_n,
-            return_documents=self.return_documents,
+            reply={"top_n": self.top_n, "return_documents": self.return_documents},
         )
 
 
@@ -63,8 +63,7 @@ class RerankV2Request(_Request):
             kind="rerank",
             query=self.query,
             texts=self.documents,
-            shape="cohere",
-            top_n=self.top_n,
+            reply={"top_n": self.top_n},
         )
 
 
@@ -84,18 +83,14 @@ class RerankResponse(BaseModel):
     usage: dict
 
 
-def ranked(scores: list[float], top_n: int | None) -> list[int]:
-    """Document indices, best first (ties keep input order)."""
-    order = sorted(range(len(scores)), key=lambda i: -scores[i])
-    return order[:top_n] if top_n else order
-
-
-def answer(model, job: EmbedJob, scores: list[float], tokens: int) -> dict:
-    """The Cohere/Jina body for one request."""
+def answer(model, prepared, ranking: Ranking) -> dict:
+    """The Cohere/Jina body for one request: the `top_n` best, with their documents when asked."""
+    job: EmbedJob = prepared.options
+    top_n, with_documents = job.reply.get("top_n"), job.reply.get("return_documents", False)
     results = []
-    for index in ranked(scores, job.top_n):
-        result: dict = {"index": index, "relevance_score": scores[index]}
-        if job.return_documents:
+    for index in ranking.order[:top_n] if top_n else ranking.order:
+        result: dict = {"index": index, "relevance_score": ranking.scores[index]}
+        if with_documents:
             result["document"] = {"text": job.texts[index]}
         results.append(result)
     return {
@@ -105,5 +100,14 @@ def answer(model, job: EmbedJob, scores: list[float], tokens: int) -> dict:
         "version": model.version,
         "scoring": SCORING[model.task],
         "meta": {"api_version": {"version": "1"}, "billed_units": {"search_units": 1}},
-        "usage": {"total_tokens": tokens},
+        "usage": {"total_tokens": prepared.tokens},
     }
+
+
+ADAPTER = Adapter(
+    "cohere",
+    {
+        COHERE_PATH: Handler(RerankRequest, RerankResponse, answer),
+        COHERE_V2_PATH: Handler(RerankV2Request, RerankResponse, answer),
+    },
+)
