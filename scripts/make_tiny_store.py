@@ -9,6 +9,7 @@ Used by scripts/image-test.sh (served from inside the container image) and tests
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -39,13 +40,15 @@ def make_tiny_store(root: Path) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print(__doc__, file=sys.stderr)
-        return 2
-    root = make_tiny_store(Path(argv[1]))
+    parser = argparse.ArgumentParser(
+        description="Build a tiny but real model store: `sentiment` (negative/neutral/positive) and `mlm` "
+        "(fill-mask), random 2-layer BERTs with a real tokenizer, version 1 each, alias production."
+    )
+    parser.add_argument("store", type=Path, help="the store folder (created; models already there are kept)")
+    root = make_tiny_store(parser.parse_args(argv).store)
     print(f"tiny store ready: {root}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(main(sys.argv[1:]))

@@ -9,6 +9,7 @@ its `groups:` block verbatim, comments included, indented under `spec:`.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -38,8 +39,14 @@ def render() -> str:
 
 
 def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        description=f"Write {RULES.relative_to(REPO)} into {TARGET.relative_to(REPO)} (a PrometheusRule)."
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 when the PrometheusRule is stale (CI)"
+    )
     text = render()
-    if "--check" in argv:
+    if parser.parse_args(argv).check:
         if not TARGET.is_file() or TARGET.read_text() != text:
             print(
                 f"{TARGET.relative_to(REPO)} is stale: run python scripts/sync-prometheusrule.py",

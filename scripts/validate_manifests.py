@@ -18,6 +18,7 @@ Neither flag: both. Exit status 1 on any problem; every problem is printed.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import json
 import os
@@ -376,14 +377,17 @@ def autoscaler_errors(source: str, objects: list[dict]) -> Iterator[str]:
 
 
 def main(argv: list[str]) -> int:
-    flags = {a for a in argv if a.startswith("--")}
-    paths = [a for a in argv if not a.startswith("--")]
-    if not paths or flags - {"--schemas", "--policies"}:
-        print(__doc__, file=sys.stderr)
-        return 2
-    run_schemas = "--schemas" in flags or not flags
-    run_policies = "--policies" in flags or not flags
-    rendered = load(paths)
+    parser = argparse.ArgumentParser(
+        description="Validate rendered Kubernetes manifests offline: API schemas, and the rules that tie the "
+        "objects together. Neither flag: both."
+    )
+    parser.add_argument("--schemas", action="store_true", help="check each object against its API schema")
+    parser.add_argument("--policies", action="store_true", help="check the rules between the objects")
+    parser.add_argument("rendered", nargs="+", help="kustomize output (YAML, several documents)")
+    args = parser.parse_args(argv)
+    run_schemas = args.schemas or not args.policies
+    run_policies = args.policies or not args.schemas
+    rendered = load(args.rendered)
     problems: list[str] = []
     count = sum(len(objects) for objects in rendered.values())
     if run_schemas:

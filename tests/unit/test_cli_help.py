@@ -115,3 +115,35 @@ def test_bootstrap_help_names_every_model_it_builds():
     assert "minilm" in BUILDS
     missing = [name for name in BUILDS if not re.search(rf"\b{name} v1\b", text)]
     assert not missing, f"bootstrap --help leaves out {missing}"
+
+
+def test_every_script_and_benchmark_answers_help_and_does_nothing_else(tmp_path):
+    """`--help` prints the usage and exits 0, writing nothing: a script that took it for a path once built a
+    store named `--help`, and another regenerated a tracked file."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    scripts = [[str(path)] for path in sorted((repo / "scripts").glob("*.py"))]
+    benches = [["-m", f"bench.{path.stem}"] for path in sorted((repo / "bench").glob("*.py"))]
+    commands = [c for c in scripts + benches if "def main" in (repo / _source(c)).read_text()]
+    assert len(commands) >= 10, "scripts/ and bench/ hold the command-line tools"
+    before = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True)
+    for command in commands:
+        result = subprocess.run(
+            [sys.executable, *command, "--help"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin", "COLUMNS": "200"},
+        )
+        assert result.returncode == 0 and "usage:" in result.stdout, (command, result.stderr[-500:])
+    assert not list(tmp_path.iterdir()), f"--help wrote {list(tmp_path.iterdir())}"
+    after = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True)
+    assert after.stdout == before.stdout, "--help changed the checkout"
+
+
+def _source(command: list[str]) -> str:
+    return command[0] if command[0] != "-m" else command[1].replace(".", "/") + ".py"
